@@ -1,0 +1,132 @@
+"""`fusegpt compress` and `fusegpt eval`: argument parsing over the Python API."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .config import COEFFICIENT_FORMS, DTYPES, LOSSES, METHODS, CompressConfig, FusionConfig, TuneConfig
+from .errors import FuseGPTError
+
+_DEFAULT = CompressConfig()
+_FUSION, _TUNE = FusionConfig(), TuneConfig()
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=os.environ.get("FUSEGPT_DATA"),
+                        help="folder with wikitext-2-raw/, ptb/, c4/ for the named corpora when the Hub is "
+                             "unreachable (default: $FUSEGPT_DATA)")
+    parser.add_argument("--dtype", choices=DTYPES, default=_DEFAULT.dtype, help="weights and compute dtype")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _compress_parser(sub) -> None:
+    p = sub.add_parser("compress", help="remove blocks from a model and save the shallower model",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", help="local HuggingFace model folder or Hub id")
+    p.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only once the new result is complete)")
+    p.add_argument("--method", choices=METHODS, default=_DEFAULT.method,
+                   help="fusegpt: fuse and tune; remove: delete the lowest-MI blocks, no tuning")
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument("--sparsity", type=float, default=_DEFAULT.sparsity,
+                        help="fraction of blocks to remove; K = ceil(depth * S)")
+    amount.add_argument("--num-remove", type=int, help="number of blocks to remove (instead of --sparsity)")
+    p.add_argument("--calib", default=_DEFAULT.calib, help="calibration text: wikitext2, c4, ptb or a .txt/.raw/.jsonl/.parquet file")
+    p.add_argument("--nsamples", type=int, default=_DEFAULT.nsamples, help="calibration windows")
+    p.add_argument("--seqlen", type=int, default=_DEFAULT.seqlen, help="tokens per window (capped at the model's context)")
+    p.add_argument("--mi-samples", type=int, default=_DEFAULT.mi_samples, help="windows used to score Macro Influence")
+    p.add_argument("--epochs", type=int, default=_TUNE.epochs, help="tuning epochs per removed block")
+    p.add_argument("--batch-size", type=int, default=_TUNE.batch_size, help="windows per tuning step")
+    p.add_argument("--loss", choices=LOSSES, default=_TUNE.loss, help="student/teacher distance")
+    p.add_argument("--coef-lr", type=float, default=_TUNE.coef_lr, help="learning rate of the fusion coefficients")
+    p.add_argument("--lr", type=float, default=_TUNE.lr, help="learning rate of LoRA and norm weights")
+    p.add_argument("--group-size", type=int, default=_FUSION.group_size, help="neighbours G that absorb a removed block")
+    p.add_argument("--coef", choices=COEFFICIENT_FORMS, default=_FUSION.coefficient, help="coefficient form")
+    p.add_argument("--rank", type=int, default=_FUSION.rank, help="rank of low-rank coefficients")
+    p.add_argument("--lora-rank", type=int, default=_FUSION.lora_rank, help="LoRA rank on neighbours' own weights (0: off)")
+    p.add_argument("--no-train-norms", dest="train_norms", action="store_false", help="keep norm weights frozen")
+    p.add_argument("--device", default=_DEFAULT.device, help="compute device: auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--seed", type=int, default=_DEFAULT.seed, help="seed for windows, initialisation and order")
+    p.add_argument("--ppl", default="", help="also evaluate the result on these comma-separated sources")
+    _add_common(p)
+
+
+def _eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="perplexity of a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", help="local HuggingFace model folder or Hub id")
+    p.add_argument("--ppl", required=True, help="comma-separated sources: wikitext2, c4, ptb or text files")
+    p.add_argument("--seqlen", type=int, default=_DEFAULT.seqlen, help="window length (capped at the model's context)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--device", default=_DEFAULT.device, help="compute device")
+    p.add_argument("--json", help="write the results to this JSON file")
+    _add_common(p)
+
+
+def _sources(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _run_compress(args) -> None:
+    from . import compress, evaluate_perplexity, load_model, save_compressed
+    from .io import check_output
+
+    config = CompressConfig(
+        method=args.method, sparsity=None if args.num_remove else args.sparsity, num_remove=args.num_remove,
+        calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, mi_samples=args.mi_samples,
+        dtype=args.dtype, device=args.device, seed=args.seed, data_dir=args.data_dir,
+        fusion=FusionConfig(group_size=args.group_size, coefficient=args.coef, rank=args.rank,
+                            lora_rank=args.lora_rank, train_norms=args.train_norms),
+        tune=TuneConfig(loss=args.loss, epochs=args.epochs, batch_size=args.batch_size,
+                        coef_lr=args.coef_lr, lr=args.lr),
+    )
+    config.validate()
+    out = check_output(args.out, args.overwrite, protect=args.model)
+    model, tokenizer = load_model(args.model, args.dtype)
+    result = compress(model, tokenizer, config, progress=not args.quiet, model_name=args.model)
+    if args.ppl:
+        result.report.perplexity = evaluate_perplexity(result.model, tokenizer, _sources(args.ppl),
+                                                       result.report.seqlen, args.data_dir, progress=not args.quiet)
+    save_compressed(result.model, tokenizer, result.report, out, args.overwrite)
+    print(result.report.summary())
+    print(f"saved to {out}")
+
+
+def _run_eval(args) -> None:
+    from . import evaluate_perplexity, load_model
+    from .pipeline import context_length, resolve_device
+
+    model, tokenizer = load_model(args.model, args.dtype)
+    model.to(resolve_device(args.device))
+    seqlen = min(args.seqlen, context_length(model))
+    ppl = evaluate_perplexity(model, tokenizer, _sources(args.ppl), seqlen, args.data_dir, args.batch_size,
+                              progress=not args.quiet)
+    width = max(len(s) for s in ppl)
+    print(f"{'source':<{width}}  perplexity (seqlen {seqlen})")
+    for source, value in ppl.items():
+        print(f"{source:<{width}}  {value:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": args.model, "seqlen": seqlen, "ppl": ppl}, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fusegpt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _compress_parser(sub)
+    _eval_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        {"compress": _run_compress, "eval": _run_eval}[args.command](args)
+    except FuseGPTError as error:
+        print(f"fusegpt: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fusegpt: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

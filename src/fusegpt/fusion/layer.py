@@ -1,0 +1,93 @@
+"""A linear layer that has absorbed the same-role weights of removed blocks.
+
+    W_eff = W + B A + sum_k C_k ⊙ W_k        b_eff = b + sum_k c_k ⊙ b_k
+
+W and every W_k are frozen; C_k (see coefficients.py), the bias coefficients c_k and the LoRA
+pair (B zero-initialised) are trained. `merge()` folds everything into a plain nn.Linear."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .coefficients import COEFFICIENTS
+
+
+class FusedLinear(nn.Module):
+    def __init__(self, base: nn.Linear, coefficient: str = "lowrank", rank: int = 128, lora_rank: int = 0):
+        super().__init__()
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = nn.Parameter(base.weight.detach(), requires_grad=False)
+        self.bias = None if base.bias is None else nn.Parameter(base.bias.detach(), requires_grad=False)
+        self.coefficient, self.rank = coefficient, rank
+        self.injected_weights: list[torch.Tensor] = []
+        self.injected_biases: list[torch.Tensor | None] = []
+        self.coefficients = nn.ModuleList()
+        self.bias_coefficients = nn.ParameterList()
+        self.lora_A = self.lora_B = None
+        if lora_rank > 0:
+            r = min(lora_rank, self.out_features, self.in_features)
+            self.lora_A = nn.Parameter(torch.empty(r, self.in_features, dtype=torch.float32))
+            self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, dtype=torch.float32))
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            self.lora_A.requires_grad_(False), self.lora_B.requires_grad_(False)
+
+    def inject(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """Absorb a removed block's same-role weight (and bias) through new zero coefficients."""
+        if weight.shape != self.weight.shape:
+            raise ValueError(f"injected weight {tuple(weight.shape)} does not match {tuple(self.weight.shape)}")
+        self.injected_weights.append(weight.detach().to(self.weight.device))
+        coefficient = COEFFICIENTS[self.coefficient](self.out_features, self.in_features, self.rank)
+        self.coefficients.append(coefficient.requires_grad_(False).to(self.weight.device))
+        has_bias = self.bias is not None and bias is not None
+        self.injected_biases.append(bias.detach().to(self.weight.device) if has_bias else None)
+        self.bias_coefficients.append(nn.Parameter(torch.zeros(self.out_features, device=self.weight.device),
+                                                   requires_grad=False))
+
+    def _apply(self, fn, recurse=True):
+        """Keep the frozen injected tensors (plain attributes, shared between neighbours) on the
+        same device as the layer when it is onloaded or offloaded."""
+        super()._apply(fn, recurse)
+        self.injected_weights = [fn(w) for w in self.injected_weights]
+        self.injected_biases = [None if b is None else fn(b) for b in self.injected_biases]
+        return self
+
+    def effective_weight(self) -> torch.Tensor:
+        weight = self.weight.float()
+        if self.lora_B is not None:
+            weight = weight + self.lora_B @ self.lora_A
+        for coefficient, injected in zip(self.coefficients, self.injected_weights):
+            weight = weight + coefficient() * injected.float()
+        return weight.to(self.weight.dtype)
+
+    def effective_bias(self) -> torch.Tensor | None:
+        if self.bias is None:
+            return None
+        bias = self.bias.float()
+        for c, injected in zip(self.bias_coefficients, self.injected_biases):
+            if injected is not None:
+                bias = bias + c * injected.float()
+        return bias.to(self.bias.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.effective_weight(), self.effective_bias())
+
+    def coefficient_parameters(self) -> list[nn.Parameter]:
+        """Coefficients of the injected weights, and of the injected biases that exist."""
+        biases = [c for c, b in zip(self.bias_coefficients, self.injected_biases) if b is not None]
+        return [*self.coefficients.parameters(), *biases]
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [] if self.lora_A is None else [self.lora_A, self.lora_B]
+
+    @torch.no_grad()
+    def merge(self) -> nn.Linear:
+        """The plain linear layer this fused layer computes."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.weight.device, dtype=self.weight.dtype)
+        linear.weight.copy_(self.effective_weight())
+        if self.bias is not None:
+            linear.bias.copy_(self.effective_bias())
+        return linear

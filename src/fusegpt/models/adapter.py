@@ -1,0 +1,63 @@
+"""Where a family keeps its blocks and which linear layers play which role.
+
+Everything that depends on attribute names lives here; the pipeline, Macro Influence, fusion
+and tuning only see a list of blocks, a role -> linear mapping and a way to set the depth."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+
+def get_submodule(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path)
+
+
+def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+@dataclass(frozen=True)
+class DecoderAdapter:
+    """A decoder-only family: its blocks' location, the linear roles and the depth setting."""
+
+    family: str
+    model_types: tuple[str, ...]
+    blocks_path: str
+    roles: dict[str, str]  # role -> path inside a block, e.g. "q" -> "self_attn.q_proj"
+    depth_key: str = "num_hidden_layers"
+    per_layer_keys: tuple[str, ...] = ("layer_types",)  # config lists with one entry per block
+
+    def blocks(self, model: PreTrainedModel) -> nn.ModuleList:
+        return get_submodule(model, self.blocks_path)
+
+    def linears(self, block: nn.Module) -> dict[str, nn.Module]:
+        """The block's linear layers by role (q, k, v, o, gate, up, down or their equivalents)."""
+        return {role: get_submodule(block, path) for role, path in self.roles.items()}
+
+    def replace_linear(self, block: nn.Module, role: str, module: nn.Module) -> None:
+        set_submodule(block, self.roles[role], module)
+
+    def norm_parameters(self, block: nn.Module) -> list[nn.Parameter]:
+        """Parameters of the block that are not in a role linear: the norms (and norm-like gains)."""
+        inside = {id(p) for path in self.roles.values() for p in get_submodule(block, path).parameters()}
+        return [p for p in block.parameters() if id(p) not in inside]
+
+    def set_blocks(self, model: PreTrainedModel, blocks: list[nn.Module], kept: list[int]) -> None:
+        """Install `blocks` (originally at indices `kept`) as the model's blocks and make the config,
+        every per-layer config list and each attention's `layer_idx` agree with the new depth."""
+        set_submodule(model, self.blocks_path, nn.ModuleList(blocks))
+        for new_idx, block in enumerate(blocks):
+            for module in block.modules():
+                if hasattr(module, "layer_idx"):
+                    module.layer_idx = new_idx
+        self._shrink_config(model.config, kept)
+
+    def _shrink_config(self, config: PretrainedConfig, kept: list[int]) -> None:
+        setattr(config, self.depth_key, len(kept))
+        for key in self.per_layer_keys:
+            value = getattr(config, key, None)
+            if isinstance(value, (list, tuple)):
+                setattr(config, key, type(value)(value[i] for i in kept))

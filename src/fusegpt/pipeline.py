@@ -1,0 +1,81 @@
+"""The loop of the paper: calibrate, score, choose, group, fuse, tune, (repeat), merge."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from .calibrate import BlockStack, capture_block_inputs
+from .config import CompressConfig
+from .data import calibration_windows
+from .evaluation import Report, StepRecord
+from .fusion import merge_block
+from .importance import macro_influence
+from .methods import METHODS, StepContext
+from .models import adapter_for
+
+
+@dataclass
+class CompressResult:
+    model: PreTrainedModel  # the same object that was passed in, now shallower
+    report: Report
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def context_length(model: PreTrainedModel) -> int:
+    config = model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+
+
+def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = None,
+             progress: bool = True, model_name: str | None = None) -> CompressResult:
+    """Remove blocks from `model` (in place) by `config.method` and return it with its report.
+
+    Only the blocks being scored or tuned are moved to the compute device."""
+    config = config or CompressConfig()
+    config.validate()
+    adapter = adapter_for(model)
+    depth = len(adapter.blocks(model))
+    to_remove = config.blocks_to_remove(depth)
+    seqlen = min(config.seqlen, context_length(model))
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+
+    # calibrate: token windows -> hidden states entering every block
+    windows = calibration_windows(tokenizer, config.calib, config.nsamples, seqlen, config.seed, config.data_dir)
+    model.eval().requires_grad_(False)
+    embeddings, block_kwargs = capture_block_inputs(model, adapter, windows, config.tune.batch_size)
+    stack = BlockStack(list(adapter.blocks(model)), block_kwargs, embeddings, resolve_device(config.device),
+                       config.tune.batch_size)
+    report = Report(model=model_name or getattr(model.config, "_name_or_path", ""), config=config.to_dict(),
+                    original_depth=depth, seqlen=seqlen, seconds={"calibrate": time.perf_counter() - started})
+
+    remove = METHODS[config.method]
+    for step in tqdm(range(to_remove), desc=config.method, unit="block", disable=not progress):
+        # score, choose
+        scored = time.perf_counter()
+        scores = macro_influence(stack, config.mi_samples)
+        chosen = min(range(len(scores)), key=scores.__getitem__)
+        record = StepRecord(step=step, removed=stack.origin[chosen],
+                            macro_influence=dict(zip(stack.origin, scores)), group=[], losses=[], seconds={})
+        score_seconds = time.perf_counter() - scored
+        # group, fuse, tune (or just delete)
+        outcome = remove(StepContext(stack, adapter, config, step, progress), chosen)
+        record.group, record.losses = outcome.group, outcome.losses
+        record.seconds = {"score": score_seconds, **outcome.seconds}
+        report.steps.append(record)
+
+    # merge: fold every fused linear back into a plain one; install the kept blocks
+    for block in stack.blocks:
+        merge_block(adapter, block)
+    adapter.set_blocks(model, stack.blocks, stack.origin)
+    report.seconds["total"] = time.perf_counter() - started
+    return CompressResult(model=model, report=report)

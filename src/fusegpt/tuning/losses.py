@@ -1,0 +1,41 @@
+"""Distances between the fused group's output (student) and the original group's (teacher).
+
+Inputs are hidden states of shape (batch, tokens, hidden)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _kl(student: torch.Tensor, teacher: torch.Tensor, dim: int) -> torch.Tensor:
+    """KL(teacher || student) of softmax distributions along `dim`, summed along it and averaged
+    over every other position."""
+    log_p = F.log_softmax(teacher.float(), dim=dim)
+    log_q = F.log_softmax(student.float(), dim=dim)
+    return (log_p.exp() * (log_p - log_q)).sum(dim).mean()
+
+
+def kl_batch(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """The authors' loss: softmax across the windows of the batch, per token and channel."""
+    return _kl(student, teacher, dim=0)
+
+
+def kl_hidden(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Softmax across the hidden dimension of each token."""
+    return _kl(student, teacher, dim=-1)
+
+
+def mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(student.float(), teacher.float())
+
+
+def cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """1 - mean cosine similarity per token: the quantity Macro Influence measures."""
+    return 1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1).mean()
+
+
+LOSSES: dict[str, Loss] = {"kl_batch": kl_batch, "kl_hidden": kl_hidden, "mse": mse, "cosine": cosine}

@@ -1,0 +1,95 @@
+"""The fused linear layer and the group window."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fusegpt.fusion import FusedLinear, group_window
+
+
+def _linear(out_features=12, in_features=10, bias=False, seed=0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(in_features, out_features, bias=bias)
+
+
+@pytest.mark.parametrize("form", ["lowrank", "vector", "full"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_layer_starts_as_its_own_weight(form, bias):
+    base = _linear(bias=bias)
+    fused = FusedLinear(base, form, rank=4, lora_rank=3)
+    fused.inject(_linear(bias=bias, seed=1).weight, _linear(bias=bias, seed=1).bias)
+    fused.inject(_linear(bias=bias, seed=2).weight, _linear(bias=bias, seed=2).bias)
+    x = torch.randn(5, 7, 10)
+    assert torch.equal(fused(x), base(x))
+
+
+@pytest.mark.parametrize("form", ["lowrank", "vector", "full"])
+def test_weights_and_merge_follow_the_formula(form):
+    base, donor = _linear(bias=True), _linear(bias=True, seed=1)
+    fused = FusedLinear(base, form, rank=4, lora_rank=3)
+    fused.inject(donor.weight, donor.bias)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in [*fused.coefficient_parameters(), *fused.lora_parameters()]:
+            p.copy_(torch.randn_like(p))
+    coefficient = fused.coefficients[0]()
+    expected_w = base.weight + fused.lora_B @ fused.lora_A + coefficient * donor.weight
+    expected_b = base.bias + fused.bias_coefficients[0] * donor.bias
+    assert torch.allclose(fused.effective_weight(), expected_w, atol=1e-6)
+    assert torch.allclose(fused.effective_bias(), expected_b, atol=1e-6)
+    x = torch.randn(4, 10)
+    merged = fused.merge()
+    assert type(merged) is nn.Linear
+    assert torch.allclose(merged(x), fused(x), atol=1e-6)
+    assert not torch.equal(fused(x), base(x))
+
+
+def test_low_rank_coefficient_has_rank_and_zero_p():
+    fused = FusedLinear(_linear(), "lowrank", rank=4)
+    fused.inject(_linear(seed=1).weight)
+    c = fused.coefficients[0]
+    assert c.P.shape == (12, 4) and c.Q.shape == (4, 10)
+    assert torch.count_nonzero(c.P) == 0 and torch.count_nonzero(c.Q) > 0
+    assert FusedLinear(_linear(), "lowrank", rank=128).rank == 128  # capped per layer when injected
+    capped = FusedLinear(_linear(), "lowrank", rank=128)
+    capped.inject(_linear(seed=1).weight)
+    assert capped.coefficients[0].P.shape == (12, 10)
+
+
+def test_frozen_weights_get_no_gradient():
+    base, donor = _linear(), _linear(seed=1)
+    fused = FusedLinear(base, "lowrank", rank=4, lora_rank=2)
+    fused.inject(donor.weight)
+    for p in fused.coefficient_parameters() + fused.lora_parameters():
+        p.requires_grad_(True)
+    fused(torch.randn(3, 10)).sum().backward()
+    assert fused.weight.grad is None
+    assert fused.coefficients[0].P.grad is not None and fused.lora_B.grad is not None
+
+
+def test_injected_weight_shape_is_checked():
+    fused = FusedLinear(_linear(), "vector")
+    with pytest.raises(ValueError):
+        fused.inject(torch.zeros(3, 3))
+
+
+@pytest.mark.parametrize("removed, depth, group, expected", [
+    (5, 12, 7, (2, 10)),   # centred: 3 before, 4 after
+    (0, 12, 7, (0, 8)),    # first block: shifted inward
+    (1, 12, 7, (0, 8)),
+    (11, 12, 7, (4, 12)),  # last block: shifted inward
+    (10, 12, 7, (4, 12)),
+    (2, 5, 7, (0, 5)),     # model shallower than G + 1: the whole model
+    (3, 5, 2, (2, 5)),
+    (0, 2, 7, (0, 2)),
+])
+def test_group_window(removed, depth, group, expected):
+    start, end = group_window(removed, depth, group)
+    assert (start, end) == expected
+    assert start <= removed < end and end - start == min(group + 1, depth)
+
+
+def test_group_window_rejects_missing_block():
+    with pytest.raises(ValueError):
+        group_window(5, 5, 3)

@@ -1,0 +1,131 @@
+"""compress() end to end on tiny random Llamas: Macro Influence, fusion at init, save/reload."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import tiny_llama
+from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress, save_compressed
+from fusegpt.calibrate import BlockStack, capture_block_inputs
+from fusegpt.fusion import inject
+from fusegpt.importance import macro_influence
+from fusegpt.models import adapter_for
+
+
+def _config(text_file, **overrides) -> CompressConfig:
+    fusion = FusionConfig(group_size=3, rank=4, lora_rank=2)
+    tune = TuneConfig(epochs=2, batch_size=4, loss="mse")
+    settings = dict(calib=str(text_file), nsamples=8, seqlen=32, mi_samples=4, num_remove=2, sparsity=None,
+                    fusion=fusion, tune=tune)
+    settings.update(overrides)
+    return CompressConfig(**settings)
+
+
+def _stack(model, tokenizer, text_file, nsamples=8) -> BlockStack:
+    from fusegpt.data import calibration_windows
+
+    ids = calibration_windows(tokenizer, str(text_file), nsamples, 32, seed=0)
+    embeddings, kwargs = capture_block_inputs(model, adapter_for(model), ids, batch_size=4)
+    return BlockStack(list(adapter_for(model).blocks(model)), kwargs, embeddings, torch.device("cpu"), 4)
+
+
+def _make_identity(model, index: int) -> None:
+    """Zero the block's residual branches: it then passes its input through unchanged."""
+    block = model.model.layers[index]
+    with torch.no_grad():
+        block.self_attn.o_proj.weight.zero_()
+        block.mlp.down_proj.weight.zero_()
+
+
+def test_stack_boundaries_match_the_model(tokenizer, text_file):
+    model = tiny_llama()
+    stack = _stack(model, tokenizer, text_file)
+    from fusegpt.data import calibration_windows
+
+    ids = calibration_windows(tokenizer, str(text_file), 8, 32, seed=0)
+    with torch.no_grad():
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+    for i in range(len(stack)):  # HF's hidden_states[i] is the input of block i
+        assert torch.allclose(stack.boundaries[i], hidden[i], atol=1e-5)
+
+
+def test_macro_influence_is_zero_for_an_identity_block_and_picks_it_first(tokenizer, text_file):
+    model = tiny_llama()
+    _make_identity(model, 3)
+    scores = macro_influence(_stack(model, tokenizer, text_file), samples=4)
+    assert abs(scores[3]) < 1e-6
+    assert all(s > 1e-4 for i, s in enumerate(scores) if i != 3)
+    result = compress(model, tokenizer, _config(text_file, method="remove", num_remove=1), progress=False)
+    assert result.report.removed == [3]
+
+
+def test_macro_influence_matches_a_direct_computation(tokenizer, text_file):
+    model = tiny_llama(depth=4)
+    stack = _stack(model, tokenizer, text_file)
+    scores = macro_influence(stack, samples=4)
+    x = stack.boundaries[0][:4]
+    full = stack.run(0, 4, x)
+    for i in range(4):
+        h = x
+        for j in [j for j in range(4) if j != i]:
+            h = stack.run(j, j + 1, h)
+        cos = torch.nn.functional.cosine_similarity(full, h, dim=-1).mean().item()
+        assert scores[i] == pytest.approx(1 - cos, abs=1e-6)
+
+
+def test_fused_group_at_init_equals_the_block_removed_model(tokenizer, text_file):
+    model = tiny_llama()
+    stack = _stack(model, tokenizer, text_file)
+    adapter = adapter_for(model)
+    removed = stack.delete(2)
+    stack.refresh(2)
+    reference = stack.final.clone()
+    inject(adapter, removed, stack.blocks[0:5], FusionConfig(rank=4, lora_rank=2))
+    assert "Fused" in type(stack.blocks[0].self_attn.q_proj).__name__
+    stack.refresh(0)
+    assert torch.equal(stack.final, reference)
+
+
+def test_fused_result_saves_reloads_and_generates(tmp_path, tokenizer, text_file):
+    model = tiny_llama(tied=False)
+    result = compress(model, tokenizer, _config(text_file), progress=False)
+    report = result.report
+    assert len(report.steps) == 2 and len(report.kept) == 4
+    assert all(len(s.losses) == 2 for s in report.steps)
+    assert result.model.config.num_hidden_layers == 4 and len(result.model.model.layers) == 4
+    assert [b.self_attn.layer_idx for b in result.model.model.layers] == [0, 1, 2, 3]
+    assert "Fused" not in str(result.model)
+
+    out = save_compressed(result.model, tokenizer, report, tmp_path / "out")
+    reloaded, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info
+    assert reloaded.config.num_hidden_layers == 4
+    ids = tokenizer("hello world, fused", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert (reloaded(ids).logits - result.model(ids).logits).abs().max() <= 1e-5
+    cached = reloaded.generate(ids, max_new_tokens=8, do_sample=False, use_cache=True)
+    uncached = reloaded.generate(ids, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached) and cached.shape[1] == ids.shape[1] + 8
+
+    saved = json.loads((out / "fusegpt_report.json").read_text())
+    assert saved["removed"] == report.removed and saved["config"]["method"] == "fusegpt"
+    assert set(map(int, saved["steps"][0]["macro_influence"])) == set(range(6))
+    assert len(saved["steps"][0]["group"]) == 3
+
+
+def test_same_seed_same_result(tokenizer, text_file):
+    states = []
+    for seed in (0, 0, 1):
+        result = compress(tiny_llama(), tokenizer, _config(text_file, seed=seed), progress=False)
+        states.append(result.model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert any(not torch.equal(states[0][k], states[2][k]) for k in states[0] if k in states[2])
+
+
+def test_tuning_reduces_the_group_loss(tokenizer, text_file):
+    config = _config(text_file, num_remove=1, tune=TuneConfig(epochs=6, batch_size=4, loss="mse", coef_lr=1e-2))
+    losses = compress(tiny_llama(), tokenizer, config, progress=False).report.steps[0].losses
+    assert losses[-1] < 0.9 * losses[0]
