@@ -5,6 +5,7 @@ import errno
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,6 +17,20 @@ from .evaluation import Report
 
 REPORT_NAME = "fusegpt_report.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@contextmanager
+def _hf_quiet():
+    """transformers' own loading/writing bars and warnings would drown our one-line messages."""
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _looks_like_path(name: str) -> bool:
@@ -31,16 +46,13 @@ def load_model(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, obje
         if not (path / "config.json").is_file():
             raise FuseGPTError(f"'{name}' has no config.json: not a HuggingFace model folder")
         name = str(path)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[dtype])
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        with _hf_quiet():
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[dtype])
+            tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise FuseGPTError(f"could not load model '{name}': {first_line}") from error
-    finally:
-        hf_logging.set_verbosity(verbosity)
     return model.eval().requires_grad_(False), tokenizer
 
 
@@ -74,9 +86,10 @@ def save_compressed(model: PreTrainedModel, tokenizer, report: Report, out: str 
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     previous = staging.with_name(staging.name + "-previous")
     try:
-        model.save_pretrained(staging)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
+        with _hf_quiet():
+            model.save_pretrained(staging)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
         report.write(staging / REPORT_NAME)
         if out.exists():
             os.replace(out, previous)

@@ -62,7 +62,7 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     for step in tqdm(range(to_remove), desc=config.method, unit="block", disable=not progress):
         # score, choose
         scored = time.perf_counter()
-        scores = macro_influence(stack, config.mi_samples)
+        scores = macro_influence(stack, config.mi_samples, progress)
         chosen = min(range(len(scores)), key=scores.__getitem__)
         record = StepRecord(step=step, removed=stack.origin[chosen],
                             macro_influence=dict(zip(stack.origin, scores)), group=[], losses=[], seconds={})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..calibrate import BlockStack
 
@@ -16,11 +17,11 @@ def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return F.cosine_similarity(a.float(), b.float(), dim=-1).mean().item()
 
 
-def macro_influence(stack: BlockStack, samples: int) -> list[float]:
+def macro_influence(stack: BlockStack, samples: int, progress: bool = False) -> list[float]:
     """MI of every current block, on the first `samples` calibration windows."""
     reference = stack.final[:samples]
     scores = []
-    for i in range(len(stack)):
+    for i in tqdm(range(len(stack)), desc="macro influence", unit="block", leave=False, disable=not progress):
         without_i = stack.run(i + 1, len(stack), stack.boundaries[i][:samples])
         scores.append(1.0 - mean_cosine(reference, without_i))
     return scores

@@ -1,0 +1,129 @@
+"""The command line: results on disk, and every bad input gives one line, exit 2, nothing written."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_llama
+from fusegpt.cli import main
+
+
+@pytest.fixture
+def model_dir(tmp_path, tokenizer) -> Path:
+    path = tmp_path / "tiny"
+    tiny_llama(depth=4).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _compress(model_dir, out, text_file, *extra) -> list[str]:
+    return ["compress", str(model_dir), "--out", str(out), "--calib", str(text_file), "--nsamples", "4",
+            "--seqlen", "32", "--mi-samples", "2", "--epochs", "1", "--batch-size", "2", "--rank", "4",
+            "--lora-rank", "0", "--group-size", "2", "--quiet", *extra]
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fusegpt: error: "), err
+    return err[0]
+
+
+def test_compress_writes_a_model_and_leaves_the_input_alone(tmp_path, model_dir, text_file, capsys):
+    before = _digest(model_dir)
+    out = tmp_path / "out"
+    assert main(_compress(model_dir, out, text_file, "--num-remove", "1", "--ppl", str(text_file))) == 0
+    assert _digest(model_dir) == before
+    assert {"config.json", "model.safetensors", "tokenizer.json", "fusegpt_report.json"} <= {p.name for p in out.iterdir()}
+    report = json.loads((out / "fusegpt_report.json").read_text())
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 3
+    assert report["config"]["tune"]["epochs"] == 1 and len(report["steps"]) == 1
+    assert report["perplexity"][str(text_file)] > 1
+    assert "4 -> 3 blocks" in capsys.readouterr().out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no staging left behind
+
+
+def test_eval_prints_and_writes_json(tmp_path, model_dir, text_file, capsys):
+    from fusegpt import evaluate_perplexity, load_model
+
+    target = tmp_path / "ppl.json"
+    assert main(["eval", str(model_dir), "--ppl", str(text_file), "--seqlen", "32", "--json", str(target),
+                 "--quiet"]) == 0
+    saved = json.loads(target.read_text())
+    model, tokenizer = load_model(str(model_dir))
+    expected = evaluate_perplexity(model, tokenizer, [str(text_file)], 32, progress=False)[str(text_file)]
+    assert saved == {"model": str(model_dir), "seqlen": 32, "ppl": {str(text_file): pytest.approx(expected)}}
+    assert f"{expected:.3f}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--sparsity", "1.5"], "--sparsity must be in (0, 1)"),
+    (["--sparsity", "0"], "--sparsity must be in (0, 1)"),
+    (["--num-remove", "4"], "cannot remove 4 of 4 blocks"),
+    (["--loss", "kl_batch", "--batch-size", "1"], "needs --batch-size of at least 2"),
+    (["--nsamples", "0"], "--nsamples must be at least 1"),
+    (["--coef-lr", "0"], "--coef-lr must be positive"),
+])
+def test_bad_settings_fail_before_writing(tmp_path, model_dir, text_file, capsys, extra, message):
+    out = tmp_path / "out"
+    assert main(_compress(model_dir, out, text_file, *extra)) == 2
+    assert message in _one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_missing_model_and_missing_calibration(tmp_path, model_dir, text_file, capsys):
+    assert main(_compress(tmp_path / "nope", tmp_path / "out", text_file)) == 2
+    assert "model folder" in _one_line_error(capsys) and not (tmp_path / "out").exists()
+    assert main(_compress(model_dir, tmp_path / "out", tmp_path / "missing.txt")) == 2
+    assert "neither a file nor" in _one_line_error(capsys) and not (tmp_path / "out").exists()
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    assert main(_compress(model_dir, tmp_path / "out", short)) == 2
+    assert "fewer than one window" in _one_line_error(capsys) and not (tmp_path / "out").exists()
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path, model_dir, text_file, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(_compress(model_dir, out, text_file, "--num-remove", "1")) == 2
+    assert "not empty" in _one_line_error(capsys)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert main(_compress(model_dir, out, text_file, "--num-remove", "1", "--overwrite")) == 0
+    assert (out / "model.safetensors").exists() and not (out / "keep.txt").exists()
+
+
+def test_output_that_cannot_be_written(tmp_path, model_dir, text_file, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(_compress(model_dir, blocker / "out", text_file)) == 2
+    assert "does not exist" in _one_line_error(capsys)
+    assert main(_compress(model_dir, model_dir, text_file, "--overwrite")) == 2
+    assert "input model folder" in _one_line_error(capsys)
+
+
+def test_unsupported_architecture(tmp_path, text_file, tokenizer, capsys):
+    from transformers import BertConfig, BertForMaskedLM
+
+    path = tmp_path / "bert"
+    BertForMaskedLM(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=32)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    capsys.readouterr()
+    assert main(_compress(path, tmp_path / "out", text_file)) == 2
+    assert "unsupported architecture 'bert'" in _one_line_error(capsys)
+
+
+def test_help_documents_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    text = capsys.readouterr().out
+    for option in ["--sparsity", "--group-size", "--rank", "--coef", "--loss", "--coef-lr", "--mi-samples", "--dtype"]:
+        assert option in text
+    assert "default: 0.25" in text and "default: 7" in text
