@@ -4,8 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
 
 from fusegpt.fusion import FusedLinear, group_window
+from fusegpt.fusion.layer import linear_weights
 
 
 def _linear(out_features=12, in_features=10, bias=False, seed=0) -> nn.Linear:
@@ -43,6 +45,29 @@ def test_weights_and_merge_follow_the_formula(form):
     assert type(merged) is nn.Linear
     assert torch.allclose(merged(x), fused(x), atol=1e-6)
     assert not torch.equal(fused(x), base(x))
+
+
+def test_conv1d_fuses_in_linear_orientation_and_merges_back_to_a_conv1d():
+    """GPT-2's Conv1D stores (in, out); fusion works in (out, in) and the merged layer has the
+    base's type and layout, so a saved state dict fits the architecture."""
+    torch.manual_seed(0)
+    base, donor = Conv1D(12, 10), Conv1D(12, 10)  # nf = out, nx = in
+    with torch.no_grad():
+        base.bias.normal_(), donor.bias.normal_()
+    fused = FusedLinear(base, "full", rank=4, lora_rank=3)
+    assert (fused.out_features, fused.in_features) == (12, 10)
+    fused.inject(*linear_weights(donor))
+    x = torch.randn(4, 5, 10)
+    assert torch.allclose(fused(x), base(x), atol=1e-6)
+    with torch.no_grad():
+        for p in [*fused.coefficient_parameters(), *fused.lora_parameters()]:
+            p.copy_(torch.randn_like(p))
+    expected = base.weight.T + fused.lora_B @ fused.lora_A + fused.coefficients[0]() * donor.weight.T
+    assert torch.allclose(fused.effective_weight(), expected, atol=1e-6)
+    merged = fused.merge()
+    assert type(merged) is Conv1D and merged.weight.shape == (10, 12)
+    assert torch.allclose(merged(x), fused(x), atol=1e-5)
+    assert not torch.allclose(merged(x), base(x), atol=1e-3)
 
 
 def test_low_rank_coefficient_has_rank_and_zero_p():

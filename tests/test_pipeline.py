@@ -129,3 +129,13 @@ def test_tuning_reduces_the_group_loss(tokenizer, text_file):
     config = _config(text_file, num_remove=1, tune=TuneConfig(epochs=6, batch_size=4, loss="mse", coef_lr=1e-2))
     losses = compress(tiny_llama(), tokenizer, config, progress=False).report.steps[0].losses
     assert losses[-1] < 0.9 * losses[0]
+
+
+def test_bfloat16_compresses_and_saves_bfloat16(tmp_path, tokenizer, text_file):
+    model = tiny_llama().to(torch.bfloat16)
+    result = compress(model, tokenizer, _config(text_file, dtype="bfloat16"), progress=False)
+    assert all(p.dtype == torch.bfloat16 for p in result.model.parameters())
+    assert all(len(s.losses) == 2 and all(l == l for l in s.losses) for s in result.report.steps)  # no NaN
+    out = save_compressed(result.model, tokenizer, result.report, tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.dtype == torch.bfloat16 and reloaded.config.num_hidden_layers == 4

@@ -23,7 +23,7 @@ def _compress(stories, method: str, **tune) -> tuple[float, list[int]]:
     config = CompressConfig(method=method, num_remove=2, sparsity=None,
                             calib=str(asset("text/wikitext-2-raw/wiki.valid.raw")), nsamples=32, seqlen=256,
                             fusion=FusionConfig(group_size=3, rank=16, lora_rank=16),
-                            tune=TuneConfig(**{"loss": "mse", "epochs": 4, **tune}))
+                            tune=TuneConfig(**{"loss": "mse", "epochs": 8, "coef_lr": 1e-2, "lr": 1e-3, **tune}))
     result = compress(copy.deepcopy(model), tokenizer, config, progress=False)
     return perplexity(result.model, ids, 256, progress=False), result.report.removed
 
@@ -35,4 +35,4 @@ def test_fused_beats_removed_on_stories260k(stories):
     fused, fused_blocks = _compress(stories, "fusegpt")
     assert removed_blocks[0] == fused_blocks[0] == 4  # the last block has the lowest MI
     assert dense < fused < removed
-    assert fused - dense < 0.5 * (removed - dense)  # fusion recovers most of the damage
+    assert fused - dense < 0.1 * (removed - dense)  # fusion repairs over 90% of the damage

@@ -6,6 +6,7 @@ hidden states entering block `i`; the last boundary is the output of the last bl
 final norm). After a change at block `i`, only boundaries after `i` are recomputed."""
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -46,6 +47,20 @@ def onloaded(modules: list[nn.Module], device: torch.device) -> Iterator[None]:
             m.to(home)
 
 
+def _keyword_call(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A block call as {parameter name: value}, hidden states first: some models pass the mask and
+    the cache by position, which would be lost if only the keywords were kept."""
+    signature = inspect.signature(module.forward)
+    bound = signature.bind(*args, **kwargs)
+    call: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            call.update(value)
+        else:
+            call[name] = value
+    return call
+
+
 def capture_block_inputs(model: PreTrainedModel, adapter: DecoderAdapter, input_ids: torch.Tensor,
                          batch_size: int) -> tuple[torch.Tensor, list[dict]]:
     """Hidden states entering block 0 for every window, and the keyword arguments (rotary
@@ -57,23 +72,23 @@ def capture_block_inputs(model: PreTrainedModel, adapter: DecoderAdapter, input_
     stop_at_first = [False]
 
     def hook_for(index: int):
-        def hook(_module, args, kwargs):
-            call = dict(kwargs)
-            hidden = args[0] if args else call.pop("hidden_states")
+        def hook(module, args, kwargs):
+            call = _keyword_call(module, args, kwargs)
+            hidden = call.pop(next(iter(call)))
+            if stop_at_first[0]:  # the batched passes only collect block 0's input
+                first_inputs.append(hidden.detach())
+                raise _Stop
             call.pop("past_key_values", None), call.pop("past_key_value", None), call.pop("layer_past", None)
             call["use_cache"] = False
             kwargs_per_block[index] = call
-            if index == 0:
-                first_inputs.append(hidden.detach())
-                if stop_at_first[0]:
-                    raise _Stop
         return hook
 
     handles = [b.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, b in enumerate(blocks)]
     try:
         with torch.no_grad():
-            model(input_ids=input_ids[:1], use_cache=False)  # one full pass: every block's kwargs
-            first_inputs.clear()
+            # one full pass on one window: every block's kwargs, with masks of batch size 1 that
+            # broadcast over any batch (a mask captured from a batch would fit that batch only)
+            model(input_ids=input_ids[:1], use_cache=False)
             stop_at_first[0] = True
             for start in range(0, input_ids.shape[0], batch_size):
                 try:

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import torch
+
 Method = Literal["fusegpt", "remove"]
 CoefficientForm = Literal["lowrank", "vector", "full"]
 LossName = Literal["kl_batch", "kl_hidden", "mse", "cosine"]
@@ -14,7 +16,8 @@ DType = Literal["float32", "bfloat16"]
 METHODS: tuple[str, ...] = ("fusegpt", "remove")
 COEFFICIENT_FORMS: tuple[str, ...] = ("lowrank", "vector", "full")
 LOSSES: tuple[str, ...] = ("kl_batch", "kl_hidden", "mse", "cosine")
-DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES: tuple[str, ...] = tuple(TORCH_DTYPES)
 
 
 @dataclass

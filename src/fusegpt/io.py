@@ -8,15 +8,16 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer,
+                          PretrainedConfig, PreTrainedModel)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 from transformers.utils import logging as hf_logging
 
+from .config import TORCH_DTYPES
 from .errors import FuseGPTError
 from .evaluation import Report
 
 REPORT_NAME = "fusegpt_report.json"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @contextmanager
@@ -37,8 +38,17 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1) or Path(name).exists()
 
 
+def _auto_class(config: PretrainedConfig) -> type:
+    """A causal LM's auto class, or the image-text one for a multimodal model (LLaVA) that has no
+    causal-LM class: its vision tower must load with it, so that image inputs still run."""
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
+
+
 def load_model(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, object]:
-    """A causal LM and its tokenizer from a local folder or a Hub id, on the CPU, frozen."""
+    """A causal LM (or image-text model) and its tokenizer from a local folder or a Hub id, on the
+    CPU, frozen."""
     path = Path(name).expanduser()
     if _looks_like_path(name):
         if not path.is_dir():
@@ -48,7 +58,8 @@ def load_model(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, obje
         name = str(path)
     try:
         with _hf_quiet():
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[dtype])
+            config = AutoConfig.from_pretrained(name)
+            model = _auto_class(config).from_pretrained(name, config=config, dtype=TORCH_DTYPES[dtype])
             tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

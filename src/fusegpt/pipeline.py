@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from .calibrate import BlockStack, capture_block_inputs
-from .config import CompressConfig
+from .config import TORCH_DTYPES, CompressConfig
 from .data import calibration_windows
 from .evaluation import Report, StepRecord
 from .fusion import merge_block
@@ -31,7 +31,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def context_length(model: PreTrainedModel) -> int:
-    config = model.config
+    config = model.config.get_text_config()  # a multimodal model's context is its language model's
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
 
 
@@ -51,7 +51,7 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
 
     # calibrate: token windows -> hidden states entering every block
     windows = calibration_windows(tokenizer, config.calib, config.nsamples, seqlen, config.seed, config.data_dir)
-    model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False).to(TORCH_DTYPES[config.dtype])
     embeddings, block_kwargs = capture_block_inputs(model, adapter, windows, config.tune.batch_size)
     stack = BlockStack(list(adapter.blocks(model)), block_kwargs, embeddings, resolve_device(config.device),
                        config.tune.batch_size)

@@ -1,26 +1,17 @@
 """Inject a removed block into its neighbours, and fold fused layers back into plain ones."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from ..config import FusionConfig
 from ..models import DecoderAdapter
-from .layer import FusedLinear
-
-
-def _effective(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A removed block that had itself absorbed others contributes its merged weight."""
-    if isinstance(linear, FusedLinear):
-        with torch.no_grad():
-            return linear.effective_weight().detach(), linear.effective_bias()
-    return linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
+from .layer import FusedLinear, linear_weights
 
 
 def inject(adapter: DecoderAdapter, removed: nn.Module, neighbours: list[nn.Module], config: FusionConfig) -> None:
     """Give every role linear of every neighbour a zero-initialised coefficient on the removed
     block's same-role weight; the neighbourhood still computes exactly the block-removed function."""
-    donors = {role: _effective(linear) for role, linear in adapter.linears(removed).items()}
+    donors = {role: linear_weights(linear) for role, linear in adapter.linears(removed).items()}
     for block in neighbours:
         for role, linear in adapter.linears(block).items():
             if not isinstance(linear, FusedLinear):

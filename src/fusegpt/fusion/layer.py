@@ -3,7 +3,9 @@
     W_eff = W + B A + sum_k C_k ⊙ W_k        b_eff = b + sum_k c_k ⊙ b_k
 
 W and every W_k are frozen; C_k (see coefficients.py), the bias coefficients c_k and the LoRA
-pair (B zero-initialised) are trained. `merge()` folds everything into a plain nn.Linear."""
+pair (B zero-initialised) are trained. The base may be an nn.Linear or a transposed-weight
+Conv1D; the math always runs in (out, in) orientation, and `merge()` folds everything
+back into a plain layer of the base's own type, so the saved state dict fits the architecture."""
 from __future__ import annotations
 
 import math
@@ -11,16 +13,29 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers.pytorch_utils import Conv1D
 
 from .coefficients import COEFFICIENTS
 
 
+def linear_weights(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight in (out, in) orientation, bias) of an nn.Linear, a Conv1D or a FusedLinear (whose
+    merged weight is what a removed block that had itself absorbed others contributes)."""
+    if isinstance(layer, FusedLinear):
+        with torch.no_grad():
+            return layer.effective_weight().detach(), layer.effective_bias()
+    weight, bias = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
+    return (weight.T if isinstance(layer, Conv1D) else weight), bias
+
+
 class FusedLinear(nn.Module):
-    def __init__(self, base: nn.Linear, coefficient: str = "lowrank", rank: int = 128, lora_rank: int = 0):
+    def __init__(self, base: nn.Linear | Conv1D, coefficient: str = "lowrank", rank: int = 128, lora_rank: int = 0):
         super().__init__()
-        self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = nn.Parameter(base.weight.detach(), requires_grad=False)
-        self.bias = None if base.bias is None else nn.Parameter(base.bias.detach(), requires_grad=False)
+        weight, bias = linear_weights(base)
+        self.out_features, self.in_features = weight.shape
+        self.transposed = isinstance(base, Conv1D)
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.coefficient, self.rank = coefficient, rank
         self.injected_weights: list[torch.Tensor] = []
         self.injected_biases: list[torch.Tensor | None] = []
@@ -83,11 +98,16 @@ class FusedLinear(nn.Module):
         return [] if self.lora_A is None else [self.lora_A, self.lora_B]
 
     @torch.no_grad()
-    def merge(self) -> nn.Linear:
-        """The plain linear layer this fused layer computes."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.weight.device, dtype=self.weight.dtype)
-        linear.weight.copy_(self.effective_weight())
+    def merge(self) -> nn.Linear | Conv1D:
+        """The plain layer, of the base's type, that this fused layer computes."""
+        weight = self.effective_weight()
+        with torch.device(self.weight.device):
+            if self.transposed:
+                layer, weight = Conv1D(self.out_features, self.in_features), weight.T
+            else:
+                layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        layer.to(self.weight.dtype)
+        layer.weight.copy_(weight)
         if self.bias is not None:
-            linear.bias.copy_(self.effective_bias())
-        return linear
+            layer.bias.copy_(self.effective_bias())
+        return layer

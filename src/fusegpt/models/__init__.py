@@ -1,5 +1,6 @@
 """Architecture adapters: the only code that knows where a family keeps its blocks."""
 from .adapter import DecoderAdapter
-from .registry import ADAPTERS, adapter_for, supported_families
+from .families import ADAPTERS, LANGUAGE_TOWERS
+from .registry import adapter_for, supported_families
 
-__all__ = ["ADAPTERS", "DecoderAdapter", "adapter_for", "supported_families"]
+__all__ = ["ADAPTERS", "LANGUAGE_TOWERS", "DecoderAdapter", "adapter_for", "supported_families"]

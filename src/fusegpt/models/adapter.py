@@ -21,20 +21,33 @@ def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
 
 @dataclass(frozen=True)
 class DecoderAdapter:
-    """A decoder-only family: its blocks' location, the linear roles and the depth setting."""
+    """A decoder family: where its blocks are, the linear roles inside a block and which config
+    settings describe the depth. The settings live in the text config (`get_text_config()`), which
+    is the model's own config for a causal LM and the language model's for a LLaVA."""
 
     family: str
     model_types: tuple[str, ...]
-    blocks_path: str
+    base: str  # the decoder stack inside the loaded model ("model", "transformer", "model.language_model")
+    layers: str  # the block list inside `base` ("layers", "h", "decoder.layers")
     roles: dict[str, str]  # role -> path inside a block, e.g. "q" -> "self_attn.q_proj"
     depth_key: str = "num_hidden_layers"
     per_layer_keys: tuple[str, ...] = ("layer_types",)  # config lists with one entry per block
+    # "the first N blocks" settings (Qwen2's max_window_layers): N becomes the number of kept
+    # blocks among the first N, so every kept block stays on its side of the threshold
+    threshold_keys: tuple[str, ...] = ()
+    # config flags under which a block computes something that depends on its index, which
+    # changes when blocks before it are removed (GPT-2's scale_attn_by_inverse_layer_idx)
+    index_dependent_flags: tuple[str, ...] = ()
+
+    @property
+    def blocks_path(self) -> str:
+        return f"{self.base}.{self.layers}"
 
     def blocks(self, model: PreTrainedModel) -> nn.ModuleList:
         return get_submodule(model, self.blocks_path)
 
     def linears(self, block: nn.Module) -> dict[str, nn.Module]:
-        """The block's linear layers by role (q, k, v, o, gate, up, down or their equivalents)."""
+        """The block's linear layers by role (q, k, v, o, gate, up, down or their fused equivalents)."""
         return {role: get_submodule(block, path) for role, path in self.roles.items()}
 
     def replace_linear(self, block: nn.Module, role: str, module: nn.Module) -> None:
@@ -47,13 +60,13 @@ class DecoderAdapter:
 
     def set_blocks(self, model: PreTrainedModel, blocks: list[nn.Module], kept: list[int]) -> None:
         """Install `blocks` (originally at indices `kept`) as the model's blocks and make the config,
-        every per-layer config list and each attention's `layer_idx` agree with the new depth."""
+        every per-layer config setting and each attention's `layer_idx` agree with the new depth."""
         set_submodule(model, self.blocks_path, nn.ModuleList(blocks))
         for new_idx, block in enumerate(blocks):
             for module in block.modules():
                 if hasattr(module, "layer_idx"):
                     module.layer_idx = new_idx
-        self._shrink_config(model.config, kept)
+        self._shrink_config(model.config.get_text_config(), kept)
 
     def _shrink_config(self, config: PretrainedConfig, kept: list[int]) -> None:
         setattr(config, self.depth_key, len(kept))
@@ -61,3 +74,7 @@ class DecoderAdapter:
             value = getattr(config, key, None)
             if isinstance(value, (list, tuple)):
                 setattr(config, key, type(value)(value[i] for i in kept))
+        for key in self.threshold_keys:
+            value = getattr(config, key, None)
+            if isinstance(value, int):
+                setattr(config, key, sum(i < value for i in kept))
