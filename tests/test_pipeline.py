@@ -112,7 +112,8 @@ def test_fused_result_saves_reloads_and_generates(tmp_path, tokenizer, text_file
 
     saved = json.loads((out / "fusegpt_report.json").read_text())
     assert saved["removed"] == report.removed and saved["config"]["method"] == "fusegpt"
-    assert set(map(int, saved["steps"][0]["macro_influence"])) == set(range(6))
+    assert saved["steps"][0]["criterion"] == "macro_influence"
+    assert set(map(int, saved["steps"][0]["scores"])) == set(range(6))
     assert len(saved["steps"][0]["group"]) == 3
 
 

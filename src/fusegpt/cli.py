@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import COEFFICIENT_FORMS, DTYPES, LOSSES, METHODS, CompressConfig, FusionConfig, TuneConfig
 from .errors import FuseGPTError
+from .evaluation.zeroshot import TASKS
 
 _DEFAULT = CompressConfig()
 _FUSION, _TUNE = FusionConfig(), TuneConfig()
@@ -28,16 +29,32 @@ def _compress_parser(sub) -> None:
     p.add_argument("model", help="local HuggingFace model folder or Hub id")
     p.add_argument("--out", required=True, help="output folder (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only once the new result is complete)")
-    p.add_argument("--method", choices=METHODS, default=_DEFAULT.method,
-                   help="fusegpt: fuse and tune; remove: delete the lowest-MI blocks, no tuning")
     amount = p.add_mutually_exclusive_group()
     amount.add_argument("--sparsity", type=float, default=_DEFAULT.sparsity,
                         help="fraction of blocks to remove; K = ceil(depth * S)")
     amount.add_argument("--num-remove", type=int, help="number of blocks to remove (instead of --sparsity)")
+    p.add_argument("--ppl", default="", help="also evaluate the result on these comma-separated sources")
+    p.add_argument("--method", choices=METHODS, default=_DEFAULT.method,
+                   help="fusegpt: fuse the lowest-MI block into its neighbours and tune them; remove: delete the "
+                        "lowest-MI blocks, no tuning; shortgpt: delete the lowest Block Influence blocks, scored "
+                        "once; sleb: delete the block without which the calibration loss is lowest; last: delete "
+                        "the blocks just before the final one; remove-lora: as remove, then LoRA-heal the kept "
+                        "blocks with fusegpt's number of optimiser steps (LoRA at --coef-lr)")
+    _add_method_options(p)
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    """Calibration, scoring, fusion and tuning settings, shared by `compress` and `compare`."""
     p.add_argument("--calib", default=_DEFAULT.calib, help="calibration text: wikitext2, c4, ptb or a .txt/.raw/.jsonl/.parquet file")
     p.add_argument("--nsamples", type=int, default=_DEFAULT.nsamples, help="calibration windows")
     p.add_argument("--seqlen", type=int, default=_DEFAULT.seqlen, help="tokens per window (capped at the model's context)")
-    p.add_argument("--mi-samples", type=int, default=_DEFAULT.mi_samples, help="windows used to score Macro Influence")
+    p.add_argument("--mi-samples", type=int, default=_DEFAULT.mi_samples,
+                   help="windows used to score blocks (Macro Influence, Block Influence, calibration loss)")
+    p.add_argument("--fuse-eval", dest="fuse_eval_candidates", type=int, default=_DEFAULT.fuse_eval_candidates,
+                   metavar="K", help="fusegpt: trial-fuse the K lowest-MI blocks and remove the one whose output "
+                                     "stays closest (0: the lowest-MI block)")
+    p.add_argument("--fuse-eval-epochs", type=int, default=_DEFAULT.fuse_eval_epochs, metavar="E",
+                   help="tuning epochs of each --fuse-eval trial")
     p.add_argument("--epochs", type=int, default=_TUNE.epochs, help="tuning epochs per removed block")
     p.add_argument("--batch-size", type=int, default=_TUNE.batch_size, help="windows per tuning step")
     p.add_argument("--loss", choices=LOSSES, default=_TUNE.loss, help="student/teacher distance")
@@ -50,14 +67,15 @@ def _compress_parser(sub) -> None:
     p.add_argument("--no-train-norms", dest="train_norms", action="store_false", help="keep norm weights frozen")
     p.add_argument("--device", default=_DEFAULT.device, help="compute device: auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--seed", type=int, default=_DEFAULT.seed, help="seed for windows, initialisation and order")
-    p.add_argument("--ppl", default="", help="also evaluate the result on these comma-separated sources")
     _add_common(p)
 
 
 def _eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="perplexity of a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help="local HuggingFace model folder or Hub id")
-    p.add_argument("--ppl", required=True, help="comma-separated sources: wikitext2, c4, ptb or text files")
+    p.add_argument("--ppl", default="", help="comma-separated sources: wikitext2, c4, ptb or text files")
+    _add_task_options(p)
     p.add_argument("--seqlen", type=int, default=_DEFAULT.seqlen, help="window length (capped at the model's context)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     p.add_argument("--device", default=_DEFAULT.device, help="compute device")
@@ -65,17 +83,35 @@ def _eval_parser(sub) -> None:
     _add_common(p)
 
 
+def _add_task_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", default="", help=f"comma-separated zero-shot tasks: {', '.join(TASKS)}")
+    p.add_argument("--limit", type=int, help="first N items of each task (default: all)")
+    p.add_argument("--tasks-dir", default=os.environ.get("FUSEGPT_TASKS"),
+                   help="folder laid out like ../shared/assets/tasks, used when the Hub is unreachable "
+                        "(default: $FUSEGPT_TASKS)")
+
+
+def _compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="every method at every sparsity: table, CSV, JSON and plots",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", help="local HuggingFace model folder or Hub id")
+    p.add_argument("--out", required=True, help="folder for comparison.{md,csv,json}, plots and finished cells "
+                                                "(rerunning reuses the cells)")
+    p.add_argument("--methods", default=",".join(("dense",) + METHODS), help="comma-separated methods, or dense")
+    p.add_argument("--sparsity", default="0.125,0.25", help="comma-separated sparsities")
+    p.add_argument("--ppl", default="wikitext2", help="comma-separated perplexity sources")
+    _add_task_options(p)
+    _add_method_options(p)
+
+
 def _sources(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
-def _run_compress(args) -> None:
-    from . import compress, evaluate_perplexity, load_model, save_compressed
-    from .io import check_output
-
+def _config(args, **amount) -> CompressConfig:
     config = CompressConfig(
-        method=args.method, sparsity=None if args.num_remove else args.sparsity, num_remove=args.num_remove,
-        calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, mi_samples=args.mi_samples,
+        **amount, calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, mi_samples=args.mi_samples,
+        fuse_eval_candidates=args.fuse_eval_candidates, fuse_eval_epochs=args.fuse_eval_epochs,
         dtype=args.dtype, device=args.device, seed=args.seed, data_dir=args.data_dir,
         fusion=FusionConfig(group_size=args.group_size, coefficient=args.coef, rank=args.rank,
                             lora_rank=args.lora_rank, train_norms=args.train_norms),
@@ -83,6 +119,15 @@ def _run_compress(args) -> None:
                         coef_lr=args.coef_lr, lr=args.lr),
     )
     config.validate()
+    return config
+
+
+def _run_compress(args) -> None:
+    from . import compress, evaluate_perplexity, load_model, save_compressed
+    from .io import check_output
+
+    config = _config(args, method=args.method, sparsity=None if args.num_remove else args.sparsity,
+                     num_remove=args.num_remove)
     out = check_output(args.out, args.overwrite, protect=args.model)
     model, tokenizer = load_model(args.model, args.dtype)
     result = compress(model, tokenizer, config, progress=not args.quiet, model_name=args.model)
@@ -96,19 +141,52 @@ def _run_compress(args) -> None:
 
 def _run_eval(args) -> None:
     from . import evaluate_perplexity, load_model
+    from .evaluation.zeroshot import evaluate_zero_shot
     from .pipeline import context_length, resolve_device
 
+    if not args.ppl and not args.tasks:
+        raise FuseGPTError("nothing to evaluate; pass --ppl SOURCES and/or --tasks TASKS")
     model, tokenizer = load_model(args.model, args.dtype)
     model.to(resolve_device(args.device))
     seqlen = min(args.seqlen, context_length(model))
-    ppl = evaluate_perplexity(model, tokenizer, _sources(args.ppl), seqlen, args.data_dir, args.batch_size,
-                              progress=not args.quiet)
-    width = max(len(s) for s in ppl)
-    print(f"{'source':<{width}}  perplexity (seqlen {seqlen})")
-    for source, value in ppl.items():
-        print(f"{source:<{width}}  {value:.3f}")
+    results: dict = {"model": args.model, "seqlen": seqlen}
+    if args.ppl:
+        results["ppl"] = evaluate_perplexity(model, tokenizer, _sources(args.ppl), seqlen, args.data_dir,
+                                             args.batch_size, progress=not args.quiet)
+        print(_table(["source", f"perplexity (seqlen {seqlen})"],
+                     [[source, f"{value:.3f}"] for source, value in results["ppl"].items()]))
+    if args.tasks:
+        results["zero_shot"] = evaluate_zero_shot(model, tokenizer, _sources(args.tasks), args.limit,
+                                                  args.tasks_dir, args.batch_size, progress=not args.quiet)
+        print(_table(["task", "metric", "value"],
+                     [[task, scores.get("metric", "mean"), f"{scores['value']:.4f}"]
+                      for task, scores in results["zero_shot"].items()]))
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, "seqlen": seqlen, "ppl": ppl}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _run_compare(args) -> None:
+    from .evaluation.compare import compare
+
+    try:
+        sparsities = [float(s) for s in _sources(args.sparsity)]
+    except ValueError as error:
+        raise FuseGPTError(f"--sparsity takes comma-separated numbers, got '{args.sparsity}'") from error
+    methods = _sources(args.methods)
+    unknown = [m for m in methods if m not in ("dense",) + METHODS]
+    if unknown:
+        raise FuseGPTError(f"unknown method(s) {', '.join(unknown)}; choose from dense, {', '.join(METHODS)}")
+    for sparsity in sparsities:
+        _config(args, sparsity=sparsity)  # every cell's settings are valid before the first one runs
+    cells = compare(args.model, methods, sparsities, _config(args, sparsity=sparsities[0]), args.out,
+                    _sources(args.ppl), _sources(args.tasks), args.limit, args.tasks_dir, progress=not args.quiet)
+    print((Path(args.out) / "comparison.md").read_text())
+    print(f"{len(cells)} cells; written to {args.out}")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in [header, *rows])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _compress_parser(sub)
     _eval_parser(sub)
+    _compare_parser(sub)
     args = parser.parse_args(argv)
     try:
-        {"compress": _run_compress, "eval": _run_eval}[args.command](args)
+        {"compress": _run_compress, "eval": _run_eval, "compare": _run_compare}[args.command](args)
     except FuseGPTError as error:
         print(f"fusegpt: error: {error}", file=sys.stderr)
         return 2

@@ -8,12 +8,12 @@ from typing import Literal
 
 import torch
 
-Method = Literal["fusegpt", "remove"]
+Method = Literal["fusegpt", "remove", "shortgpt", "sleb", "last", "remove-lora"]
 CoefficientForm = Literal["lowrank", "vector", "full"]
 LossName = Literal["kl_batch", "kl_hidden", "mse", "cosine"]
 DType = Literal["float32", "bfloat16"]
 
-METHODS: tuple[str, ...] = ("fusegpt", "remove")
+METHODS: tuple[str, ...] = ("fusegpt", "remove", "shortgpt", "sleb", "last", "remove-lora")
 COEFFICIENT_FORMS: tuple[str, ...] = ("lowrank", "vector", "full")
 LOSSES: tuple[str, ...] = ("kl_batch", "kl_hidden", "mse", "cosine")
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -53,7 +53,11 @@ class CompressConfig:
     calib: str = "wikitext2"
     nsamples: int = 128
     seqlen: int = 2048  # capped at the model's context
-    mi_samples: int = 32  # calibration windows used to score Macro Influence
+    mi_samples: int = 32  # calibration windows used to score blocks (MI, BI, NLL, fusion trials)
+    # fusion-aware choice (fusegpt only; the authors' --fuse-eval): trial-fuse each of the k
+    # lowest-MI blocks with a short tune and remove the one that keeps the output closest; 0 is off
+    fuse_eval_candidates: int = 0
+    fuse_eval_epochs: int = 1  # tuning epochs of each trial
     dtype: DType = "float32"
     device: str = "auto"
     seed: int = 0
@@ -92,6 +96,10 @@ class CompressConfig:
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
             (self.nsamples >= 1, f"--nsamples must be at least 1, got {self.nsamples}"),
             (self.mi_samples >= 1, f"--mi-samples must be at least 1, got {self.mi_samples}"),
+            (self.fuse_eval_candidates >= 0, f"--fuse-eval must be 0 (off) or more, got {self.fuse_eval_candidates}"),
+            (self.fuse_eval_candidates == 0 or self.method == "fusegpt",
+             f"--fuse-eval trial-fuses candidates and needs --method fusegpt, got {self.method!r}"),
+            (self.fuse_eval_epochs >= 1, f"--fuse-eval-epochs must be at least 1, got {self.fuse_eval_epochs}"),
             (self.seqlen >= 2, f"--seqlen must be at least 2, got {self.seqlen}"),
             (self.fusion.group_size >= 1, f"--group-size must be at least 1, got {self.fusion.group_size}"),
             (self.fusion.rank >= 1, f"--rank must be at least 1, got {self.fusion.rank}"),

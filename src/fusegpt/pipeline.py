@@ -1,8 +1,9 @@
-"""The loop of the paper: calibrate, score, choose, group, fuse, tune, (repeat), merge."""
+"""The loop of the paper: calibrate, score, choose, group, fuse, tune, (repeat), merge. Methods
+(methods/) say what scoring, choosing and removal mean; this loop holds the state."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -11,9 +12,8 @@ from transformers import PreTrainedModel
 from .calibrate import BlockStack, capture_block_inputs
 from .config import TORCH_DTYPES, CompressConfig
 from .data import calibration_windows
-from .evaluation import Report, StepRecord
+from .evaluation import HealRecord, Report, StepRecord
 from .fusion import merge_block
-from .importance import macro_influence
 from .methods import METHODS, StepContext
 from .models import adapter_for
 
@@ -58,20 +58,30 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     report = Report(model=model_name or getattr(model.config, "_name_or_path", ""), config=config.to_dict(),
                     original_depth=depth, seqlen=seqlen, seconds={"calibrate": time.perf_counter() - started})
 
-    remove = METHODS[config.method]
+    method = METHODS[config.method]
+    ctx = StepContext(model, stack, adapter, config, windows, to_remove, progress=progress,
+                      teacher=stack.final if method.heal else None)
+    scores: dict[int, float] = {}
     for step in tqdm(range(to_remove), desc=config.method, unit="block", disable=not progress):
-        # score, choose
+        ctx = replace(ctx, step=step)
+        # score (a one-shot criterion once, on the dense model), choose
         scored = time.perf_counter()
-        scores = macro_influence(stack, config.mi_samples, progress)
-        chosen = min(range(len(scores)), key=scores.__getitem__)
-        record = StepRecord(step=step, removed=stack.origin[chosen],
-                            macro_influence=dict(zip(stack.origin, scores)), group=[], losses=[], seconds={})
-        score_seconds = time.perf_counter() - scored
+        if step == 0 or not method.one_shot:
+            scores = dict(zip(stack.origin, method.score(ctx)))
+        chosen = method.choose(ctx, scores)
+        removed, score_seconds = stack.origin[chosen], time.perf_counter() - scored
         # group, fuse, tune (or just delete)
-        outcome = remove(StepContext(stack, adapter, config, step, progress), chosen)
-        record.group, record.losses = outcome.group, outcome.losses
-        record.seconds = {"score": score_seconds, **outcome.seconds}
-        report.steps.append(record)
+        outcome = method.remove(ctx, chosen)
+        report.steps.append(StepRecord(step=step, removed=removed, criterion=method.criterion, scores=scores,
+                                       group=outcome.group, losses=outcome.losses,
+                                       seconds={"score": score_seconds, **outcome.seconds},
+                                       optimizer_steps=outcome.optimizer_steps))
+
+    # heal: the baselines that tune the pruned model once, after the last removal, instead of fusing
+    if method.heal:
+        outcome = method.heal(ctx)
+        report.heal = HealRecord(blocks=outcome.group, losses=outcome.losses, optimizer_steps=outcome.optimizer_steps,
+                                 seconds=outcome.seconds)
 
     # merge: fold every fused linear back into a plain one; install the kept blocks
     for block in stack.blocks:

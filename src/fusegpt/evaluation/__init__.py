@@ -1,5 +1,5 @@
 """Perplexity and the run report."""
 from .perplexity import evaluate_perplexity, perplexity
-from .report import Report, StepRecord
+from .report import HealRecord, Report, StepRecord
 
-__all__ = ["Report", "StepRecord", "evaluate_perplexity", "perplexity"]
+__all__ = ["HealRecord", "Report", "StepRecord", "evaluate_perplexity", "perplexity"]

@@ -10,9 +10,21 @@ from pathlib import Path
 class StepRecord:
     step: int
     removed: int  # index of the removed block in the original model
-    macro_influence: dict[int, float]  # original index -> MI of every block present at this step
-    group: list[int]  # original indices of the neighbours that absorbed it (empty for `remove`)
+    criterion: str  # what `scores` measure: macro_influence, block_influence, calibration_nll, position
+    scores: dict[int, float]  # original index -> score of every block scored for this step
+    group: list[int]  # original indices of the neighbours that absorbed it (empty without fusion)
     losses: list[float]  # tuning loss per epoch
+    seconds: dict[str, float]
+    optimizer_steps: int = 0
+
+
+@dataclass
+class HealRecord:
+    """Tuning of the whole pruned model after the last removal (methods that heal instead of fusing)."""
+
+    blocks: list[int]  # original indices of the tuned blocks
+    losses: list[float]  # tuning loss per epoch
+    optimizer_steps: int
     seconds: dict[str, float]
 
 
@@ -23,6 +35,7 @@ class Report:
     original_depth: int
     seqlen: int
     steps: list[StepRecord] = field(default_factory=list)
+    heal: HealRecord | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     perplexity: dict[str, float] = field(default_factory=dict)
 
@@ -35,20 +48,31 @@ class Report:
         gone = set(self.removed)
         return [i for i in range(self.original_depth) if i not in gone]
 
+    @property
+    def optimizer_steps(self) -> int:
+        """All tuning steps of the run: the budget at which methods are compared."""
+        return sum(s.optimizer_steps for s in self.steps) + (self.heal.optimizer_steps if self.heal else 0)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "removed": self.removed, "kept": self.kept}
+        return {**asdict(self), "removed": self.removed, "kept": self.kept, "optimizer_steps": self.optimizer_steps}
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     def summary(self) -> str:
+        criterion = self.steps[0].criterion if self.steps else "score"  # one method, one criterion
         lines = [f"{self.model}: {self.original_depth} -> {len(self.kept)} blocks "
                  f"({self.config['method']}, seqlen {self.seqlen}, {self.seconds.get('total', 0):.0f} s)",
-                 f"{'step':>4}  {'removed':>7}  {'MI':>9}  {'loss first -> last':>22}  group"]
+                 f"{'step':>4}  {'removed':>7}  {criterion:>15}  {'loss first -> last':>22}  group"]
         for s in self.steps:
-            loss = f"{s.losses[0]:.4g} -> {s.losses[-1]:.4g}" if s.losses else "-"
             group = ",".join(map(str, s.group)) or "-"
-            lines.append(f"{s.step:>4}  {s.removed:>7}  {s.macro_influence[s.removed]:>9.5f}  {loss:>22}  {group}")
-        lines.append(f"kept blocks: {self.kept}")
+            lines.append(f"{s.step:>4}  {s.removed:>7}  {s.scores[s.removed]:>15.5g}  {_losses(s.losses):>22}  {group}")
+        if self.heal:
+            lines.append(f"healed {len(self.heal.blocks)} blocks: loss {_losses(self.heal.losses)}")
+        lines.append(f"kept blocks: {self.kept}; optimiser steps: {self.optimizer_steps}")
         lines += [f"perplexity {name}: {value:.3f}" for name, value in self.perplexity.items()]
         return "\n".join(lines)
+
+
+def _losses(losses: list[float]) -> str:
+    return f"{losses[0]:.4g} -> {losses[-1]:.4g}" if losses else "-"

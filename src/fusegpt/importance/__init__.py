@@ -1,4 +1,6 @@
-"""Block importance criteria."""
+"""Block importance criteria: the lower a block's score, the sooner it is removed."""
+from .block_influence import block_influence
+from .calibration_nll import calibration_nll
 from .macro_influence import macro_influence, mean_cosine
 
-__all__ = ["macro_influence", "mean_cosine"]
+__all__ = ["block_influence", "calibration_nll", "macro_influence", "mean_cosine"]

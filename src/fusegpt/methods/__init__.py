@@ -1,15 +1,16 @@
-"""Compression methods. Each removes one chosen block from the stack and returns what it did;
-scoring and choosing happen in the pipeline, so methods differ only in what removal means."""
+"""Compression methods, one small module each; `--method` picks one by name."""
 from __future__ import annotations
 
-from typing import Callable
-
-from .fusegpt import fuse_block
-from .remove import remove_block
+from .base import Method
+from .fusegpt import FUSEGPT
+from .last import LAST
+from .remove import REMOVE
+from .remove_lora import REMOVE_LORA
+from .shortgpt import SHORTGPT
+from .sleb import SLEB
 from .step import StepContext, StepOutcome
 
-RemoveFn = Callable[[StepContext, int], StepOutcome]
+METHODS: dict[str, Method] = {"fusegpt": FUSEGPT, "remove": REMOVE, "shortgpt": SHORTGPT, "sleb": SLEB,
+                              "last": LAST, "remove-lora": REMOVE_LORA}
 
-METHODS: dict[str, RemoveFn] = {"fusegpt": fuse_block, "remove": remove_block}
-
-__all__ = ["METHODS", "StepContext", "StepOutcome", "fuse_block", "remove_block"]
+__all__ = ["METHODS", "Method", "StepContext", "StepOutcome"]

@@ -1,28 +1,81 @@
 """FuseGPT: inject the removed block into its group of neighbours, then tune the group to
-reproduce what it computed before the removal."""
+reproduce what it computed before the removal.
+
+The block is the lowest-MI one, or with fusion-aware choice (`fuse_eval_candidates` k > 0, the
+authors' --fuse-eval) the one of the k lowest-MI blocks whose trial fusion keeps the model's
+final hidden states closest to the current ones."""
 from __future__ import annotations
 
+import copy
 import time
+from dataclasses import replace
 
+import torch
+
+from ..calibrate import BlockStack
 from ..fusion import group_window, inject, trainable_parameters
-from ..tuning import tune_group
+from ..importance import mean_cosine
+from ..tuning import TuneResult, tune_group
+from .base import Method, Scores, lowest, macro_influence_scores
 from .step import StepContext, StepOutcome
 
 
-def fuse_block(ctx: StepContext, index: int) -> StepOutcome:
-    stack, fusion = ctx.stack, ctx.config.fusion
+def _fuse(ctx: StepContext, stack: BlockStack, index: int, epochs: int) -> tuple[int, list[int], TuneResult]:
+    """Delete block `index` of `stack`, inject it into its neighbours and tune them for `epochs`.
+    Returns the group's first index, the neighbours' original indices and the tuning result;
+    boundaries from the group on are stale."""
+    fusion = ctx.config.fusion
     start, end = group_window(index, len(stack), fusion.group_size)
     teacher = stack.boundaries[end]  # the un-pruned group's output, already cached
     group = [stack.origin[j] for j in range(start, end) if j != index]
     removed = stack.delete(index)
     neighbours = stack.blocks[start:end - 1]
-
-    started = time.perf_counter()
     inject(ctx.adapter, removed, neighbours, fusion)
     coefficients, others = trainable_parameters(ctx.adapter, neighbours, fusion.train_norms)
-    losses = tune_group(stack, start, end - 1, teacher, coefficients, others, ctx.config.tune,
-                        seed=ctx.config.seed + ctx.step, progress=ctx.progress)
-    tuned = time.perf_counter()
-    stack.refresh(start)
-    return StepOutcome(group=group, losses=losses,
-                       seconds={"tune": tuned - started, "refresh": time.perf_counter() - tuned})
+    tuned = tune_group(stack, start, end - 1, teacher, coefficients, others, replace(ctx.config.tune, epochs=epochs),
+                       seed=ctx.config.seed + ctx.step, progress=ctx.progress)
+    return start, group, tuned
+
+
+def fuse_block(ctx: StepContext, index: int) -> StepOutcome:
+    started = time.perf_counter()
+    start, group, tuned = _fuse(ctx, ctx.stack, index, ctx.config.tune.epochs)
+    refreshed = time.perf_counter()
+    ctx.stack.refresh(start)
+    return StepOutcome(group=group, losses=tuned.losses, optimizer_steps=tuned.optimizer_steps,
+                       seconds={"tune": refreshed - started, "refresh": time.perf_counter() - refreshed})
+
+
+def _trial_stack(stack: BlockStack, start: int, end: int) -> BlockStack:
+    """A stack that shares the cached boundaries and every block but start..end-1, which are deep
+    copies: fusing into it leaves the model as it was."""
+    trial = copy.copy(stack)
+    trial.blocks = [copy.deepcopy(b) if start <= i < end else b for i, b in enumerate(stack.blocks)]
+    trial.origin, trial.block_kwargs = list(stack.origin), list(stack.block_kwargs)
+    trial.boundaries = list(stack.boundaries)
+    return trial
+
+
+def trial_distance(ctx: StepContext, index: int) -> float:
+    """1 - mean cosine between the current final hidden states and those after fusing block
+    `index` with a `fuse_eval_epochs` tune, on the scoring windows. The trial runs on copies of
+    the group and under a forked RNG, so the real fusion afterwards draws the same initialisations
+    as it would without trials."""
+    trial = _trial_stack(ctx.stack, *group_window(index, len(ctx.stack), ctx.config.fusion.group_size))
+    with torch.random.fork_rng(devices=[]):  # initialisations are drawn on the CPU
+        start, _, _ = _fuse(ctx, trial, index, ctx.config.fuse_eval_epochs)
+    samples = ctx.config.mi_samples
+    final = trial.run(start, len(trial), trial.boundaries[start][:samples])
+    return 1.0 - mean_cosine(ctx.stack.final[:samples], final)
+
+
+def fusion_aware(ctx: StepContext, scores: Scores) -> int:
+    """The lowest-MI block, or the best trial fusion among the `fuse_eval_candidates` lowest."""
+    k = ctx.config.fuse_eval_candidates
+    if k == 0:
+        return lowest(ctx, scores)
+    candidates = sorted(range(len(ctx.stack)), key=lambda i: scores[ctx.stack.origin[i]])[:k]
+    return min(candidates, key=lambda i: trial_distance(ctx, i))
+
+
+FUSEGPT = Method("macro_influence", macro_influence_scores, fuse_block, choose=fusion_aware)

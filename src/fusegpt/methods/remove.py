@@ -1,8 +1,10 @@
-"""Plain removal: delete the block, no fusion, no tuning. The reference for every quality claim."""
+"""Plain removal: delete the lowest-MI block, no fusion, no tuning. The reference for every
+quality claim."""
 from __future__ import annotations
 
 import time
 
+from .base import Method, macro_influence_scores
 from .step import StepContext, StepOutcome
 
 
@@ -11,3 +13,6 @@ def remove_block(ctx: StepContext, index: int) -> StepOutcome:
     ctx.stack.delete(index)
     ctx.stack.refresh(index)
     return StepOutcome(seconds={"refresh": time.perf_counter() - started})
+
+
+REMOVE = Method("macro_influence", macro_influence_scores, remove_block)

@@ -3,22 +3,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+from transformers import PreTrainedModel
+
 from ..calibrate import BlockStack
 from ..config import CompressConfig
 from ..models import DecoderAdapter
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepContext:
+    model: PreTrainedModel  # for its final norm and LM head only: blocks are reached through `stack`
     stack: BlockStack
     adapter: DecoderAdapter
     config: CompressConfig
-    step: int
+    input_ids: torch.Tensor  # the calibration windows, whose next tokens are the labels of a loss
+    to_remove: int  # K, the blocks this run removes
+    step: int = 0
+    teacher: torch.Tensor | None = None  # the dense model's final hidden states, kept only to heal
     progress: bool = True
 
 
 @dataclass
 class StepOutcome:
-    group: list[int] = field(default_factory=list)  # original indices of the blocks that absorbed it
+    group: list[int] = field(default_factory=list)  # original indices of the blocks that absorbed or healed it
     losses: list[float] = field(default_factory=list)  # tuning loss per epoch
     seconds: dict[str, float] = field(default_factory=dict)
+    optimizer_steps: int = 0

@@ -5,7 +5,9 @@ and tuning only see a list of blocks, a role -> linear mapping and a way to set 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import reduce
 
+import torch
 import torch.nn as nn
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -17,6 +19,25 @@ def get_submodule(root: nn.Module, path: str) -> nn.Module:
 def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+class OutputHead(nn.Module):
+    """The model's own modules from the last block's output to the logits. It holds the model's
+    modules themselves (not copies), so moving it to a device moves them."""
+
+    def __init__(self, final_layers: list[nn.Module], lm_head: nn.Module, softcap: float | None):
+        super().__init__()
+        self.final_layers = nn.ModuleList(final_layers)
+        self.lm_head = lm_head
+        self.softcap = softcap
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        for layer in self.final_layers:
+            hidden = layer(hidden)
+        logits = self.lm_head(hidden)
+        if self.softcap:  # Gemma-style final logit soft-capping, as the causal LM's forward does it
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
 
 
 @dataclass(frozen=True)
@@ -38,6 +59,9 @@ class DecoderAdapter:
     # config flags under which a block computes something that depends on its index, which
     # changes when blocks before it are removed (GPT-2's scale_attn_by_inverse_layer_idx)
     index_dependent_flags: tuple[str, ...] = ()
+    # the modules between the last block and the LM head, paths inside `base`, applied in order;
+    # one that the config turned off (None, as OPT's projection) is skipped
+    final_layers: tuple[str, ...] = ("norm",)
 
     @property
     def blocks_path(self) -> str:
@@ -52,6 +76,15 @@ class DecoderAdapter:
 
     def replace_linear(self, block: nn.Module, role: str, module: nn.Module) -> None:
         set_submodule(block, self.roles[role], module)
+
+    def head(self, model: PreTrainedModel) -> OutputHead:
+        """Last block's output -> logits with the model's own final norm, LM head and the text
+        config's `final_logit_softcapping`. Other logit post-processing (a family's logit scale)
+        would have to be added here."""
+        base = get_submodule(model, self.base)
+        layers = [reduce(getattr, path.split("."), base) for path in self.final_layers]
+        softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+        return OutputHead([layer for layer in layers if layer is not None], model.get_output_embeddings(), softcap)
 
     def norm_parameters(self, block: nn.Module) -> list[nn.Parameter]:
         """Parameters of the block that are not in a role linear: the norms (and norm-like gains)."""

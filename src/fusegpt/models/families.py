@@ -38,9 +38,11 @@ ADAPTERS: list[DecoderAdapter] = [
     DecoderAdapter("Gemma 3 (text)", ("gemma3_text",), base="model", layers="layers", roles=LLAMA_ROLES),
     DecoderAdapter("Phi-3", ("phi3",), base="model", layers="layers", roles=PHI3_ROLES),
     DecoderAdapter("GPT-2", ("gpt2",), base="transformer", layers="h", roles=GPT2_ROLES, depth_key="n_layer",
-                   index_dependent_flags=("scale_attn_by_inverse_layer_idx",)),
-    DecoderAdapter("OPT", ("opt",), base="model", layers="decoder.layers", roles=OPT_ROLES),
-    DecoderAdapter("GPT-NeoX", ("gpt_neox",), base="gpt_neox", layers="layers", roles=NEOX_ROLES),
+                   index_dependent_flags=("scale_attn_by_inverse_layer_idx",), final_layers=("ln_f",)),
+    DecoderAdapter("OPT", ("opt",), base="model", layers="decoder.layers", roles=OPT_ROLES,
+                   final_layers=("decoder.final_layer_norm", "decoder.project_out")),
+    DecoderAdapter("GPT-NeoX", ("gpt_neox",), base="gpt_neox", layers="layers", roles=NEOX_ROLES,
+                   final_layers=("final_layer_norm",)),
 ]
 
 

@@ -1,5 +1,5 @@
 """Group-level fine-tuning: teacher/student loop and losses."""
 from .losses import LOSSES
-from .trainer import tune_group
+from .trainer import TuneResult, tune_group
 
-__all__ = ["LOSSES", "tune_group"]
+__all__ = ["LOSSES", "TuneResult", "tune_group"]

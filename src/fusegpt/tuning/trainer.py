@@ -1,7 +1,8 @@
-"""Group-level fine-tuning: the fused group learns to reproduce the original group's output."""
+"""Group-level fine-tuning: a run of blocks learns to reproduce a teacher's output."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -12,18 +13,25 @@ from ..config import TuneConfig
 from .losses import LOSSES
 
 
+@dataclass
+class TuneResult:
+    losses: list[float]  # mean loss of each epoch
+    optimizer_steps: int  # counted, so that methods can be compared at equal tuning budgets
+
+
 def tune_group(stack: BlockStack, start: int, end: int, teacher: torch.Tensor,
-               coefficients: list[nn.Parameter], others: list[nn.Parameter], config: TuneConfig,
-               seed: int, progress: bool = True) -> list[float]:
+               primary: list[nn.Parameter], secondary: list[nn.Parameter], config: TuneConfig,
+               seed: int, progress: bool = True) -> TuneResult:
     """Train the trainables so blocks start..end-1 of the stack map the cached input of `start`
-    onto `teacher`. The model is frozen; the trainables get gradients only while this runs.
-    Returns the mean loss of each epoch."""
+    onto `teacher`. `primary` (fusion coefficients, or LoRA when it is all that trains) learn at
+    `coef_lr`, `secondary` (LoRA and norms beside coefficients) at `lr`. The model is frozen; the
+    trainables get gradients only while this runs."""
     blocks = stack.blocks[start:end]
     inputs = stack.boundaries[start]
     loss_fn = LOSSES[config.loss]
-    groups = [{"params": coefficients, "lr": config.coef_lr}]
-    if others and config.lr > 0:
-        groups.append({"params": others, "lr": config.lr})
+    groups = [{"params": primary, "lr": config.coef_lr}]
+    if secondary and config.lr > 0:
+        groups.append({"params": secondary, "lr": config.lr})
     trainables = [p for g in groups for p in g["params"]]
     for p in trainables:
         p.requires_grad_(True)
@@ -33,7 +41,7 @@ def tune_group(stack: BlockStack, start: int, end: int, teacher: torch.Tensor,
     total = max(1, config.epochs * steps_per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     order = torch.Generator().manual_seed(seed)
-    history: list[float] = []
+    result = TuneResult(losses=[], optimizer_steps=0)
     try:
         with onloaded(blocks, stack.device), torch.enable_grad():
             for _ in tqdm(range(config.epochs), desc="tune", unit="epoch", leave=False, disable=not progress):
@@ -48,9 +56,10 @@ def tune_group(stack: BlockStack, start: int, end: int, teacher: torch.Tensor,
                     loss.backward()
                     optimizer.step()
                     schedule.step()
+                    result.optimizer_steps += 1
                     epoch_loss += loss.item() * len(chunk)
-                history.append(epoch_loss / inputs.shape[0])
+                result.losses.append(epoch_loss / inputs.shape[0])
     finally:
         for p in trainables:
             p.requires_grad_(False)
-    return history
+    return result

@@ -1,0 +1,38 @@
+"""SLEB's criterion: the calibration loss of the model without a block.
+
+    NLL(i) = mean next-token negative log-likelihood of the calibration windows, model without B_i
+
+The input to block i comes from the cache, so only blocks after i, the final norm and the LM
+head are run."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..calibrate import BlockStack, onloaded
+
+
+@torch.no_grad()
+def _next_token_nll(head: nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor, stack: BlockStack) -> float:
+    """Mean NLL of every predicted token, from the last block's output, batch by batch (the
+    logits of all windows at once would not fit beside a large vocabulary)."""
+    total = 0.0
+    for h, ids in zip(stack.batches(hidden), stack.batches(input_ids)):
+        logits = head(h.to(stack.device))[:, :-1].float()
+        total += F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten().to(stack.device), reduction="sum").item()
+    return total / input_ids[:, 1:].numel()
+
+
+def calibration_nll(stack: BlockStack, head: nn.Module, input_ids: torch.Tensor, samples: int,
+                    progress: bool = False) -> list[float]:
+    """NLL without each current block, on the first `samples` calibration windows. `head` maps the
+    last block's output to logits (DecoderAdapter.head)."""
+    ids = input_ids[:samples]
+    scores = []
+    with onloaded([head], stack.device):
+        for i in tqdm(range(len(stack)), desc="calibration nll", unit="block", leave=False, disable=not progress):
+            without_i = stack.run(i + 1, len(stack), stack.boundaries[i][:samples])
+            scores.append(_next_token_nll(head, without_i, ids, stack))
+    return scores

@@ -1,0 +1,82 @@
+"""`compare`: the method x sparsity grid, its files, and reuse of finished cells after a crash."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from conftest import tiny_llama
+from fusegpt import CompressConfig, FusionConfig, TuneConfig
+from fusegpt.evaluation.compare import compare, run_cell
+
+
+@pytest.fixture
+def model_dir(tmp_path, tokenizer):
+    path = tmp_path / "tiny"
+    tiny_llama(depth=4).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _config(text_file) -> CompressConfig:
+    return CompressConfig(calib=str(text_file), nsamples=4, seqlen=32, mi_samples=2,
+                          fusion=FusionConfig(group_size=2, rank=4, lora_rank=0),
+                          tune=TuneConfig(epochs=1, batch_size=2, loss="mse"))
+
+
+def test_grid_files_and_resume(tmp_path, model_dir, text_file):
+    out = tmp_path / "cmp"
+    calls = []
+
+    def counting(*args):
+        calls.append(args[1:3])
+        return run_cell(*args)
+
+    cells = compare(model_dir, ["dense", "remove", "fusegpt"], [0.25, 0.5], _config(text_file), out,
+                    ppl=[str(text_file)], progress=False, run=counting)
+    assert calls == [("dense", 0.0), ("remove", 0.25), ("remove", 0.5), ("fusegpt", 0.25), ("fusegpt", 0.5)]
+    by_cell = {(c.method, c.sparsity): c for c in cells}
+    assert len(by_cell[("remove", 0.25)].removed) == 1 and len(by_cell[("fusegpt", 0.5)].removed) == 2
+    dense_ppl = by_cell[("dense", 0.0)].ppl[str(text_file)]
+    assert all(c.ppl[str(text_file)] > 0 for c in cells) and dense_ppl > 1
+
+    rows = list(csv.reader(open(out / "comparison.csv")))
+    assert rows[0][:3] == ["method", "sparsity", "removed blocks"] and len(rows) == 6
+    assert float(rows[1][3]) == pytest.approx(dense_ppl, abs=1e-3)
+    saved = json.loads((out / "comparison.json").read_text())
+    assert [c["method"] for c in saved["cells"]] == ["dense", "remove", "remove", "fusegpt", "fusegpt"]
+    assert "| remove | 0.5 |" in (out / "comparison.md").read_text()
+    assert (out / "ppl_vs_sparsity.png").stat().st_size > 0 and (out / "block_scores.png").stat().st_size > 0
+
+    # a rerun (after a crash, say) computes nothing that is already there...
+    (out / "cells" / "fusegpt@0.5.json").unlink()
+    calls.clear()
+    again = compare(model_dir, ["dense", "remove", "fusegpt"], [0.25, 0.5], _config(text_file), out,
+                    ppl=[str(text_file)], progress=False, run=counting)
+    assert calls == [("fusegpt", 0.5)]
+    assert [c.ppl for c in again[:4]] == [c.ppl for c in cells[:4]]
+    # ...unless the settings changed
+    calls.clear()
+    changed = _config(text_file)
+    changed.tune.epochs = 2
+    compare(model_dir, ["dense"], [0.25], changed, out, ppl=[str(text_file)], progress=False, run=counting)
+    assert calls == [("dense", 0.0)]
+
+
+def test_compare_command(tmp_path, model_dir, text_file, capsys):
+    from fusegpt.cli import main
+
+    out = tmp_path / "cmp"
+    args = ["compare", model_dir, "--out", str(out), "--methods", "dense,last,shortgpt", "--sparsity", "0.25,0.5",
+            "--ppl", str(text_file), "--calib", str(text_file), "--nsamples", "4", "--seqlen", "32",
+            "--mi-samples", "2", "--quiet"]
+    assert main(args) == 0
+    saved = json.loads((out / "comparison.json").read_text())
+    removed = {(c["method"], c["sparsity"]): c["removed"] for c in saved["cells"]}
+    assert removed[("last", 0.25)] == [2] and removed[("last", 0.5)] == [1, 2]
+    assert "| shortgpt | 0.5 |" in capsys.readouterr().out
+    assert main(args[:6] + ["--methods", "dense,bogus"] + args[8:]) == 2
+    assert "unknown method(s) bogus" in capsys.readouterr().err
+    assert main(args[:8] + ["--sparsity", "0.25,1.5"] + args[10:]) == 2
+    assert "--sparsity must be in (0, 1)" in capsys.readouterr().err

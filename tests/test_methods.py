@@ -1,0 +1,201 @@
+"""The methods against known answers: an identity block goes first, `last` drops the right
+blocks, SLEB's scores are the pruned model's calibration loss, remove-lora heals at fusegpt's
+budget, and fusion-aware trials leave no trace."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, OPTConfig
+
+from conftest import tiny_llama
+from fusegpt import CompressConfig, FuseGPTError, compress, save_compressed
+from fusegpt.calibrate import BlockStack, capture_block_inputs
+from fusegpt.cli import main
+from fusegpt.config import METHODS
+from fusegpt.data import calibration_windows
+from fusegpt.importance import block_influence, calibration_nll, macro_influence
+from fusegpt.methods import StepContext
+from fusegpt.methods.fusegpt import fusion_aware, trial_distance
+from fusegpt.models import adapter_for
+from test_architectures import CASES, TOKENS
+from test_pipeline import _config, _make_identity, _stack
+
+K, EPOCHS, NSAMPLES, BATCH = 2, 2, 8, 4  # as in test_pipeline._config
+
+
+def _windows(tokenizer, text_file) -> torch.Tensor:
+    """The calibration windows compress() draws with _config's settings."""
+    return calibration_windows(tokenizer, str(text_file), NSAMPLES, 32, seed=0)
+
+
+def _trained_with_identity(tokenizer, text_file, index: int):
+    """A tiny Llama that has learned the calibration windows while block `index` stayed an exact
+    identity. A random model's calibration loss can fall when a block is removed, so SLEB's
+    known answer needs a model for which every real block matters."""
+    model = tiny_llama()
+    _make_identity(model, index)
+    block = model.model.layers[index]
+    held = {id(block.self_attn.o_proj.weight), id(block.mlp.down_proj.weight)}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if id(p) not in held], lr=3e-3)
+    ids = _windows(tokenizer, text_file)
+    for _ in range(60):
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", ["shortgpt", "remove", "sleb"])
+def test_an_identity_block_is_removed_first(method, tokenizer, text_file):
+    model = _trained_with_identity(tokenizer, text_file, index=3)
+    report = compress(model, tokenizer, _config(text_file, method=method, num_remove=1), progress=False).report
+    assert report.removed == [3]
+    scores = report.steps[0].scores
+    assert min(scores, key=scores.get) == 3
+
+
+def test_shortgpt_scores_the_dense_model_once(tokenizer, text_file):
+    model = tiny_llama()
+    dense = dict(enumerate(block_influence(_stack(model, tokenizer, text_file), samples=4)))
+    report = compress(model, tokenizer, _config(text_file, method="shortgpt", num_remove=3), progress=False).report
+    assert all(step.criterion == "block_influence" and step.scores == pytest.approx(dense) for step in report.steps)
+    assert report.removed == sorted(dense, key=dense.get)[:3]
+
+
+def test_block_influence_compares_each_block_with_its_own_input(tokenizer, text_file):
+    model = tiny_llama(depth=4)
+    stack = _stack(model, tokenizer, text_file)
+    for i, score in enumerate(block_influence(stack, samples=4)):
+        x = stack.boundaries[i][:4]
+        cos = F.cosine_similarity(x, stack.run(i, i + 1, x), dim=-1).mean().item()
+        assert score == pytest.approx(1 - cos, abs=1e-6)
+
+
+@pytest.mark.parametrize(("depth", "k", "removed"), [(6, 2, [3, 4]), (6, 3, [2, 3, 4]), (4, 1, [2])])
+def test_last_drops_the_blocks_before_the_final_one(depth, k, removed, tokenizer, text_file):
+    model = tiny_llama(depth=depth)
+    blocks = list(model.model.layers)
+    result = compress(model, tokenizer, _config(text_file, method="last", num_remove=k), progress=False)
+    assert result.report.removed == removed
+    assert list(result.model.model.layers) == [b for i, b in enumerate(blocks) if i not in removed]
+
+
+def test_sleb_scores_are_the_calibration_loss_of_the_model_without_the_block(tokenizer, text_file):
+    model = tiny_llama(depth=4)
+    ids = _windows(tokenizer, text_file)[:4]
+    scores = calibration_nll(_stack(model, tokenizer, text_file), adapter_for(model).head(model), ids, samples=4)
+    for i in range(4):
+        pruned = copy.deepcopy(model)
+        del pruned.model.layers[i]
+        with torch.no_grad():
+            logits = pruned(input_ids=ids, use_cache=False).logits[:, :-1]
+        expected = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).item()
+        assert scores[i] == pytest.approx(expected, rel=1e-5)
+
+
+HEADS = {name: (case.auto, case.config(False)) for name, case in CASES.items()}
+HEADS["opt_projected_post_norm"] = (AutoModelForCausalLM, OPTConfig(  # a projection after the blocks, no final norm
+    **TOKENS, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=16,
+    do_layer_norm_before=False, max_position_embeddings=128))
+
+
+@pytest.mark.parametrize("family", list(HEADS))
+def test_the_head_turns_the_last_block_output_into_the_model_logits(family, tokenizer, text_file):
+    auto, config = HEADS[family]
+    torch.manual_seed(0)
+    model = auto.from_config(config).eval()
+    adapter = adapter_for(model)
+    ids = _windows(tokenizer, text_file)[:2]
+    embeddings, kwargs = capture_block_inputs(model, adapter, ids, batch_size=2)
+    stack = BlockStack(list(adapter.blocks(model)), kwargs, embeddings, torch.device("cpu"), batch_size=2)
+    with torch.no_grad():
+        assert torch.allclose(adapter.head(model)(stack.final), model(input_ids=ids, use_cache=False).logits,
+                              atol=1e-5)
+
+
+def test_remove_lora_heals_at_fusegpts_budget_and_saves_reloads(tmp_path, tokenizer, text_file):
+    fused = compress(tiny_llama(), tokenizer, _config(text_file), progress=False).report
+    plain = compress(tiny_llama(), tokenizer, _config(text_file, method="remove"), progress=False)
+    result = compress(tiny_llama(), tokenizer, _config(text_file, method="remove-lora"), progress=False)
+    report = result.report
+    assert fused.optimizer_steps == report.optimizer_steps == K * EPOCHS * NSAMPLES // BATCH
+    assert report.removed == plain.report.removed
+    assert report.heal.blocks == report.kept and len(report.heal.losses) == K * EPOCHS
+    assert report.heal.losses[-1] < report.heal.losses[0]
+    healed, removed = result.model.state_dict(), plain.model.state_dict()
+    assert healed.keys() == removed.keys() and any(not torch.equal(healed[k], removed[k]) for k in healed)
+    assert "Fused" not in str(result.model)
+
+    out = save_compressed(result.model, tokenizer, report, tmp_path / "out")
+    reloaded, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info
+    ids = tokenizer("hello world, healed", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert (reloaded(ids).logits - result.model(ids).logits).abs().max() <= 1e-5
+    saved = json.loads((out / "fusegpt_report.json").read_text())
+    assert saved["optimizer_steps"] == report.optimizer_steps and saved["heal"]["blocks"] == report.kept
+
+
+def test_fusion_aware_trials_leave_no_trace(tokenizer, text_file):
+    model = tiny_llama()
+    stack = _stack(model, tokenizer, text_file)
+    config = _config(text_file, fuse_eval_candidates=3)
+    ctx = StepContext(model, stack, adapter_for(model), config, _windows(tokenizer, text_file), to_remove=K,
+                      progress=False)
+    scores = dict(zip(stack.origin, macro_influence(stack, samples=4)))
+    state, boundaries, rng = copy.deepcopy(model.state_dict()), list(stack.boundaries), torch.get_rng_state()
+
+    chosen = fusion_aware(ctx, scores)
+    distances = {i: trial_distance(ctx, i) for i in sorted(scores, key=scores.get)[:3]}
+    assert chosen == min(distances, key=distances.get)
+    after = model.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(v, state[k]) for k, v in after.items())
+    assert all(a is b for a, b in zip(stack.boundaries, boundaries)) and len(stack) == 6
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_fusion_aware_with_one_candidate_is_plain_fusegpt(tokenizer, text_file):
+    plain = compress(tiny_llama(), tokenizer, _config(text_file), progress=False)
+    single = compress(tiny_llama(), tokenizer, _config(text_file, fuse_eval_candidates=1), progress=False)
+    assert single.report.removed == plain.report.removed
+    expected = plain.model.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in single.model.state_dict().items())
+
+    aware = compress(tiny_llama(), tokenizer, _config(text_file, fuse_eval_candidates=3), progress=False).report
+    for step in aware.steps:
+        assert step.removed in sorted(step.scores, key=step.scores.get)[:3]
+
+
+def test_methods_are_validated_in_one_line():
+    for method in METHODS:
+        CompressConfig(method=method).validate()
+    with pytest.raises(FuseGPTError, match="^--method must be one of fusegpt, remove, shortgpt, sleb, last, "
+                                           "remove-lora, got 'slab'$"):
+        CompressConfig(method="slab").validate()
+    with pytest.raises(FuseGPTError, match="^--fuse-eval trial-fuses candidates and needs --method fusegpt"):
+        CompressConfig(method="sleb", fuse_eval_candidates=2).validate()
+
+
+def test_cli_selects_a_method_and_fusion_aware_choice(tmp_path, tokenizer, text_file, capsys):
+    model_dir = tmp_path / "tiny"
+    tiny_llama(depth=4).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    common = ["--calib", str(text_file), "--nsamples", "4", "--seqlen", "32", "--mi-samples", "2", "--epochs", "1",
+              "--batch-size", "2", "--rank", "4", "--lora-rank", "0", "--group-size", "2", "--num-remove", "1",
+              "--quiet"]
+    assert main(["compress", str(model_dir), "--out", str(tmp_path / "sleb"), "--method", "sleb", *common]) == 0
+    assert json.loads((tmp_path / "sleb" / "fusegpt_report.json").read_text())["steps"][0]["criterion"] == \
+        "calibration_nll"
+    assert main(["compress", str(model_dir), "--out", str(tmp_path / "aware"), "--fuse-eval", "2",
+                 "--fuse-eval-epochs", "1", *common]) == 0
+    saved = json.loads((tmp_path / "aware" / "fusegpt_report.json").read_text())["config"]
+    assert saved["fuse_eval_candidates"] == 2 and saved["fuse_eval_epochs"] == 1
+    capsys.readouterr()
+    assert main(["compress", str(model_dir), "--out", str(tmp_path / "bad"), "--method", "last", "--fuse-eval", "2",
+                 *common]) == 2
+    assert "needs --method fusegpt" in capsys.readouterr().err and not (tmp_path / "bad").exists()
