@@ -39,7 +39,7 @@ def _compress_parser(sub) -> None:
                         "lowest-MI blocks, no tuning; shortgpt: delete the lowest Block Influence blocks, scored "
                         "once; sleb: delete the block without which the calibration loss is lowest; last: delete "
                         "the blocks just before the final one; remove-lora: as remove, then LoRA-heal the kept "
-                        "blocks with fusegpt's number of optimiser steps (LoRA at --coef-lr)")
+                        "blocks with fusegpt's number of optimiser steps (LoRA at --lr)")
     _add_method_options(p)
 
 

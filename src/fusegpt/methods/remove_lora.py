@@ -5,8 +5,8 @@ The K blocks are removed as by `remove`; then every role linear of every kept bl
 pair (rank `lora_rank`, or `rank` when LoRA is off for fusion), and all kept blocks together
 learn to map the embeddings onto the dense model's final hidden states. FuseGPT tunes `epochs`
 epochs over the same windows at each of its K steps, so K x `epochs` epochs here is the same
-number of optimiser steps. LoRA is what trains here, as the coefficients are in fusion, so it
-learns at `coef_lr`; the norms at `lr`. All kept blocks are on the compute device together while
+number of optimiser steps. LoRA and norms learn at `lr`, the rate LoRA has inside a fusion step
+(at the coefficients' higher rate LoRA diverges: docs/BENCHMARKS.md). All kept blocks are on the compute device together while
 they heal, unlike a fusion step, which onloads one group."""
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ def heal_with_lora(ctx: StepContext) -> StepOutcome:
             lora += healed.lora_parameters()
         if config.fusion.train_norms:
             norms += adapter.norm_parameters(block)
-    tune = replace(config.tune, epochs=ctx.to_remove * config.tune.epochs)
-    tuned = tune_group(stack, 0, len(stack), ctx.teacher, lora, norms, tune, seed=config.seed, progress=ctx.progress)
+    tune = replace(config.tune, epochs=ctx.to_remove * config.tune.epochs, coef_lr=config.tune.lr)
+    tuned = tune_group(stack, 0, len(stack), ctx.teacher, lora + norms, [], tune, seed=config.seed,
+                       progress=ctx.progress)
     return StepOutcome(group=list(stack.origin), losses=tuned.losses, optimizer_steps=tuned.optimizer_steps,
                        seconds={"tune": time.perf_counter() - started})
 

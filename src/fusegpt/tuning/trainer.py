@@ -23,8 +23,8 @@ def tune_group(stack: BlockStack, start: int, end: int, teacher: torch.Tensor,
                primary: list[nn.Parameter], secondary: list[nn.Parameter], config: TuneConfig,
                seed: int, progress: bool = True) -> TuneResult:
     """Train the trainables so blocks start..end-1 of the stack map the cached input of `start`
-    onto `teacher`. `primary` (fusion coefficients, or LoRA when it is all that trains) learn at
-    `coef_lr`, `secondary` (LoRA and norms beside coefficients) at `lr`. The model is frozen; the
+    onto `teacher`. `primary` (fusion coefficients) learn at `coef_lr`, `secondary` (LoRA and
+    norms beside them) at `lr`. The model is frozen; the
     trainables get gradients only while this runs."""
     blocks = stack.blocks[start:end]
     inputs = stack.boundaries[start]
