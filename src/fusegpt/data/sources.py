@@ -78,23 +78,26 @@ def _ptb_rows(path: Path) -> list[str]:
         return [line.strip() for line in f]
 
 
-def _jsonl_rows(path: Path) -> list[str]:
-    rows = []
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a JSONL file (blank lines skipped); a bad line is a one-line error."""
+    records = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise FuseGPTError(
-                    f"{path}: line {lineno} is not valid JSON ({exc.msg}); fix or remove that line"
-                ) from exc
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise FuseGPTError(
-                    f"{path}: line {lineno} has no string 'text' field; every line needs {{\"text\": ...}}"
-                )
-            rows.append(record["text"])
+                raise FuseGPTError(f"{path}: line {lineno} is not valid JSON ({exc.msg}); fix or remove that line") from exc
+    return records
+
+
+def _jsonl_rows(path: Path) -> list[str]:
+    rows = []
+    for lineno, record in enumerate(read_jsonl(path), 1):
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise FuseGPTError(f"{path}: record {lineno} has no string 'text' field; every line needs {{\"text\": ...}}")
+        rows.append(record["text"])
     return rows
 
 

@@ -8,11 +8,11 @@ data came from the Hub or from these files.
 from __future__ import annotations
 
 import bz2
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+from fusegpt.data.sources import read_jsonl
 from fusegpt.errors import FuseGPTError
 
 ENV = "FUSEGPT_TASKS"
@@ -49,17 +49,7 @@ def local_paths(task: str, root: Path) -> list[Path]:
 def _records(path: Path) -> list[dict]:
     if path.name.endswith(".txt.bz2"):
         return _hellaswag_records(path)
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                message = f"{path}: line {lineno} is not valid JSON ({exc.msg}); fix or replace the file"
-                raise FuseGPTError(message) from exc
-    return records
+    return read_jsonl(path)
 
 
 def _hellaswag_records(path: Path) -> list[dict]:
