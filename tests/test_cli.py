@@ -88,6 +88,13 @@ def test_missing_model_and_missing_calibration(tmp_path, model_dir, text_file, c
     assert "fewer than one window" in _one_line_error(capsys) and not (tmp_path / "out").exists()
 
 
+def test_missing_parent_folders_are_created_only_on_success(tmp_path, model_dir, text_file, capsys):
+    assert main(_compress(tmp_path / "missing-model", tmp_path / "runs" / "a" / "out", text_file)) == 2
+    assert not (tmp_path / "runs").exists()  # a failed run writes nothing, not even the parents
+    assert main(_compress(model_dir, tmp_path / "runs" / "a" / "out", text_file, "--num-remove", "1")) == 0
+    assert (tmp_path / "runs" / "a" / "out" / "model.safetensors").exists()
+
+
 def test_existing_output_is_refused_unless_overwrite(tmp_path, model_dir, text_file, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -103,7 +110,7 @@ def test_output_that_cannot_be_written(tmp_path, model_dir, text_file, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(_compress(model_dir, blocker / "out", text_file)) == 2
-    assert "does not exist" in _one_line_error(capsys)
+    assert "is a file, not a folder" in _one_line_error(capsys)
     assert main(_compress(model_dir, model_dir, text_file, "--overwrite")) == 2
     assert "input model folder" in _one_line_error(capsys)
 

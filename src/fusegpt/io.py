@@ -78,13 +78,14 @@ def check_output(out: str | Path, overwrite: bool = False, protect: str | Path |
         raise FuseGPTError(f"output '{out}' exists and is a file; choose a folder for --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FuseGPTError(f"output '{out}' already exists and is not empty; choose a new --out or pass --overwrite")
-    parent = out.parent
-    if not parent.is_dir():
-        raise FuseGPTError(f"cannot write '{out}': folder '{parent}' does not exist; create it or choose another --out")
+    # missing parent folders are created when the result is saved, so check the nearest existing one
+    ancestor = next(p for p in [out.parent, *out.parent.parents] if p.exists())
+    if not ancestor.is_dir():
+        raise FuseGPTError(f"cannot write '{out}': '{ancestor}' is a file, not a folder; choose another --out")
     try:
-        tempfile.TemporaryDirectory(dir=parent, prefix=f".{out.name}.").cleanup()
+        tempfile.TemporaryDirectory(dir=ancestor, prefix=f".{out.name}.").cleanup()
     except OSError as error:
-        raise FuseGPTError(f"cannot write to '{parent}' ({error.strerror}); choose a writable --out") from error
+        raise FuseGPTError(f"cannot write to '{ancestor}' ({error.strerror}); choose a writable --out") from error
     return out
 
 
@@ -94,6 +95,7 @@ def save_compressed(model: PreTrainedModel, tokenizer, report: Report, out: str 
     into place: a crash, Ctrl-C or full disk leaves no half-written `out` (and, with
     `overwrite`, the previous result intact until the new one is complete)."""
     out = check_output(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     previous = staging.with_name(staging.name + "-previous")
     try:
