@@ -58,8 +58,18 @@ def test_eval_prints_and_writes_json(tmp_path, model_dir, text_file, capsys):
     saved = json.loads(target.read_text())
     model, tokenizer = load_model(str(model_dir))
     expected = evaluate_perplexity(model, tokenizer, [str(text_file)], 32, progress=False)[str(text_file)]
-    assert saved == {"model": str(model_dir), "seqlen": 32, "ppl": {str(text_file): pytest.approx(expected)}}
+    assert saved == {"model": str(model_dir), "seqlen": 32, "ppl": {str(text_file): pytest.approx(expected)},
+                     "ppl_windows": None}
     assert f"{expected:.3f}" in capsys.readouterr().out
+    # the first 3 windows only, recorded as such
+    assert main(["eval", str(model_dir), "--ppl", str(text_file), "--seqlen", "32", "--ppl-windows", "3",
+                 "--json", str(target), "--quiet"]) == 0
+    from fusegpt.data import perplexity_ids
+    from fusegpt.evaluation import perplexity
+    ids = perplexity_ids(tokenizer, str(text_file), 32)
+    assert json.loads(target.read_text())["ppl"][str(text_file)] == pytest.approx(
+        perplexity(model, ids[: 3 * 32], 32, progress=False))
+    assert json.loads(target.read_text())["ppl_windows"] == 3
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -134,3 +144,17 @@ def test_help_documents_defaults(capsys):
     for option in ["--sparsity", "--group-size", "--rank", "--coef", "--loss", "--coef-lr", "--mi-samples", "--dtype"]:
         assert option in text
     assert "default: 0.25" in text and "default: 7" in text
+
+
+def test_preset_paper_is_the_authors_settings_and_flags_override_it(tmp_path, model_dir, text_file):
+    args = ["compress", str(model_dir), "--calib", str(text_file), "--num-remove", "1", "--quiet",
+            "--nsamples", "4", "--seqlen", "32", "--mi-samples", "2", "--group-size", "2", "--rank", "4",
+            "--lora-rank", "2", "--batch-size", "2"]
+    assert main([*args, "--out", str(tmp_path / "paper"), "--preset", "paper", "--epochs", "1"]) == 0
+    tune = json.loads((tmp_path / "paper" / "fusegpt_report.json").read_text())["config"]["tune"]
+    assert tune == {"loss": "kl_batch", "epochs": 1, "batch_size": 2, "coef_lr": 1e-3, "lr": 9.65e-6,
+                    "betas": [0.9, 0.95], "teacher": "group"}
+    assert main([*args, "--out", str(tmp_path / "ours"), "--epochs", "1"]) == 0
+    ours = json.loads((tmp_path / "ours" / "fusegpt_report.json").read_text())["config"]["tune"]
+    from fusegpt import TuneConfig
+    assert ours["loss"] == TuneConfig().loss and ours["coef_lr"] == TuneConfig().coef_lr

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import tiny_llama
 from fusegpt import CompressConfig, FusionConfig, TuneConfig
-from fusegpt.evaluation.compare import compare, run_cell
+from fusegpt.compare import compare, run_cell
 
 
 @pytest.fixture
@@ -29,9 +29,9 @@ def test_grid_files_and_resume(tmp_path, model_dir, text_file):
     out = tmp_path / "cmp"
     calls = []
 
-    def counting(*args):
+    def counting(*args, **kwargs):
         calls.append(args[1:3])
-        return run_cell(*args)
+        return run_cell(*args, **kwargs)
 
     cells = compare(model_dir, ["dense", "remove", "fusegpt"], [0.25, 0.5], _config(text_file), out,
                     ppl=[str(text_file)], progress=False, run=counting)
@@ -56,12 +56,17 @@ def test_grid_files_and_resume(tmp_path, model_dir, text_file):
                     ppl=[str(text_file)], progress=False, run=counting)
     assert calls == [("fusegpt", 0.5)]
     assert [c.ppl for c in again[:4]] == [c.ppl for c in cells[:4]]
-    # ...unless the settings changed
+    # ...unless settings that shaped a cell changed: tuning shapes fusegpt's cells only
     calls.clear()
     changed = _config(text_file)
     changed.tune.epochs = 2
-    compare(model_dir, ["dense"], [0.25], changed, out, ppl=[str(text_file)], progress=False, run=counting)
-    assert calls == [("dense", 0.0)]
+    compare(model_dir, ["dense", "remove", "fusegpt"], [0.25], changed, out, ppl=[str(text_file)], progress=False,
+            run=counting)
+    assert calls == [("fusegpt", 0.25)]
+    calls.clear()
+    compare(model_dir, ["dense", "remove"], [0.25], changed, out, ppl=[str(text_file)], progress=False,
+            run=counting, ppl_windows=3)
+    assert calls == [("dense", 0.0), ("remove", 0.25)]
 
 
 def test_compare_command(tmp_path, model_dir, text_file, capsys):

@@ -100,13 +100,14 @@ def test_injected_weight_shape_is_checked():
 
 
 @pytest.mark.parametrize("removed, depth, group, expected", [
-    (5, 12, 7, (2, 10)),   # centred: 3 before, 4 after
+    (5, 12, 7, (1, 9)),    # the authors' placement: 4 before, 3 after
+    (4, 12, 3, (2, 6)),    # G = 3: 2 before, 1 after
     (0, 12, 7, (0, 8)),    # first block: shifted inward
     (1, 12, 7, (0, 8)),
     (11, 12, 7, (4, 12)),  # last block: shifted inward
     (10, 12, 7, (4, 12)),
     (2, 5, 7, (0, 5)),     # model shallower than G + 1: the whole model
-    (3, 5, 2, (2, 5)),
+    (3, 5, 2, (1, 4)),     # G = 2: 2 before, none after
     (0, 2, 7, (0, 2)),
 ])
 def test_group_window(removed, depth, group, expected):

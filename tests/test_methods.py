@@ -19,7 +19,7 @@ from fusegpt.config import METHODS
 from fusegpt.data import calibration_windows
 from fusegpt.importance import block_influence, calibration_nll, macro_influence
 from fusegpt.methods import StepContext
-from fusegpt.methods.fusegpt import fusion_aware, trial_distance
+from fusegpt.methods.fuse import fusion_aware, trial_distance
 from fusegpt.models import adapter_for
 from test_architectures import CASES, TOKENS
 from test_pipeline import _config, _make_identity, _stack
@@ -175,7 +175,7 @@ def test_methods_are_validated_in_one_line():
     for method in METHODS:
         CompressConfig(method=method).validate()
     with pytest.raises(FuseGPTError, match="^--method must be one of fusegpt, remove, shortgpt, sleb, last, "
-                                           "remove-lora, got 'slab'$"):
+                                           "remove-lora, sleb-lora, replaceme, got 'slab'$"):
         CompressConfig(method="slab").validate()
     with pytest.raises(FuseGPTError, match="^--fuse-eval trial-fuses candidates and needs --method fusegpt"):
         CompressConfig(method="sleb", fuse_eval_candidates=2).validate()
@@ -199,3 +199,67 @@ def test_cli_selects_a_method_and_fusion_aware_choice(tmp_path, tokenizer, text_
     assert main(["compress", str(model_dir), "--out", str(tmp_path / "bad"), "--method", "last", "--fuse-eval", "2",
                  *common]) == 2
     assert "needs --method fusegpt" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def _mlp_output(stack, index: int, adapter) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, m): block `index`'s output split into its residual stream and its MLP's output."""
+    captured = []
+    handle = adapter.linears(stack.blocks[index])["down"].register_forward_hook(lambda mod, a, out: captured.append(out))
+    out = stack.run(index, index + 1, stack.boundaries[index])
+    handle.remove()
+    m = torch.cat(captured)
+    return out - m, m
+
+
+def test_linear_repair_recovers_a_span_that_is_exactly_linear(tokenizer, text_file):
+    """When what the removed block passed on is y + m T* (an exactly linear function of the block
+    before it), the least-squares map finds T* and the folded block reproduces it."""
+    from fusegpt.methods.linear import replace_with_linear_map
+
+    model = tiny_llama(depth=4)
+    adapter = adapter_for(model)
+    stack = _stack(model, tokenizer, text_file)
+    y, m = _mlp_output(stack, 1, adapter)
+    planted = torch.eye(32) + 0.3 * torch.randn(32, 32, generator=torch.Generator().manual_seed(0))
+    target = y + m @ planted
+    stack.boundaries[3] = target  # block 2 (removed next) "passed on" y + m T*
+    ctx = StepContext(model, stack, adapter, _config(text_file, method="replaceme"), None, to_remove=1)
+    outcome = replace_with_linear_map(ctx, 2)
+    assert outcome.group == [1] and stack.origin == [0, 1, 3]
+    assert torch.allclose(stack.boundaries[2], target, atol=1e-4)  # block 1's new output
+
+
+def test_replaceme_removes_the_most_similar_span_and_saves_a_plain_model(tmp_path, tokenizer, text_file):
+    model = tiny_llama(depth=6)
+    stack = _stack(tiny_llama(depth=6), tokenizer, text_file)
+    distance = {i: 1 - F.cosine_similarity(stack.boundaries[i][:4], stack.boundaries[i + 2][:4], dim=-1).mean().item()
+                for i in range(5)}
+    best = min(distance, key=distance.get)
+    result = compress(model, tokenizer, _config(text_file, method="replaceme"), progress=False)
+    assert result.report.removed == [best, best + 1]
+    assert result.report.steps[0].scores == pytest.approx(distance, abs=1e-6)
+    assert result.report.block_passes == 0  # training-free
+    out = save_compressed(result.model, tokenizer, result.report, tmp_path / "out")
+    reloaded, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and reloaded.config.num_hidden_layers == 4
+
+
+def test_selection_and_repair_compose(tokenizer, text_file):
+    """sleb-lora removes SLEB's blocks and heals them; --blocks fixes the blocks for any repair."""
+    sleb = compress(tiny_llama(), tokenizer, _config(text_file, method="sleb"), progress=False).report
+    healed = compress(tiny_llama(), tokenizer, _config(text_file, method="sleb-lora"), progress=False).report
+    assert healed.removed == sleb.removed and healed.heal is not None and healed.heal.block_passes > 0
+    assert healed.steps[0].criterion == "calibration_nll"
+    given = compress(tiny_llama(), tokenizer, _config(text_file, blocks=[4, 1], num_remove=None), progress=False)
+    assert given.report.removed == [4, 1] and given.report.steps[0].criterion == "given"
+    with pytest.raises(FuseGPTError, match="--blocks must be distinct indices"):
+        compress(tiny_llama(), tokenizer, _config(text_file, blocks=[1, 9], num_remove=None), progress=False)
+
+
+def test_fused_and_healed_runs_count_their_compute(tokenizer, text_file):
+    """Block passes: windows x blocks run forward and backward, per epoch and step."""
+    fused = compress(tiny_llama(), tokenizer, _config(text_file), progress=False).report
+    # 2 steps x 2 epochs x 8 windows x a window of G + 1 = 4 blocks less the removed one
+    assert fused.block_passes == 2 * 2 * 8 * 3
+    healed = compress(tiny_llama(), tokenizer, _config(text_file, method="remove-lora"), progress=False).report
+    assert healed.block_passes == (2 * 2) * 8 * 4  # K x epochs epochs over the 4 kept blocks

@@ -48,3 +48,65 @@ def test_mse_and_cosine(pair):
 @pytest.mark.parametrize("name", ["kl_batch", "kl_hidden", "mse", "cosine"])
 def test_every_loss_is_zero_at_the_teacher(pair, name):
     assert LOSSES[name](pair[1], pair[1]).item() == pytest.approx(0.0, abs=1e-6)
+
+
+class _Scale(torch.nn.Module):
+    """A toy block, x -> x * w (w per channel), so a test can tile the hidden dimension."""
+
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        self.w = torch.nn.Parameter(w.clone(), requires_grad=False)
+
+    def forward(self, x, **kwargs):
+        return x * self.w
+
+
+def _tuned_weight(x: torch.Tensor, teacher: torch.Tensor, w: torch.Tensor, loss: str) -> torch.Tensor:
+    from fusegpt.calibrate import BlockStack
+    from fusegpt.config import TuneConfig
+    from fusegpt.tuning import tune_group
+
+    block = _Scale(w)
+    stack = BlockStack([block], [{}], x, torch.device("cpu"), batch_size=2)
+    tune_group(stack, 0, 1, teacher, [block.w], [], TuneConfig(loss=loss, epochs=2, batch_size=2, coef_lr=1e-2),
+               seed=0, progress=False)
+    return block.w.detach()
+
+
+@pytest.mark.parametrize("name", ["kl_batch", "kl_hidden", "mse", "relative_mse", "cosine"])
+def test_updates_do_not_depend_on_the_number_of_tokens_and_channels(name):
+    """Tiling the windows' tokens 4x and channels 3x (the same data, a loss averaged over 12x
+    more entries) gives the same coefficient updates."""
+    torch.manual_seed(0)
+    x, teacher, w = torch.randn(4, 5, 6), torch.randn(4, 5, 6), torch.rand(6) + 0.5
+    small = _tuned_weight(x, teacher, w, name)
+    big = _tuned_weight(x.repeat(1, 4, 3), teacher.repeat(1, 4, 3), w.repeat(3), name)
+    assert not torch.allclose(small, w)  # it learned something
+    assert torch.allclose(big, small.repeat(3), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mse", "relative_mse", "cosine"])
+def test_updates_do_not_depend_on_the_scale_of_the_hidden_states(name):
+    """A loss 1e8 times smaller (hidden states 1e-4 times as large) does not stall Adam on its eps."""
+    torch.manual_seed(0)
+    x, teacher, w = torch.randn(4, 5, 6), torch.randn(4, 5, 6), torch.rand(6) + 0.5
+    assert torch.allclose(_tuned_weight(1e-4 * x, 1e-4 * teacher, w, name), _tuned_weight(x, teacher, w, name),
+                          atol=1e-5)
+
+
+def test_relative_mse_weighs_every_token_alike():
+    """A token 100x larger than the others (an attention sink) counts as much as any other."""
+    teacher = torch.ones(1, 3, 4)
+    teacher[0, 0] *= 100.0
+    student = teacher * 1.1  # 10% off everywhere
+    assert LOSSES["relative_mse"](student, teacher).item() == pytest.approx(0.01, rel=1e-5)
+    assert LOSSES["mse"](student, teacher).item() == pytest.approx((100 ** 2 + 2) / 3 * 0.01, rel=1e-5)
+
+
+def test_a_batch_of_one_window_never_makes_its_own_step():
+    from fusegpt.tuning.trainer import window_batches
+
+    order = torch.arange(9)
+    assert [len(b) for b in window_batches(order, 4, no_single=True)] == [4, 5]
+    assert [len(b) for b in window_batches(order, 4, no_single=False)] == [4, 4, 1]
+    assert [len(b) for b in window_batches(torch.arange(1), 4, no_single=True)] == [1]

@@ -76,6 +76,11 @@ def test_multiple_choice_acc_and_acc_norm_equal_hand_computation(model, tmp_path
     assert scores["arc_easy"]["acc_norm"] == acc_norm
     assert scores["arc_easy"]["metric"] == "acc" and scores["arc_easy"]["value"] == acc
     assert scores["mean"]["value"] == acc
+    # lm-eval's standard error of a mean: sample standard deviation over sqrt(n), here of 4 items
+    hits = [float(p == g) for p, g in zip(preds, golds)]
+    by_hand = (sum((h - acc) ** 2 for h in hits) / 3) ** 0.5 / 2
+    assert scores["arc_easy"]["items"] == 4 and scores["arc_easy"]["stderr"] == pytest.approx(by_hand)
+    assert scores["mean"]["stderr"] == pytest.approx(by_hand)
 
 
 def test_winogrande_partial_scoring_equals_hand_computation(model, tmp_path):

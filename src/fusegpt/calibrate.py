@@ -113,6 +113,8 @@ class BlockStack:
         self.block_kwargs = [_to(kw, self.device) for kw in block_kwargs]
         self.boundaries: list[torch.Tensor] = [embeddings] + [embeddings] * len(blocks)
         self.refresh(0)
+        # the dense model's boundaries by original index (refresh replaces tensors, never edits them)
+        self.dense: list[torch.Tensor] = list(self.boundaries)
 
     def __len__(self) -> int:
         return len(self.blocks)

@@ -7,12 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-from .config import COEFFICIENT_FORMS, DTYPES, LOSSES, METHODS, CompressConfig, FusionConfig, TuneConfig
+from .config import (COEFFICIENT_FORMS, DTYPES, LOSSES, METHODS, PRESETS, RECIPES, REPAIR_NAMES, SELECTION_NAMES,
+                     TEACHERS, CompressConfig, preset)
 from .errors import FuseGPTError
 from .evaluation.zeroshot import TASKS
 
 _DEFAULT = CompressConfig()
-_FUSION, _TUNE = FusionConfig(), TuneConfig()
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def _compress_parser(sub) -> None:
     p = sub.add_parser("compress", help="remove blocks from a model and save the shallower model",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", help="local HuggingFace model folder or Hub id")
+    p.add_argument("model", help="local HuggingFace model folder, .gguf file (or a folder holding one) or Hub id")
     p.add_argument("--out", required=True, help="output folder (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only once the new result is complete)")
     amount = p.add_mutually_exclusive_group()
@@ -34,47 +34,69 @@ def _compress_parser(sub) -> None:
                         help="fraction of blocks to remove; K = ceil(depth * S)")
     amount.add_argument("--num-remove", type=int, help="number of blocks to remove (instead of --sparsity)")
     p.add_argument("--ppl", default="", help="also evaluate the result on these comma-separated sources")
-    p.add_argument("--method", choices=METHODS, default=_DEFAULT.method,
-                   help="fusegpt: fuse the lowest-MI block into its neighbours and tune them; remove: delete the "
-                        "lowest-MI blocks, no tuning; shortgpt: delete the lowest Block Influence blocks, scored "
-                        "once; sleb: delete the block without which the calibration loss is lowest; last: delete "
-                        "the blocks just before the final one; remove-lora: as remove, then LoRA-heal the kept "
-                        "blocks with fusegpt's number of optimiser steps (LoRA at --lr)")
+    p.add_argument("--ppl-windows", type=int, help="perplexity on the first N protocol windows (default: all)")
+    p.add_argument("--ppl-seqlen", type=int, help="perplexity window length (default: --seqlen, the calibration one)")
     _add_method_options(p)
 
 
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     """Calibration, scoring, fusion and tuning settings, shared by `compress` and `compare`."""
+    p.add_argument("--method", choices=METHODS, default=_DEFAULT.method,
+                   help="a selection x repair shortcut: " + "; ".join(f"{m} = {s} + {r}" for m, (s, r) in RECIPES.items()))
+    p.add_argument("--selection", choices=SELECTION_NAMES,
+                   help="override the method's criterion: mi (Macro Influence, iterative), bi (Block Influence, "
+                        "once), nll (SLEB's calibration loss, iterative), last (the blocks before the final one), "
+                        "span (ReplaceMe's most similar K-block span), given (--blocks)")
+    p.add_argument("--repair", choices=REPAIR_NAMES,
+                   help="override the method's repair: none (delete), fuse (FuseGPT), lora (LoRA-heal the kept "
+                        "blocks against the dense output at fusegpt's budget), linear (ReplaceMe's least-squares map)")
+    p.add_argument("--blocks", type=_indices, help="remove exactly these original blocks, in this order "
+                                                   "(comma-separated; instead of --sparsity)")
+    p.add_argument("--preset", choices=PRESETS, default="default",
+                   help="settings to start from: default (our best measured recipe) or paper (the authors'); "
+                        "the flags below override single settings")
     p.add_argument("--calib", default=_DEFAULT.calib, help="calibration text: wikitext2, c4, ptb or a .txt/.raw/.jsonl/.parquet file")
-    p.add_argument("--nsamples", type=int, default=_DEFAULT.nsamples, help="calibration windows")
-    p.add_argument("--seqlen", type=int, default=_DEFAULT.seqlen, help="tokens per window (capped at the model's context)")
-    p.add_argument("--mi-samples", type=int, default=_DEFAULT.mi_samples,
-                   help="windows used to score blocks (Macro Influence, Block Influence, calibration loss)")
+    _recipe(p, "--nsamples", "", "nsamples", int, "calibration windows")
+    _recipe(p, "--seqlen", "", "seqlen", int, "tokens per window (capped at the model's context)")
+    _recipe(p, "--mi-samples", "", "mi_samples", int,
+            "windows used to score blocks (Macro Influence, Block Influence, calibration loss)")
     p.add_argument("--fuse-eval", dest="fuse_eval_candidates", type=int, default=_DEFAULT.fuse_eval_candidates,
                    metavar="K", help="fusegpt: trial-fuse the K lowest-MI blocks and remove the one whose output "
                                      "stays closest (0: the lowest-MI block)")
     p.add_argument("--fuse-eval-epochs", type=int, default=_DEFAULT.fuse_eval_epochs, metavar="E",
                    help="tuning epochs of each --fuse-eval trial")
-    p.add_argument("--epochs", type=int, default=_TUNE.epochs, help="tuning epochs per removed block")
-    p.add_argument("--batch-size", type=int, default=_TUNE.batch_size, help="windows per tuning step")
-    p.add_argument("--loss", choices=LOSSES, default=_TUNE.loss, help="student/teacher distance")
-    p.add_argument("--coef-lr", type=float, default=_TUNE.coef_lr, help="learning rate of the fusion coefficients")
-    p.add_argument("--lr", type=float, default=_TUNE.lr, help="learning rate of LoRA and norm weights")
-    p.add_argument("--group-size", type=int, default=_FUSION.group_size, help="neighbours G that absorb a removed block")
-    p.add_argument("--coef", choices=COEFFICIENT_FORMS, default=_FUSION.coefficient, help="coefficient form")
-    p.add_argument("--rank", type=int, default=_FUSION.rank, help="rank of low-rank coefficients")
-    p.add_argument("--lora-rank", type=int, default=_FUSION.lora_rank, help="LoRA rank on neighbours' own weights (0: off)")
-    p.add_argument("--no-train-norms", dest="train_norms", action="store_false", help="keep norm weights frozen")
+    _recipe(p, "--epochs", "tune", "epochs", int, "tuning epochs per removed block")
+    _recipe(p, "--batch-size", "tune", "batch_size", int, "windows per tuning step")
+    _recipe(p, "--loss", "tune", "loss", str, "student/teacher distance", choices=LOSSES)
+    _recipe(p, "--coef-lr", "tune", "coef_lr", float, "learning rate of the fusion coefficients")
+    _recipe(p, "--lr", "tune", "lr", float, "learning rate of LoRA and norm weights")
+    _recipe(p, "--teacher", "tune", "teacher", str, "what a fused group learns to reproduce: its own output "
+            "before the removal (group) or the dense model's hidden states at its end (dense)", choices=TEACHERS)
+    _recipe(p, "--group-size", "fusion", "group_size", int, "neighbours G that absorb a removed block")
+    _recipe(p, "--coef", "fusion", "coefficient", str, "coefficient form", choices=COEFFICIENT_FORMS)
+    _recipe(p, "--rank", "fusion", "rank", int, "rank of low-rank coefficients")
+    _recipe(p, "--lora-rank", "fusion", "lora_rank", int, "LoRA rank on neighbours' own weights (0: off)")
+    p.add_argument("--no-train-norms", dest="train_norms", action="store_false", default=None,
+                   help="keep norm weights frozen%(default).0s")
     p.add_argument("--device", default=_DEFAULT.device, help="compute device: auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--seed", type=int, default=_DEFAULT.seed, help="seed for windows, initialisation and order")
     _add_common(p)
 
 
+def _recipe(p: argparse.ArgumentParser, flag: str, section: str, name: str, kind: type, text: str, **extra) -> None:
+    """A setting whose default comes from --preset: the help shows both presets' values."""
+    values = [getattr(getattr(preset(n), section) if section else preset(n), name) for n in PRESETS]
+    p.add_argument(flag, dest=f"{section}.{name}" if section else name, type=kind, default=None,
+                   metavar=None if "choices" in extra else name.upper(),
+                   help=f"{text} (default: {values[0]}; --preset paper: {values[1]})%(default).0s", **extra)
+
+
 def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", help="local HuggingFace model folder or Hub id")
+    p.add_argument("model", help="local HuggingFace model folder, .gguf file (or a folder holding one) or Hub id")
     p.add_argument("--ppl", default="", help="comma-separated sources: wikitext2, c4, ptb or text files")
+    p.add_argument("--ppl-windows", type=int, help="perplexity on the first N protocol windows (default: all)")
     _add_task_options(p)
     p.add_argument("--seqlen", type=int, default=_DEFAULT.seqlen, help="window length (capped at the model's context)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
@@ -94,14 +116,24 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
 def _compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="every method at every sparsity: table, CSV, JSON and plots",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", help="local HuggingFace model folder or Hub id")
+    p.add_argument("model", help="local HuggingFace model folder, .gguf file (or a folder holding one) or Hub id")
     p.add_argument("--out", required=True, help="folder for comparison.{md,csv,json}, plots and finished cells "
                                                 "(rerunning reuses the cells)")
     p.add_argument("--methods", default=",".join(("dense",) + METHODS), help="comma-separated methods, or dense")
     p.add_argument("--sparsity", default="0.125,0.25", help="comma-separated sparsities")
     p.add_argument("--ppl", default="wikitext2", help="comma-separated perplexity sources")
+    p.add_argument("--ppl-windows", type=int, help="perplexity on the first N protocol windows (default: all)")
+    p.add_argument("--ppl-seqlen", type=int, help="perplexity window length (default: --seqlen, the calibration one)")
+    p.add_argument("--no-speed", action="store_true", help="skip the inference-speed measurement of each cell")
     _add_task_options(p)
     _add_method_options(p)
+
+
+def _indices(text: str) -> list[int]:
+    try:
+        return [int(i) for i in text.split(",") if i.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated block indices, got '{text}'") from None
 
 
 def _sources(text: str) -> list[str]:
@@ -109,32 +141,46 @@ def _sources(text: str) -> list[str]:
 
 
 def _config(args, **amount) -> CompressConfig:
-    config = CompressConfig(
-        **amount, calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, mi_samples=args.mi_samples,
-        fuse_eval_candidates=args.fuse_eval_candidates, fuse_eval_epochs=args.fuse_eval_epochs,
-        dtype=args.dtype, device=args.device, seed=args.seed, data_dir=args.data_dir,
-        fusion=FusionConfig(group_size=args.group_size, coefficient=args.coef, rank=args.rank,
-                            lora_rank=args.lora_rank, train_norms=args.train_norms),
-        tune=TuneConfig(loss=args.loss, epochs=args.epochs, batch_size=args.batch_size,
-                        coef_lr=args.coef_lr, lr=args.lr),
-    )
+    """The preset's settings, with every flag the user gave in place of its value."""
+    config = preset(args.preset, **amount, selection=args.selection, repair=args.repair, blocks=args.blocks,
+                    calib=args.calib, fuse_eval_candidates=args.fuse_eval_candidates,
+                    fuse_eval_epochs=args.fuse_eval_epochs, dtype=args.dtype, device=args.device, seed=args.seed,
+                    data_dir=args.data_dir)
+    given = {key: value for key, value in vars(args).items() if value is not None}
+    for key in ("nsamples", "seqlen", "mi_samples"):
+        setattr(config, key, given.get(key, getattr(config, key)))
+    for section in ("tune", "fusion"):
+        for key, value in given.items():
+            if key.startswith(f"{section}."):
+                setattr(getattr(config, section), key.split(".", 1)[1], value)
+    if args.train_norms is False:
+        config.fusion.train_norms = False
     config.validate()
     return config
 
 
 def _run_compress(args) -> None:
     from . import compress, evaluate_perplexity, load_model, save_compressed
-    from .io import check_output
+    from .io import REPORT_NAME, check_output, model_source
 
-    config = _config(args, method=args.method, sparsity=None if args.num_remove else args.sparsity,
+    given = args.blocks is not None
+    config = _config(args, method=args.method, sparsity=None if args.num_remove or given else args.sparsity,
                      num_remove=args.num_remove)
     out = check_output(args.out, args.overwrite, protect=args.model)
+    source = model_source(args.model)
     model, tokenizer = load_model(args.model, args.dtype)
     result = compress(model, tokenizer, config, progress=not args.quiet, model_name=args.model)
+    result.report.source = source
+    save_compressed(result.model, tokenizer, result.report, out, args.overwrite)  # before any evaluation
     if args.ppl:
-        result.report.perplexity = evaluate_perplexity(result.model, tokenizer, _sources(args.ppl),
-                                                       result.report.seqlen, args.data_dir, progress=not args.quiet)
-    save_compressed(result.model, tokenizer, result.report, out, args.overwrite)
+        try:
+            result.report.perplexity = evaluate_perplexity(
+                result.model, tokenizer, _sources(args.ppl), args.ppl_seqlen or result.report.seqlen, args.data_dir,
+                progress=not args.quiet, windows=args.ppl_windows)
+        except FuseGPTError as error:
+            raise FuseGPTError(f"{error} (the compressed model is saved in {out})") from error
+        result.report.perplexity_windows = args.ppl_windows
+        result.report.write(out / REPORT_NAME)
     print(result.report.summary())
     print(f"saved to {out}")
 
@@ -152,7 +198,8 @@ def _run_eval(args) -> None:
     results: dict = {"model": args.model, "seqlen": seqlen}
     if args.ppl:
         results["ppl"] = evaluate_perplexity(model, tokenizer, _sources(args.ppl), seqlen, args.data_dir,
-                                             args.batch_size, progress=not args.quiet)
+                                             args.batch_size, progress=not args.quiet, windows=args.ppl_windows)
+        results["ppl_windows"] = args.ppl_windows  # None: every protocol window
         print(_table(["source", f"perplexity (seqlen {seqlen})"],
                      [[source, f"{value:.3f}"] for source, value in results["ppl"].items()]))
     if args.tasks:
@@ -166,7 +213,7 @@ def _run_eval(args) -> None:
 
 
 def _run_compare(args) -> None:
-    from .evaluation.compare import compare
+    from .compare import compare
 
     try:
         sparsities = [float(s) for s in _sources(args.sparsity)]
@@ -176,10 +223,14 @@ def _run_compare(args) -> None:
     unknown = [m for m in methods if m not in ("dense",) + METHODS]
     if unknown:
         raise FuseGPTError(f"unknown method(s) {', '.join(unknown)}; choose from dense, {', '.join(METHODS)}")
+    if args.blocks or args.selection == "given":
+        raise FuseGPTError("compare chooses blocks by each method's criterion; --blocks and --selection given "
+                           "are for compress")
     for sparsity in sparsities:
         _config(args, sparsity=sparsity)  # every cell's settings are valid before the first one runs
     cells = compare(args.model, methods, sparsities, _config(args, sparsity=sparsities[0]), args.out,
-                    _sources(args.ppl), _sources(args.tasks), args.limit, args.tasks_dir, progress=not args.quiet)
+                    _sources(args.ppl), _sources(args.tasks), args.limit, args.tasks_dir, progress=not args.quiet,
+                    ppl_windows=args.ppl_windows, speed=not args.no_speed, ppl_seqlen=args.ppl_seqlen)
     print((Path(args.out) / "comparison.md").read_text())
     print(f"{len(cells)} cells; written to {args.out}")
 

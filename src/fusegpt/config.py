@@ -8,14 +8,25 @@ from typing import Literal
 
 import torch
 
-Method = Literal["fusegpt", "remove", "shortgpt", "sleb", "last", "remove-lora"]
+Method = Literal["fusegpt", "remove", "shortgpt", "sleb", "last", "remove-lora", "sleb-lora", "replaceme"]
+SelectionName = Literal["mi", "bi", "nll", "last", "span", "given"]
+RepairName = Literal["none", "fuse", "lora", "linear"]
 CoefficientForm = Literal["lowrank", "vector", "full"]
-LossName = Literal["kl_batch", "kl_hidden", "mse", "cosine"]
+LossName = Literal["kl_batch", "kl_hidden", "mse", "relative_mse", "cosine"]
 DType = Literal["float32", "bfloat16"]
 
-METHODS: tuple[str, ...] = ("fusegpt", "remove", "shortgpt", "sleb", "last", "remove-lora")
+# method shortcuts: (selection criterion, repair); see methods/ for what each means
+RECIPES: dict[str, tuple[str, str]] = {
+    "fusegpt": ("mi", "fuse"), "remove": ("mi", "none"), "shortgpt": ("bi", "none"), "sleb": ("nll", "none"),
+    "last": ("last", "none"), "remove-lora": ("mi", "lora"), "sleb-lora": ("nll", "lora"),
+    "replaceme": ("span", "linear"),
+}
+METHODS: tuple[str, ...] = tuple(RECIPES)
+SELECTION_NAMES: tuple[str, ...] = ("mi", "bi", "nll", "last", "span", "given")
+REPAIR_NAMES: tuple[str, ...] = ("none", "fuse", "lora", "linear")
 COEFFICIENT_FORMS: tuple[str, ...] = ("lowrank", "vector", "full")
-LOSSES: tuple[str, ...] = ("kl_batch", "kl_hidden", "mse", "cosine")
+LOSSES: tuple[str, ...] = ("kl_batch", "kl_hidden", "mse", "relative_mse", "cosine")
+TEACHERS: tuple[str, ...] = ("group", "dense")
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DTYPES: tuple[str, ...] = tuple(TORCH_DTYPES)
 
@@ -35,12 +46,16 @@ class FusionConfig:
 class TuneConfig:
     """Group-level fine-tuning of the coefficients against the un-pruned group."""
 
-    loss: LossName = "kl_batch"
-    epochs: int = 20
+    loss: LossName = "relative_mse"  # paper: kl_batch (see docs/BENCHMARKS.md for why not)
+    epochs: int = 10  # paper: 20
     batch_size: int = 8
-    coef_lr: float = 1e-3
-    lr: float = 9.65e-6  # LoRA and norms
+    coef_lr: float = 1e-2  # paper: 1e-3
+    lr: float = 1e-3  # LoRA and norms; paper: 9.65e-6
     betas: tuple[float, float] = (0.9, 0.95)
+    # what the group learns to reproduce: "group", its own output before this removal (the paper),
+    # or "dense", the dense model's hidden states at the group's end, which also undoes the error
+    # that earlier removals left at its input
+    teacher: Literal["group", "dense"] = "group"
 
 
 @dataclass
@@ -48,6 +63,9 @@ class CompressConfig:
     """Everything `compress` needs besides the model and tokenizer."""
 
     method: Method = "fusegpt"
+    selection: SelectionName | None = None  # overrides the method's criterion
+    blocks: list[int] | None = None  # original indices to remove, in order (selection "given"): compare repairs
+    repair: RepairName | None = None  # overrides the method's repair
     sparsity: float | None = 0.25
     num_remove: int | None = None  # overrides sparsity when set
     calib: str = "wikitext2"
@@ -69,7 +87,11 @@ class CompressConfig:
         """K = ceil(L * s) (25% of 32 = 8), or num_remove when given; validated against depth."""
         from .errors import FuseGPTError
 
-        if self.num_remove is not None:
+        if self.blocks:
+            if len(set(self.blocks)) != len(self.blocks) or not all(0 <= b < depth for b in self.blocks):
+                raise FuseGPTError(f"--blocks must be distinct indices of the model's {depth} blocks, got {self.blocks}")
+            k = len(self.blocks)
+        elif self.num_remove is not None:
             k = self.num_remove
             if k < 1:
                 raise FuseGPTError(f"--num-remove must be at least 1, got {k}")
@@ -84,6 +106,12 @@ class CompressConfig:
             )
         return k
 
+    @property
+    def recipe(self) -> tuple[str, str]:
+        """(selection, repair) of this run: the method's, with any override ("given" with `blocks`)."""
+        selection, repair = RECIPES[self.method]
+        return self.selection or ("given" if self.blocks else selection), self.repair or repair
+
     def validate(self) -> None:
         """Reject settings that cannot run, before any work is done."""
         from .errors import FuseGPTError
@@ -97,8 +125,12 @@ class CompressConfig:
             (self.nsamples >= 1, f"--nsamples must be at least 1, got {self.nsamples}"),
             (self.mi_samples >= 1, f"--mi-samples must be at least 1, got {self.mi_samples}"),
             (self.fuse_eval_candidates >= 0, f"--fuse-eval must be 0 (off) or more, got {self.fuse_eval_candidates}"),
-            (self.fuse_eval_candidates == 0 or self.method == "fusegpt",
-             f"--fuse-eval trial-fuses candidates and needs --method fusegpt, got {self.method!r}"),
+            (self.selection is None or self.selection in SELECTION_NAMES,
+             f"--selection must be one of {', '.join(SELECTION_NAMES)}, got {self.selection!r}"),
+            (self.repair is None or self.repair in REPAIR_NAMES,
+             f"--repair must be one of {', '.join(REPAIR_NAMES)}, got {self.repair!r}"),
+            (self.fuse_eval_candidates == 0 or self.method not in RECIPES or self.recipe[1] == "fuse",
+             f"--fuse-eval trial-fuses candidates and needs --method fusegpt (or --repair fuse), got {self.method!r}"),
             (self.fuse_eval_epochs >= 1, f"--fuse-eval-epochs must be at least 1, got {self.fuse_eval_epochs}"),
             (self.seqlen >= 2, f"--seqlen must be at least 2, got {self.seqlen}"),
             (self.fusion.group_size >= 1, f"--group-size must be at least 1, got {self.fusion.group_size}"),
@@ -109,12 +141,37 @@ class CompressConfig:
             (self.tune.loss != "kl_batch" or self.tune.batch_size >= 2,
              "--loss kl_batch normalises over the batch and needs --batch-size of at least 2"),
             (self.tune.coef_lr > 0 and self.tune.lr >= 0, "--coef-lr must be positive and --lr non-negative"),
+            (self.tune.teacher in TEACHERS, f"--teacher must be one of {', '.join(TEACHERS)}, got {self.tune.teacher!r}"),
+            ((not self.blocks or self.selection in (None, "given")) and (self.selection != "given" or self.blocks),
+             "--selection given needs --blocks, and --blocks works only with --selection given"),
         ]
         for ok, message in checks:
             if not ok:
                 raise FuseGPTError(message)
-        if self.num_remove is None:
+        if self.num_remove is None and not self.blocks:
             self.blocks_to_remove(depth=10**9)  # range check of sparsity alone
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# The authors' settings (their code's defaults, ALGORITHM.md), one flag away from our recipe.
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "paper": {"nsamples": 128, "seqlen": 2048, "mi_samples": 32,
+              "fusion": {"group_size": 7, "coefficient": "lowrank", "rank": 128, "lora_rank": 128, "train_norms": True},
+              "tune": {"loss": "kl_batch", "epochs": 20, "batch_size": 8, "coef_lr": 1e-3, "lr": 9.65e-6,
+                       "betas": (0.9, 0.95), "teacher": "group"}},
+}
+
+
+def preset(name: str = "default", **overrides) -> CompressConfig:
+    """The named settings (`default`: the best recipe we measured; `paper`: the authors'), with
+    top-level overrides."""
+    from .errors import FuseGPTError
+
+    if name not in PRESETS:
+        raise FuseGPTError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    settings = dict(PRESETS[name])
+    fusion, tune = FusionConfig(**settings.pop("fusion", {})), TuneConfig(**settings.pop("tune", {}))
+    return CompressConfig(**{**settings, "fusion": fusion, "tune": tune, **overrides})

@@ -1,5 +1,6 @@
-"""The loop of the paper: calibrate, score, choose, group, fuse, tune, (repeat), merge. Methods
-(methods/) say what scoring, choosing and removal mean; this loop holds the state."""
+"""The loop of the paper: calibrate, score, choose, group, fuse, tune, (repeat), merge. A method is
+a selection criterion (score, choose) and a repair (fuse and tune, delete, fit a linear map, heal);
+methods/ says what each means, this loop holds the state."""
 from __future__ import annotations
 
 import time
@@ -14,7 +15,8 @@ from .config import TORCH_DTYPES, CompressConfig
 from .data import calibration_windows
 from .evaluation import HealRecord, Report, StepRecord
 from .fusion import merge_block
-from .methods import METHODS, StepContext
+from .methods import REPAIRS, SELECTIONS, StepContext
+from .methods.fuse import fusion_aware
 from .models import adapter_for
 
 
@@ -58,30 +60,33 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     report = Report(model=model_name or getattr(model.config, "_name_or_path", ""), config=config.to_dict(),
                     original_depth=depth, seqlen=seqlen, seconds={"calibrate": time.perf_counter() - started})
 
-    method = METHODS[config.method]
+    selection_name, repair_name = config.recipe
+    selection, repair = SELECTIONS[selection_name], REPAIRS[repair_name]
+    choose = fusion_aware if repair_name == "fuse" and config.fuse_eval_candidates else selection.choose
     ctx = StepContext(model, stack, adapter, config, windows, to_remove, progress=progress,
-                      teacher=stack.final if method.heal else None)
+                      teacher=stack.final if repair.heal else None)
     scores: dict[int, float] = {}
     for step in tqdm(range(to_remove), desc=config.method, unit="block", disable=not progress):
         ctx = replace(ctx, step=step)
         # score (a one-shot criterion once, on the dense model), choose
         scored = time.perf_counter()
-        if step == 0 or not method.one_shot:
-            scores = dict(zip(stack.origin, method.score(ctx)))
-        chosen = method.choose(ctx, scores)
+        if step == 0 or not selection.one_shot:
+            computed = selection.score(ctx)
+            scores = computed if isinstance(computed, dict) else dict(zip(stack.origin, computed))
+        chosen = choose(ctx, scores)
         removed, score_seconds = stack.origin[chosen], time.perf_counter() - scored
-        # group, fuse, tune (or just delete)
-        outcome = method.remove(ctx, chosen)
-        report.steps.append(StepRecord(step=step, removed=removed, criterion=method.criterion, scores=scores,
+        # group, fuse, tune (or delete, or fit a map)
+        outcome = repair.remove(ctx, chosen)
+        report.steps.append(StepRecord(step=step, removed=removed, criterion=selection.criterion, scores=scores,
                                        group=outcome.group, losses=outcome.losses,
                                        seconds={"score": score_seconds, **outcome.seconds},
-                                       optimizer_steps=outcome.optimizer_steps))
+                                       optimizer_steps=outcome.optimizer_steps, block_passes=outcome.block_passes))
 
-    # heal: the baselines that tune the pruned model once, after the last removal, instead of fusing
-    if method.heal:
-        outcome = method.heal(ctx)
+    # heal: the repairs that tune the pruned model once, after the last removal, instead of fusing
+    if repair.heal:
+        outcome = repair.heal(ctx)
         report.heal = HealRecord(blocks=outcome.group, losses=outcome.losses, optimizer_steps=outcome.optimizer_steps,
-                                 seconds=outcome.seconds)
+                                 seconds=outcome.seconds, block_passes=outcome.block_passes)
 
     # merge: fold every fused linear back into a plain one; install the kept blocks
     for block in stack.blocks:

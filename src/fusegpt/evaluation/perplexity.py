@@ -9,13 +9,16 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from ..data import perplexity_ids
+from ..errors import FuseGPTError
 
 
 @torch.no_grad()
 def perplexity(model: PreTrainedModel, ids: torch.Tensor, seqlen: int, batch_size: int = 8,
-               progress: bool = True, desc: str = "ppl") -> float:
-    """exp(mean NLL of every predicted token) over the len(ids) // seqlen full windows."""
-    windows = ids[: ids.numel() // seqlen * seqlen].view(-1, seqlen)
+               progress: bool = True, desc: str = "ppl", windows: int | None = None) -> float:
+    """exp(mean NLL of every predicted token) over the len(ids) // seqlen full windows, or the
+    first `windows` of them."""
+    count = ids.numel() // seqlen if windows is None else min(windows, ids.numel() // seqlen)
+    windows = ids[: count * seqlen].view(-1, seqlen)
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for batch in tqdm(windows.split(batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
@@ -28,9 +31,13 @@ def perplexity(model: PreTrainedModel, ids: torch.Tensor, seqlen: int, batch_siz
 
 
 def evaluate_perplexity(model: PreTrainedModel, tokenizer, sources: list[str], seqlen: int,
-                        data_dir: str | None = None, batch_size: int = 8, progress: bool = True) -> dict[str, float]:
-    """Perplexity on each source (wikitext2, ptb, c4 or a file) at `seqlen` tokens."""
+                        data_dir: str | None = None, batch_size: int = 8, progress: bool = True,
+                        windows: int | None = None) -> dict[str, float]:
+    """Perplexity on each source (wikitext2, ptb, c4 or a file) at `seqlen` tokens, on every
+    protocol window or the first `windows` (a model too slow for the whole protocol)."""
+    if windows is not None and windows < 1:
+        raise FuseGPTError(f"--ppl-windows must be a positive number of windows, got {windows}")
     model.eval()
     return {source: perplexity(model, perplexity_ids(tokenizer, source, seqlen, data_dir), seqlen, batch_size,
-                               progress, desc=f"ppl {source}")
+                               progress, desc=f"ppl {source}", windows=windows)
             for source in sources}

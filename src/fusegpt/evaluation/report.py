@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ class StepRecord:
     losses: list[float]  # tuning loss per epoch
     seconds: dict[str, float]
     optimizer_steps: int = 0
+    block_passes: int = 0  # tuning compute: forward + backward of one block on one window
 
 
 @dataclass
@@ -26,6 +28,7 @@ class HealRecord:
     losses: list[float]  # tuning loss per epoch
     optimizer_steps: int
     seconds: dict[str, float]
+    block_passes: int = 0
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Report:
     heal: HealRecord | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     perplexity: dict[str, float] = field(default_factory=dict)
+    perplexity_windows: int | None = None  # None: every protocol window
+    source: dict = field(default_factory=dict)  # how the input was stored (HF folder / Hub id, or GGUF and its type)
 
     @property
     def removed(self) -> list[int]:
@@ -53,11 +58,21 @@ class Report:
         """All tuning steps of the run: the budget at which methods are compared."""
         return sum(s.optimizer_steps for s in self.steps) + (self.heal.optimizer_steps if self.heal else 0)
 
+    @property
+    def block_passes(self) -> int:
+        """All tuning compute of the run, in block forward + backward passes over one window."""
+        return sum(s.block_passes for s in self.steps) + (self.heal.block_passes if self.heal else 0)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "removed": self.removed, "kept": self.kept, "optimizer_steps": self.optimizer_steps}
+        return {**asdict(self), "removed": self.removed, "kept": self.kept, "optimizer_steps": self.optimizer_steps,
+                "block_passes": self.block_passes}
 
     def write(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Written beside and renamed into place, so a reader never sees half a report."""
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(partial, path)
 
     def summary(self) -> str:
         criterion = self.steps[0].criterion if self.steps else "score"  # one method, one criterion
@@ -66,10 +81,12 @@ class Report:
                  f"{'step':>4}  {'removed':>7}  {criterion:>15}  {'loss first -> last':>22}  group"]
         for s in self.steps:
             group = ",".join(map(str, s.group)) or "-"
-            lines.append(f"{s.step:>4}  {s.removed:>7}  {s.scores[s.removed]:>15.5g}  {_losses(s.losses):>22}  {group}")
+            score = s.scores.get(s.removed, float("nan"))  # a span criterion scores span starts only
+            lines.append(f"{s.step:>4}  {s.removed:>7}  {score:>15.5g}  {_losses(s.losses):>22}  {group}")
         if self.heal:
             lines.append(f"healed {len(self.heal.blocks)} blocks: loss {_losses(self.heal.losses)}")
-        lines.append(f"kept blocks: {self.kept}; optimiser steps: {self.optimizer_steps}")
+        lines.append(f"kept blocks: {self.kept}; optimiser steps: {self.optimizer_steps}; "
+                     f"tuning block passes: {self.block_passes}")
         lines += [f"perplexity {name}: {value:.3f}" for name, value in self.perplexity.items()]
         return "\n".join(lines)
 

@@ -7,6 +7,7 @@ folder is given, the documents (`fusegpt.data.tasks`) in place of the Hub downlo
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import contextmanager
 from functools import cache, partial
 from pathlib import Path
@@ -176,6 +177,16 @@ def evaluate_zero_shot(model: PreTrainedModel, tokenizer, tasks: list[str], limi
     for task, lm_task in built.items():
         metrics = {key.split(",")[0]: value for key, value in results[lm_task.task_name].items()}  # "acc,none"
         scores[task] = {_REPORTED[name]: float(value) for name, value in metrics.items() if name in _REPORTED}
-        scores[task].update(metric=METRIC[task], value=scores[task][METRIC[task]])
-    scores["mean"] = {"value": sum(scores[task]["value"] for task in built) / len(built)}
+        items = len(lm_task.eval_docs) if limit is None else min(limit, len(lm_task.eval_docs))
+        value = scores[task][METRIC[task]]
+        scores[task].update(metric=METRIC[task], value=value, items=items, stderr=accuracy_stderr(value, items))
+    values = [scores[task]["value"] for task in built]
+    # the tasks are independent samples: the mean's error is the root of the summed variances over n^2
+    scores["mean"] = {"value": sum(values) / len(values),
+                      "stderr": math.sqrt(sum(scores[task]["stderr"] ** 2 for task in built)) / len(built)}
     return scores
+
+
+def accuracy_stderr(accuracy: float, items: int) -> float:
+    """Standard error of an accuracy over `items` items, lm-eval's (sample standard deviation / sqrt(n))."""
+    return math.sqrt(accuracy * (1 - accuracy) / (items - 1)) if items > 1 else float("nan")

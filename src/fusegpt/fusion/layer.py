@@ -28,6 +28,14 @@ def linear_weights(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
     return (weight.T if isinstance(layer, Conv1D) else weight), bias
 
 
+@torch.no_grad()
+def set_linear_weights(layer: nn.Linear | Conv1D, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Write a weight in (out, in) orientation (and a bias) into an nn.Linear or a Conv1D."""
+    layer.weight.copy_(weight.T if isinstance(layer, Conv1D) else weight)
+    if bias is not None:
+        layer.bias.copy_(bias)
+
+
 class FusedLinear(nn.Module):
     def __init__(self, base: nn.Linear | Conv1D, coefficient: str = "lowrank", rank: int = 128, lora_rank: int = 0):
         super().__init__()

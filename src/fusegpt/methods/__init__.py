@@ -1,16 +1,10 @@
-"""Compression methods, one small module each; `--method` picks one by name."""
+"""Compression methods as selection x repair: a criterion says which block goes next
+(`selection.py`), a repair says what removing it means (`repair.py`). `--method` names are
+shortcuts for the combinations that papers use."""
 from __future__ import annotations
 
-from .base import Method
-from .fusegpt import FUSEGPT
-from .last import LAST
-from .remove import REMOVE
-from .remove_lora import REMOVE_LORA
-from .shortgpt import SHORTGPT
-from .sleb import SLEB
+from .repair import REPAIRS, Repair
+from .selection import SELECTIONS, Scores, Selection
 from .step import StepContext, StepOutcome
 
-METHODS: dict[str, Method] = {"fusegpt": FUSEGPT, "remove": REMOVE, "shortgpt": SHORTGPT, "sleb": SLEB,
-                              "last": LAST, "remove-lora": REMOVE_LORA}
-
-__all__ = ["METHODS", "Method", "StepContext", "StepOutcome"]
+__all__ = ["REPAIRS", "SELECTIONS", "Repair", "Scores", "Selection", "StepContext", "StepOutcome"]

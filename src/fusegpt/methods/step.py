@@ -30,3 +30,4 @@ class StepOutcome:
     losses: list[float] = field(default_factory=list)  # tuning loss per epoch
     seconds: dict[str, float] = field(default_factory=dict)
     optimizer_steps: int = 0
+    block_passes: int = 0  # tuning compute: forward + backward of one block on one window

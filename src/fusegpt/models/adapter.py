@@ -62,6 +62,9 @@ class DecoderAdapter:
     # the modules between the last block and the LM head, paths inside `base`, applied in order;
     # one that the config turned off (None, as OPT's projection) is skipped
     final_layers: tuple[str, ...] = ("norm",)
+    # the "down" role's output joins the residual stream as is (a linear map on it can be folded
+    # into its weights); False where a norm follows it (Gemma 2/3's post-feed-forward norm)
+    residual_down: bool = True
 
     @property
     def blocks_path(self) -> str:

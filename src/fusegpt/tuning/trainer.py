@@ -10,13 +10,23 @@ from tqdm.auto import tqdm
 
 from ..calibrate import BlockStack, onloaded
 from ..config import TuneConfig
-from .losses import LOSSES
+from .losses import BATCH_LOSSES, LOSSES
 
 
 @dataclass
 class TuneResult:
     losses: list[float]  # mean loss of each epoch
     optimizer_steps: int  # counted, so that methods can be compared at equal tuning budgets
+    block_passes: int = 0  # forward + backward of one block on one window: the compute spent
+
+
+def window_batches(order: torch.Tensor, batch_size: int, no_single: bool) -> list[torch.Tensor]:
+    """`order` in batches of `batch_size`; with `no_single`, a last batch of one window joins the
+    one before it (a loss across the batch is exactly zero on one window: a step on it is wasted)."""
+    chunks = list(order.split(batch_size))
+    if no_single and len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return chunks
 
 
 def tune_group(stack: BlockStack, start: int, end: int, teacher: torch.Tensor,
@@ -24,8 +34,12 @@ def tune_group(stack: BlockStack, start: int, end: int, teacher: torch.Tensor,
                seed: int, progress: bool = True) -> TuneResult:
     """Train the trainables so blocks start..end-1 of the stack map the cached input of `start`
     onto `teacher`. `primary` (fusion coefficients) learn at `coef_lr`, `secondary` (LoRA and
-    norms beside them) at `lr`. The model is frozen; the
-    trainables get gradients only while this runs."""
+    norms beside them) at `lr`. The model is frozen; the trainables get gradients only while this
+    runs.
+
+    The loss is divided by its value on the first batch: Adam is blind to a loss's scale except
+    through its eps, so without this a loss averaged over many tokens and channels (a 7B model's
+    2048 x 4096) or over small hidden states would stall where a small model's does not."""
     blocks = stack.blocks[start:end]
     inputs = stack.boundaries[start]
     loss_fn = LOSSES[config.loss]
@@ -37,26 +51,31 @@ def tune_group(stack: BlockStack, start: int, end: int, teacher: torch.Tensor,
         p.requires_grad_(True)
 
     optimizer = torch.optim.Adam(groups, betas=config.betas)
-    steps_per_epoch = math.ceil(inputs.shape[0] / config.batch_size)
+    no_single = config.loss in BATCH_LOSSES
+    steps_per_epoch = len(window_batches(torch.arange(inputs.shape[0]), config.batch_size, no_single))
     total = max(1, config.epochs * steps_per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     order = torch.Generator().manual_seed(seed)
     result = TuneResult(losses=[], optimizer_steps=0)
+    reference = None
     try:
         with onloaded(blocks, stack.device), torch.enable_grad():
             for _ in tqdm(range(config.epochs), desc="tune", unit="epoch", leave=False, disable=not progress):
                 permutation = torch.randperm(inputs.shape[0], generator=order)
                 epoch_loss = 0.0
-                for chunk in permutation.split(config.batch_size):
+                for chunk in window_batches(permutation, config.batch_size, no_single):
                     x = inputs[chunk].to(stack.device)
                     for index in range(start, end):
                         x = stack.forward_block(index, x)
                     loss = loss_fn(x, teacher[chunk].to(stack.device))
+                    if reference is None:
+                        reference = loss.item() if loss.item() > 0 else 1.0
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    (loss / reference).backward()
                     optimizer.step()
                     schedule.step()
                     result.optimizer_steps += 1
+                    result.block_passes += len(chunk) * (end - start)
                     epoch_loss += loss.item() * len(chunk)
                 result.losses.append(epoch_loss / inputs.shape[0])
     finally:

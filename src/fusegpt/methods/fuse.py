@@ -1,9 +1,9 @@
-"""FuseGPT: inject the removed block into its group of neighbours, then tune the group to
-reproduce what it computed before the removal.
+"""FuseGPT's repair: inject the removed block into its group of neighbours, then tune the group
+to reproduce what it computed before the removal.
 
-The block is the lowest-MI one, or with fusion-aware choice (`fuse_eval_candidates` k > 0, the
-authors' --fuse-eval) the one of the k lowest-MI blocks whose trial fusion keeps the model's
-final hidden states closest to the current ones."""
+With fusion-aware choice (`fuse_eval_candidates` k > 0, the authors' --fuse-eval) the block is
+the one of the k lowest-scored blocks whose trial fusion keeps the model's final hidden states
+closest to the current ones."""
 from __future__ import annotations
 
 import copy
@@ -16,7 +16,7 @@ from ..calibrate import BlockStack
 from ..fusion import group_window, inject, trainable_parameters
 from ..importance import mean_cosine
 from ..tuning import TuneResult, tune_group
-from .base import Method, Scores, lowest, macro_influence_scores
+from .selection import Scores
 from .step import StepContext, StepOutcome
 
 
@@ -26,7 +26,8 @@ def _fuse(ctx: StepContext, stack: BlockStack, index: int, epochs: int) -> tuple
     boundaries from the group on are stale."""
     fusion = ctx.config.fusion
     start, end = group_window(index, len(stack), fusion.group_size)
-    teacher = stack.boundaries[end]  # the un-pruned group's output, already cached
+    # the un-pruned group's output, or the dense model's at the same place; both already cached
+    teacher = stack.boundaries[end] if ctx.config.tune.teacher == "group" else stack.dense[stack.origin[end - 1] + 1]
     group = [stack.origin[j] for j in range(start, end) if j != index]
     removed = stack.delete(index)
     neighbours = stack.blocks[start:end - 1]
@@ -43,6 +44,7 @@ def fuse_block(ctx: StepContext, index: int) -> StepOutcome:
     refreshed = time.perf_counter()
     ctx.stack.refresh(start)
     return StepOutcome(group=group, losses=tuned.losses, optimizer_steps=tuned.optimizer_steps,
+                       block_passes=tuned.block_passes,
                        seconds={"tune": refreshed - started, "refresh": time.perf_counter() - refreshed})
 
 
@@ -70,12 +72,6 @@ def trial_distance(ctx: StepContext, index: int) -> float:
 
 
 def fusion_aware(ctx: StepContext, scores: Scores) -> int:
-    """The lowest-MI block, or the best trial fusion among the `fuse_eval_candidates` lowest."""
-    k = ctx.config.fuse_eval_candidates
-    if k == 0:
-        return lowest(ctx, scores)
-    candidates = sorted(range(len(ctx.stack)), key=lambda i: scores[ctx.stack.origin[i]])[:k]
-    return min(candidates, key=lambda i: trial_distance(ctx, i))
-
-
-FUSEGPT = Method("macro_influence", macro_influence_scores, fuse_block, choose=fusion_aware)
+    """The best trial fusion among the `fuse_eval_candidates` lowest-scored blocks."""
+    candidates = sorted(range(len(ctx.stack)), key=lambda i: scores[ctx.stack.origin[i]])
+    return min(candidates[:ctx.config.fuse_eval_candidates], key=lambda i: trial_distance(ctx, i))

@@ -1,7 +1,7 @@
-"""MI removal healed with LoRA: the paper's fair baseline. Fusion has to beat plain healing of
-the pruned model with the same data, loss, optimiser and number of optimiser steps.
+"""LoRA healing, the paper's fair baseline (MI removal + LoRA, SLEB + LoRA): fusion has to beat
+plain healing of the pruned model with the same data, loss and optimiser, and at least its compute.
 
-The K blocks are removed as by `remove`; then every role linear of every kept block gets a LoRA
+After the K blocks are removed, every role linear of every kept block gets a LoRA
 pair (rank `lora_rank`, or `rank` when LoRA is off for fusion), and all kept blocks together
 learn to map the embeddings onto the dense model's final hidden states. FuseGPT tunes `epochs`
 epochs over the same windows at each of its K steps, so K x `epochs` epochs here is the same
@@ -15,8 +15,6 @@ from dataclasses import replace
 
 from ..fusion import FusedLinear
 from ..tuning import tune_group
-from .base import Method, macro_influence_scores
-from .remove import remove_block
 from .step import StepContext, StepOutcome
 
 
@@ -35,7 +33,5 @@ def heal_with_lora(ctx: StepContext) -> StepOutcome:
     tuned = tune_group(stack, 0, len(stack), ctx.teacher, lora + norms, [], tune, seed=config.seed,
                        progress=ctx.progress)
     return StepOutcome(group=list(stack.origin), losses=tuned.losses, optimizer_steps=tuned.optimizer_steps,
+                       block_passes=tuned.block_passes,
                        seconds={"tune": time.perf_counter() - started})
-
-
-REMOVE_LORA = Method("macro_influence", macro_influence_scores, remove_block, heal=heal_with_lora)

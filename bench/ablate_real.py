@@ -1,0 +1,82 @@
+"""Why fusion lost on a real LLM, and what fixes it: repairs and fusion settings compared on the
+same 8 blocks of SmolLM2-135M-Instruct (30 blocks; sparsity 0.25).
+
+The blocks are the ones `remove` (iterative lowest Macro Influence) picks; every variant then
+removes exactly those (`--blocks`), so only the repair differs. Calibration: 32 x 256 tokens of
+wiki.valid.raw; PPL on the first 32 windows of 512 tokens of wiki.test.raw. Each variant is
+cached in bench/results/ablate_real/, so a rerun only computes what is missing.
+
+    python bench/ablate_real.py                      # every variant
+    python bench/ablate_real.py linear,fuse_rmse     # some
+"""
+from __future__ import annotations
+
+import copy
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress, load_model
+from fusegpt.data import perplexity_ids
+from fusegpt.evaluation import perplexity
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+MODEL = ASSETS / "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+OUT = ROOT / "bench" / "results" / "ablate_real"
+K, EPOCHS, PPL_WINDOWS, SEQLEN = 8, 3, 32, 512
+OLD = {"loss": "mse", "coef_lr": 1e-2, "lr": 1e-3}  # the README recipe of the previous release
+RMSE = {"loss": "relative_mse", "coef_lr": 1e-2, "lr": 1e-3}
+
+# name: (method, tune overrides, fusion overrides)
+VARIANTS: dict[str, tuple[str, dict, dict]] = {
+    "remove": ("remove", {}, {}),
+    "linear": ("remove", {}, {}),  # repair "linear" on the given blocks (ReplaceMe's map)
+    "replaceme": ("replaceme", {}, {}),  # its own span selection + linear map
+    "fuse_mse": ("fusegpt", OLD, {}),
+    "fuse_rmse": ("fusegpt", RMSE, {}),
+    "fuse_rmse_dense": ("fusegpt", {**RMSE, "teacher": "dense"}, {}),
+    "fuse_rmse_coef_only": ("fusegpt", RMSE, {"lora_rank": 0, "train_norms": False}),
+    "lora": ("remove-lora", RMSE, {}),
+}
+
+
+def main() -> None:
+    if not MODEL.exists():
+        sys.exit(f"needs ../shared/assets beside the repository ({MODEL} not found)")
+    names = sys.argv[1].split(",") if len(sys.argv) > 1 else list(VARIANTS)
+    OUT.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = load_model(str(MODEL))
+    ids = perplexity_ids(tokenizer, str(ASSETS / "text/wikitext-2-raw/wiki.test.raw"), SEQLEN)
+    base = dict(calib=str(ASSETS / "text/wikitext-2-raw/wiki.valid.raw"), nsamples=32, seqlen=256, mi_samples=8)
+    for name in ["dense", "remove", *[n for n in names if n not in ("dense", "remove")]]:
+        path = OUT / f"{name}.json"
+        if path.exists():
+            print(path.read_text().strip(), flush=True)
+            continue
+        row: dict = {"variant": name}
+        started = time.perf_counter()
+        if name == "dense":
+            pruned = model
+        else:
+            method, tune, fusion = VARIANTS[name]
+            blocks = None if name in ("remove", "replaceme") else json.loads((OUT / "remove.json").read_text())["removed"]
+            config = CompressConfig(method=method, sparsity=None, num_remove=None if blocks else K, blocks=blocks,
+                                    repair="linear" if name == "linear" else None, **base,
+                                    fusion=FusionConfig(**fusion), tune=TuneConfig(epochs=EPOCHS, **tune))
+            result = compress(copy.deepcopy(model), tokenizer, config, progress=False)
+            pruned = result.model
+            row.update(removed=result.report.removed, seconds=round(time.perf_counter() - started, 1),
+                       block_passes=result.report.block_passes,
+                       losses=[s.losses for s in result.report.steps] + ([result.report.heal.losses]
+                                                                          if result.report.heal else []))
+        row["ppl"] = perplexity(pruned, ids, SEQLEN, progress=False, windows=PPL_WINDOWS)
+        row["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+        path.write_text(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

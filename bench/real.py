@@ -1,0 +1,47 @@
+"""The headline benchmark: every method on SmolLM2-135M-Instruct (a real 30-block LLM, from its
+4-bit GGUF) at sparsity 0.25 (8 of 30 blocks), with `fusegpt compare`.
+
+Calibration: 32 windows x 256 tokens of WikiText-2 valid (`wiki.valid.raw`), 8 scoring windows.
+Perplexity: the first 64 protocol windows of 512 tokens of WikiText-2 test and of the C4 file.
+Zero-shot: the first 500 items of piqa, arc_easy, hellaswag and winogrande (lm-eval, local files),
+with standard errors. Each cell also records compress wall time, peak RSS, tuning block passes,
+parameters and prefill/decode speed against the dense model's in the same run.
+
+Cells are cached in bench/results/real-smollm2/cells/, so an interrupted run resumes:
+
+    nohup python bench/real.py > bench/results/real-smollm2.log 2>&1 &
+    python bench/real.py dense,remove          # some methods only
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+MODEL = ASSETS / "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+METHODS = "dense,remove,shortgpt,sleb,last,replaceme,remove-lora,sleb-lora,fusegpt"
+TEXT = ASSETS / "text"
+FLAGS = ["--sparsity", "0.25", "--calib", str(TEXT / "wikitext-2-raw/wiki.valid.raw"), "--nsamples", "32",
+         "--seqlen", "256", "--mi-samples", "8",
+         "--ppl", f"{TEXT / 'wikitext-2-raw/wiki.test.raw'},{TEXT / 'c4/c4_validation_2k.parquet'}",
+         "--ppl-seqlen", "512", "--ppl-windows", "64",
+         "--tasks", "piqa,arc_easy,hellaswag,winogrande", "--limit", "500", "--tasks-dir", str(ASSETS / "tasks"),
+         "--quiet"]
+OUT = ROOT / "bench" / "results" / "real-smollm2"
+
+
+def main() -> None:
+    if not MODEL.exists():
+        sys.exit(f"needs ../shared/assets beside the repository ({MODEL} not found)")
+    methods = sys.argv[1] if len(sys.argv) > 1 else METHODS
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "fusegpt", "compare", str(MODEL), "--out", str(OUT), "--methods", methods,
+                    *FLAGS], check=True)
+    print(f"{time.perf_counter() - started:.0f} s wall", flush=True)
+
+
+if __name__ == "__main__":
+    main()

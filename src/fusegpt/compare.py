@@ -1,0 +1,96 @@
+"""Every method at every sparsity on the same calibration data and the same evaluation. Each
+finished cell is saved on its own with a fingerprint of the settings that shaped it, so a rerun
+after a crash (or with another fusion recipe) only computes what is missing or changed."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Callable
+
+from .config import RECIPES, CompressConfig
+from .evaluation.comparison import DENSE, Cell, write_atomic, write_outputs
+
+
+def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list[str], limit: int | None,
+                ppl_windows: int | None, ppl_seqlen: int | None = None) -> str:
+    """A hash of what shaped the cell: the evaluation always; calibration and scoring for every
+    compressed model; fusion and tuning settings only for the repairs that use them."""
+    settings = {**config.to_dict(), "method": None, "sparsity": None, "num_remove": None, "ppl": ppl, "tasks": tasks,
+                "limit": limit, "ppl_windows": ppl_windows, "ppl_seqlen": ppl_seqlen}
+    if method == DENSE:
+        settings = {k: settings[k] for k in ("dtype", "data_dir", "ppl", "tasks", "limit", "ppl_windows", "ppl_seqlen")}
+        settings["ppl_seqlen"] = ppl_seqlen or config.seqlen
+    elif replace(config, method=method).recipe[1] in ("none", "linear"):
+        settings.update(fusion=None, tune=None, fuse_eval_candidates=None, fuse_eval_epochs=None)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_cell(model_name: str, method: str, sparsity: float, config: CompressConfig, ppl: list[str],
+             tasks: list[str], limit: int | None, tasks_dir: str | None, progress: bool,
+             ppl_windows: int | None = None, speed: bool = True, ppl_seqlen: int | None = None) -> Cell:
+    """Load a fresh copy of the model, compress it (unless dense), measure it and evaluate it.
+    Inference speed is measured on the dense model and on the output in the same run."""
+    from . import compress, evaluate_perplexity, load_model
+    from .evaluation.cost import PeakRSS, inference_speed, parameter_count
+    from .evaluation.zeroshot import evaluate_zero_shot
+    from .pipeline import context_length, resolve_device
+
+    started = time.perf_counter()
+    with PeakRSS() as memory:
+        model, tokenizer = load_model(model_name, config.dtype)
+        cell = Cell(method=method, sparsity=sparsity, ppl_windows=ppl_windows)
+        seqlen = min(ppl_seqlen or config.seqlen, context_length(model))
+        dense_speed = inference_speed(model.to(resolve_device(config.device))) if speed else {}
+        if method != DENSE:
+            model.cpu()
+            result = compress(model, tokenizer, replace(config, method=method, sparsity=sparsity, num_remove=None),
+                              progress=progress, model_name=model_name)
+            cell.removed, cell.block_passes = result.report.removed, result.report.block_passes
+            first = result.report.steps[0]
+            cell.criterion, cell.scores = first.criterion, {str(k): v for k, v in first.scores.items()}
+    cell.seconds, cell.peak_rss_gib = (time.perf_counter() - started) * (method != DENSE), round(memory.gib, 3)
+    model.to(resolve_device(config.device))
+    cell.parameters = parameter_count(model)
+    if speed:
+        own = dense_speed if method == DENSE else inference_speed(model)
+        cell.speed = {**own, **{f"dense_{k}": v for k, v in dense_speed.items()}}
+    if ppl:
+        cell.ppl = evaluate_perplexity(model, tokenizer, ppl, seqlen, config.data_dir, progress=progress,
+                                       windows=ppl_windows)
+    if tasks:
+        cell.zero_shot = evaluate_zero_shot(model, tokenizer, tasks, limit=limit, data_dir=tasks_dir,
+                                            progress=progress)
+    return cell
+
+
+def compare(model_name: str, methods: list[str], sparsities: list[float], config: CompressConfig, out: str | Path,
+            ppl: list[str] = (), tasks: list[str] = (), limit: int | None = None, tasks_dir: str | None = None,
+            progress: bool = True, run: Callable[..., Cell] = run_cell, ppl_windows: int | None = None,
+            speed: bool = True, ppl_seqlen: int | None = None) -> list[Cell]:
+    """Fill the method x sparsity grid (dense once), reusing cells saved by an earlier run with
+    the same settings; then write comparison.{md,csv,json} and the plots."""
+    unknown = [m for m in methods if m != DENSE and m not in RECIPES]
+    if unknown:
+        from .errors import FuseGPTError
+        raise FuseGPTError(f"unknown method(s) {', '.join(unknown)}; choose from {DENSE}, {', '.join(RECIPES)}")
+    out = Path(out)
+    cells_dir = out / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    grid = [(m, 0.0) for m in methods if m == DENSE] + [(m, s) for m in methods if m != DENSE for s in sparsities]
+    cells = []
+    for method, sparsity in grid:
+        path = cells_dir / f"{method}@{sparsity:g}.json"
+        saved = json.loads(path.read_text()) if path.exists() else None
+        key = fingerprint(config, method, list(ppl), list(tasks), limit, ppl_windows, ppl_seqlen)
+        if saved and saved.get("fingerprint") == key:
+            cells.append(Cell(**saved["cell"]))
+            continue
+        cell = run(model_name, method, sparsity, config, list(ppl), list(tasks), limit, tasks_dir, progress,
+                   ppl_windows=ppl_windows, speed=speed, ppl_seqlen=ppl_seqlen)
+        write_atomic(path, json.dumps({"fingerprint": key, "cell": asdict(cell)}, indent=2) + "\n")
+        cells.append(cell)
+    write_outputs(cells, out, model_name)
+    return cells

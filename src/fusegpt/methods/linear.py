@@ -1,0 +1,70 @@
+"""ReplaceMe's repair (arXiv 2505.02819), training-free: the removed block is replaced by a linear
+map T fitted by least squares on the calibration activations and folded into the block before it.
+
+That block's output is y + m, its residual stream y plus its MLP's output m (the down projection's
+output, added to the residual as is). T is chosen so that y + m T reproduces what the removed block
+passed on, over every calibration token:
+
+    T = argmin |m T - (target - y)|^2 = (m^T m + eps I)^-1 m^T (target - y)
+
+and m T is the down projection with weight T^T W and bias T^T b: the saved model is a plain model
+of the same architecture. The first block has nothing before it and is just deleted."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..calibrate import block_output, onloaded
+from ..errors import FuseGPTError
+from ..fusion import linear_weights, set_linear_weights
+from .step import StepContext, StepOutcome
+
+RIDGE = 1e-6  # relative to the mean eigenvalue of m^T m: keeps the solve stable when m is rank-deficient
+
+
+@torch.no_grad()
+def fit_linear_map(ctx: StepContext, previous: int, target: torch.Tensor) -> torch.Tensor:
+    """T (hidden x hidden) such that block `previous` with its MLP output times T maps its cached
+    input onto `target`, accumulated batch by batch in float64."""
+    stack = ctx.stack
+    block = stack.blocks[previous]
+    down = ctx.adapter.linears(block)["down"]
+    captured = []
+    handle = down.register_forward_hook(lambda module, args, out: captured.append(out))
+    gram = cross = None
+    try:
+        with onloaded([block], stack.device):
+            for x, t in zip(stack.batches(stack.boundaries[previous]), stack.batches(target)):
+                out = stack.forward_block(previous, x.to(stack.device)).double()
+                m = captured.pop().double().flatten(0, -2)
+                residual = (t.to(stack.device).double() - out).flatten(0, -2) + m  # target - y
+                gram = m.T @ m if gram is None else gram + m.T @ m
+                cross = m.T @ residual if cross is None else cross + m.T @ residual
+    finally:
+        handle.remove()
+    ridge = RIDGE * gram.diagonal().mean().clamp_min(1e-12)
+    return torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), cross)
+
+
+def replace_with_linear_map(ctx: StepContext, index: int) -> StepOutcome:
+    started = time.perf_counter()
+    stack = ctx.stack
+    if index == 0:
+        stack.delete(index)
+        stack.refresh(index)
+        return StepOutcome(seconds={"refresh": time.perf_counter() - started})
+    if not ctx.adapter.residual_down:
+        raise FuseGPTError(f"--repair linear needs blocks whose MLP output joins the residual stream as is; "
+                           f"{ctx.adapter.family} normalises it first: choose another --repair")
+    previous = index - 1
+    transform = fit_linear_map(ctx, previous, stack.boundaries[index + 1])
+    down = ctx.adapter.linears(stack.blocks[previous])["down"]
+    weight, bias = linear_weights(down)
+    set_linear_weights(down, (transform.T @ weight.double()).to(weight.dtype),
+                       None if bias is None else (transform.T @ bias.double()).to(bias.dtype))
+    fitted = time.perf_counter()
+    stack.delete(index)
+    stack.refresh(previous)
+    return StepOutcome(group=[stack.origin[previous]],
+                       seconds={"fit": fitted - started, "refresh": time.perf_counter() - fitted})

@@ -1,0 +1,61 @@
+"""Selection criteria: which block goes next. Each scores the current blocks (lower = removed
+sooner) and chooses one; a one-shot criterion scores the dense model once and keeps its scores."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..importance import block_influence, calibration_nll, macro_influence, span_distance
+from .step import StepContext
+
+Scores = dict[int, float]  # original index -> score
+
+
+def lowest(ctx: StepContext, scores: Scores) -> int:
+    """The current block with the lowest score (the earliest one on a tie)."""
+    return min(range(len(ctx.stack)), key=lambda i: scores[ctx.stack.origin[i]])
+
+
+def first_of_the_tail(ctx: StepContext, scores: Scores) -> int:
+    """The first block still to drop of the original L-K-1 .. L-2: the blocks are dropped in
+    their original order, so it is always followed by the rest of the tail and the final block."""
+    return len(ctx.stack) - 1 - (ctx.to_remove - ctx.step)
+
+
+def first_of_the_span(ctx: StepContext, scores: Scores) -> int:
+    """The first remaining block of the K-block span that starts at the lowest-scored block: the
+    span is removed front to back, each step taking the block that has moved into its place."""
+    begin = min(scores, key=scores.get)
+    return next(i for i, o in enumerate(ctx.stack.origin) if begin <= o < begin + ctx.to_remove)
+
+
+def next_given(ctx: StepContext, scores: Scores) -> int:
+    """The current index of the step's block in the user's list (`--blocks`)."""
+    return ctx.stack.origin.index(ctx.config.blocks[ctx.step])
+
+
+@dataclass(frozen=True)
+class Selection:
+    criterion: str  # what the scores measure, as the report names it
+    score: Callable[[StepContext], list[float] | Scores]  # one score per current block, or per original index
+    choose: Callable[[StepContext, Scores], int] = lowest  # current index of the block to remove
+    one_shot: bool = False  # score the dense model once and keep those scores for every step
+
+
+SELECTIONS: dict[str, Selection] = {
+    # FuseGPT: the block without which the final hidden states change least (iterative)
+    "mi": Selection("macro_influence", lambda ctx: macro_influence(ctx.stack, ctx.config.mi_samples, ctx.progress)),
+    # ShortGPT: the block that changes its own input least, scored once
+    "bi": Selection("block_influence", lambda ctx: block_influence(ctx.stack, ctx.config.mi_samples), one_shot=True),
+    # SLEB: the block without which the calibration loss is lowest (iterative)
+    "nll": Selection("calibration_nll", lambda ctx: calibration_nll(
+        ctx.stack, ctx.adapter.head(ctx.model), ctx.input_ids, ctx.config.mi_samples, ctx.progress)),
+    # "Reassessing Layer Pruning": the blocks just before the final one
+    "last": Selection("position", lambda ctx: [float(i) for i in ctx.stack.origin], first_of_the_tail, one_shot=True),
+    # ReplaceMe / "Unreasonable Ineffectiveness of the Deeper Layers": the contiguous span of K
+    # blocks whose input and output are most alike (cosine), scored once; a score per span start
+    "span": Selection("span_distance", lambda ctx: span_distance(ctx.stack, ctx.to_remove, ctx.config.mi_samples),
+                      first_of_the_span, one_shot=True),
+    # the user's blocks, in the user's order: to compare repairs on the same blocks
+    "given": Selection("given", lambda ctx: [0.0] * len(ctx.stack), next_given, one_shot=True),
+}
