@@ -39,6 +39,9 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "fuse_rmse": ("fusegpt", RMSE, {}),
     "fuse_rmse_dense": ("fusegpt", {**RMSE, "teacher": "dense"}, {}),
     "fuse_rmse_coef_only": ("fusegpt", RMSE, {"lora_rank": 0, "train_norms": False}),
+    "fuse_rmse_seam": ("fusegpt", RMSE, {"seam_map": True}),
+    "fuse_rmse_seam_dense": ("fusegpt", {**RMSE, "teacher": "dense"}, {"seam_map": True}),
+    "fuse_mse_seam": ("fusegpt", OLD, {"seam_map": True}),
     "lora": ("remove-lora", RMSE, {}),
 }
 

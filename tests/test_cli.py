@@ -158,3 +158,112 @@ def test_preset_paper_is_the_authors_settings_and_flags_override_it(tmp_path, mo
     ours = json.loads((tmp_path / "ours" / "fusegpt_report.json").read_text())["config"]["tune"]
     from fusegpt import TuneConfig
     assert ours["loss"] == TuneConfig().loss and ours["coef_lr"] == TuneConfig().coef_lr
+
+
+def test_help_and_argument_errors_do_not_import_the_heavy_libraries():
+    """--help and a bad argument answer at once: torch, transformers, lm-eval and matplotlib load
+    only when a run needs them."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom fusegpt.cli import main\n"
+             "for argv in (['--help'], ['compress', '--help'], ['compress', 'm', '--out', 'o', '--sparsity', '2']):\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "heavy = [m for m in ('torch', 'transformers', 'lm_eval', 'matplotlib') if m in sys.modules]\n"
+             "print('heavy:', heavy)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "heavy: []" in result.stdout
+
+
+def test_a_missing_evaluation_source_is_refused_before_any_work(tmp_path, model_dir, text_file, capsys):
+    import time
+
+    started = time.perf_counter()
+    out = tmp_path / "out"
+    assert main(_compress(model_dir, out, text_file, "--ppl", str(tmp_path / "nonexistent.txt"))) == 2
+    assert "--ppl source" in _one_line_error(capsys) and not out.exists()
+    assert time.perf_counter() - started < 5
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(_compress(model_dir, out, empty)) == 2
+    line = _one_line_error(capsys)
+    assert "--calib file" in line and "is empty" in line
+
+
+def test_one_data_folder_serves_text_and_tasks(tmp_path, model_dir, capsys):
+    """--data-dir laid out like ../shared/assets finds wikitext2 under text/ and piqa under tasks/."""
+    from conftest import asset
+
+    root = asset("tasks").parent
+    target = tmp_path / "eval.json"
+    assert main(["eval", str(model_dir), "--ppl", "wikitext2", "--seqlen", "32", "--ppl-windows", "2",
+                 "--tasks", "piqa", "--limit", "4", "--data-dir", str(root), "--json", str(target), "--quiet"]) == 0
+    saved = json.loads(target.read_text())
+    assert saved["ppl"]["wikitext2"] > 1 and saved["zero_shot"]["piqa"]["items"] == 4
+    capsys.readouterr()
+    assert main(["eval", str(model_dir), "--tasks", "piqa", "--limit", "4", "--data-dir", str(tmp_path),
+                 "--quiet"]) == 2
+    assert "pass --data-dir DIR laid out like ../shared/assets" in _one_line_error(capsys)
+
+
+def test_a_truncated_safetensors_file_gets_one_line(tmp_path, model_dir, text_file, capsys):
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    before = _digest(model_dir)
+    out = tmp_path / "out"
+    assert main(_compress(model_dir, out, text_file, "--num-remove", "1")) == 2
+    assert "could not load model" in _one_line_error(capsys) and not out.exists()
+    assert _digest(model_dir) == before
+
+
+def test_a_full_disk_and_a_failed_final_rename_keep_the_previous_result(tmp_path, model_dir, text_file, capsys,
+                                                                        monkeypatch):
+    import errno
+    import os
+
+    from transformers import PreTrainedModel
+
+    out = tmp_path / "out"
+    assert main(_compress(model_dir, out, text_file, "--num-remove", "1")) == 0
+    before = _digest(out)
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PreTrainedModel, "save_pretrained", full_disk)
+        assert main(_compress(model_dir, out, text_file, "--num-remove", "2", "--overwrite")) == 2
+    line = _one_line_error(capsys)
+    assert "disk full" in line and "rerun with --resume" in line and _digest(out) == before
+
+    real_replace = os.replace
+
+    def failing_final_rename(src, dst):
+        """The new result cannot be put in place after the old one was moved aside."""
+        if Path(dst) == out.resolve() and ".partial-" in Path(src).name and not Path(src).name.endswith("-previous"):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_replace(src, dst)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "replace", failing_final_rename)
+        assert main(_compress(model_dir, out, text_file, "--num-remove", "2", "--overwrite", "--resume")) == 2
+    assert "previous result is untouched" in _one_line_error(capsys)
+    assert _digest(out) == before
+    # no staging left behind; the checkpoint stays for the --resume the message asks for
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == [".out.checkpoint"]
+
+
+def test_an_internal_error_exits_1_in_one_line_and_debug_shows_it(tmp_path, model_dir, text_file, capsys,
+                                                                 monkeypatch):
+    import fusegpt.pipeline
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(fusegpt.pipeline, "compress", broken)
+    out = tmp_path / "out"
+    assert main(_compress(model_dir, out, text_file, "--num-remove", "1")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "internal error: ZeroDivisionError: a bug" in err[0] and not out.exists()
+    with pytest.raises(ZeroDivisionError):
+        main(_compress(model_dir, out, text_file, "--num-remove", "1", "--debug"))

@@ -175,7 +175,7 @@ def test_methods_are_validated_in_one_line():
     for method in METHODS:
         CompressConfig(method=method).validate()
     with pytest.raises(FuseGPTError, match="^--method must be one of fusegpt, remove, shortgpt, sleb, last, "
-                                           "remove-lora, sleb-lora, replaceme, got 'slab'$"):
+                                           "remove-lora, sleb-lora, replaceme, remove-linear, got 'slab'$"):
         CompressConfig(method="slab").validate()
     with pytest.raises(FuseGPTError, match="^--fuse-eval trial-fuses candidates and needs --method fusegpt"):
         CompressConfig(method="sleb", fuse_eval_candidates=2).validate()
@@ -263,3 +263,18 @@ def test_fused_and_healed_runs_count_their_compute(tokenizer, text_file):
     assert fused.block_passes == 2 * 2 * 8 * 3
     healed = compress(tiny_llama(), tokenizer, _config(text_file, method="remove-lora"), progress=False).report
     assert healed.block_passes == (2 * 2) * 8 * 4  # K x epochs epochs over the 4 kept blocks
+
+
+def test_fusion_from_the_seam_map_starts_where_the_linear_repair_ends(tokenizer, text_file):
+    """With no tuning, fusegpt with the seam map is exactly the linear repair of the same blocks:
+    the zero coefficients leave the map-compensated model as it was."""
+    linear = compress(tiny_llama(), tokenizer, _config(text_file, blocks=[3, 2], num_remove=None, repair="linear"),
+                      progress=False).model.state_dict()
+    config = _config(text_file, blocks=[3, 2], num_remove=None)
+    config.fusion.seam_map, config.tune.epochs = True, 0
+    fused = compress(tiny_llama(), tokenizer, config, progress=False).model.state_dict()
+    assert fused.keys() == linear.keys()
+    assert all(torch.allclose(fused[k], linear[k], atol=1e-6) for k in linear)
+    config.tune.epochs = 2  # and tuning moves on from there
+    tuned = compress(tiny_llama(), tokenizer, config, progress=False).model.state_dict()
+    assert not all(torch.allclose(tuned[k], linear[k], atol=1e-6) for k in linear)

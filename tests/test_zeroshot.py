@@ -93,7 +93,8 @@ def test_winogrande_partial_scoring_equals_hand_computation(model, tmp_path):
                 [{"context_options": options, "continuation": continuation, "gold": pred},
                  {"context_options": options, "continuation": continuation, "gold": 1 - pred}])
     scores = evaluate_zero_shot(model, tokenizer, ["winogrande"], data_dir=str(tmp_path), progress=False)
-    assert scores["winogrande"] == {"acc": 0.5, "metric": "acc", "value": 0.5}
+    assert scores["winogrande"] == {"acc": 0.5, "metric": "acc", "value": 0.5, "items": 2,
+                                    "stderr": pytest.approx(0.5)}  # hits 1, 0: sample sd 0.707 / sqrt(2)
 
 
 @torch.no_grad()
@@ -262,7 +263,7 @@ def test_bad_local_file(model, tmp_path, content):
 def test_no_data_dir_and_no_hub(model):
     with pytest.raises(FuseGPTError) as excinfo:
         evaluate_zero_shot(model, char_tokenizer(), ["piqa"])
-    assert "no --data-dir or FUSEGPT_TASKS given" in one_line(excinfo)
+    assert "no --data-dir or $FUSEGPT_DATA given" in one_line(excinfo)
 
 
 def test_data_dir_from_the_environment(model, tmp_path, monkeypatch):

@@ -1,11 +1,11 @@
 """fusegpt: make a HuggingFace causal LM shallower by fusing its least influential blocks into
 their neighbours (FuseGPT, arXiv 2411.14507)."""
-from .config import CompressConfig, FusionConfig, TuneConfig
-from .errors import FuseGPTError
-from .evaluation import Report, evaluate_perplexity
-from .io import load_model, save_compressed
-from .pipeline import CompressResult, compress
+from ._lazy import lazy_exports
 
-__all__ = ["CompressConfig", "CompressResult", "FuseGPTError", "FusionConfig", "Report", "TuneConfig",
-           "compress", "evaluate_perplexity", "load_model", "save_compressed"]
+_EXPORTS = {"CompressConfig": ".config", "FusionConfig": ".config", "TuneConfig": ".config", "preset": ".config",
+            "FuseGPTError": ".errors", "Report": ".evaluation.report", "evaluate_perplexity": ".evaluation.ppl",
+            "load_model": ".io", "save_compressed": ".io", "CompressResult": ".pipeline", "compress": ".pipeline",
+            "compare": ".compare"}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

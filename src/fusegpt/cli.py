@@ -4,23 +4,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from .config import (COEFFICIENT_FORMS, DTYPES, LOSSES, METHODS, PRESETS, RECIPES, REPAIR_NAMES, SELECTION_NAMES,
-                     TEACHERS, CompressConfig, preset)
+                     TASKS, TEACHERS, CompressConfig, preset)
 from .errors import FuseGPTError
-from .evaluation.zeroshot import TASKS
 
 _DEFAULT = CompressConfig()
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=os.environ.get("FUSEGPT_DATA"),
-                        help="folder with wikitext-2-raw/, ptb/, c4/ for the named corpora when the Hub is "
-                             "unreachable (default: $FUSEGPT_DATA)")
+                        help="one folder laid out like ../shared/assets: text/ (wikitext-2-raw/, ptb/, c4/) for the "
+                             "named corpora and tasks/ for zero-shot, used when the Hub is unreachable "
+                             "(default: $FUSEGPT_DATA)")
     parser.add_argument("--dtype", choices=DTYPES, default=_DEFAULT.dtype, help="weights and compute dtype")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
 def _compress_parser(sub) -> None:
@@ -29,6 +31,10 @@ def _compress_parser(sub) -> None:
     p.add_argument("model", help="local HuggingFace model folder, .gguf file (or a folder holding one) or Hub id")
     p.add_argument("--out", required=True, help="output folder (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only once the new result is complete)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last finished step (same model and arguments)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the per-step checkpoint (.OUT.checkpoint beside --out) after a finished run")
     amount = p.add_mutually_exclusive_group()
     amount.add_argument("--sparsity", type=float, default=_DEFAULT.sparsity,
                         help="fraction of blocks to remove; K = ceil(depth * S)")
@@ -76,6 +82,9 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     _recipe(p, "--coef", "fusion", "coefficient", str, "coefficient form", choices=COEFFICIENT_FORMS)
     _recipe(p, "--rank", "fusion", "rank", int, "rank of low-rank coefficients")
     _recipe(p, "--lora-rank", "fusion", "lora_rank", int, "LoRA rank on neighbours' own weights (0: off)")
+    p.add_argument("--seam-map", dest="fusion.seam_map", action=argparse.BooleanOptionalAction, default=None,
+                   help="fusegpt: fold ReplaceMe's least-squares map for the removed block into the block before it, "
+                        f"then tune (default: {preset().fusion.seam_map}; --preset paper: no)%(default).0s")
     p.add_argument("--no-train-norms", dest="train_norms", action="store_false", default=None,
                    help="keep norm weights frozen%(default).0s")
     p.add_argument("--device", default=_DEFAULT.device, help="compute device: auto, cpu, cuda, cuda:1 ...")
@@ -108,9 +117,8 @@ def _eval_parser(sub) -> None:
 def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default="", help=f"comma-separated zero-shot tasks: {', '.join(TASKS)}")
     p.add_argument("--limit", type=int, help="first N items of each task (default: all)")
-    p.add_argument("--tasks-dir", default=os.environ.get("FUSEGPT_TASKS"),
-                   help="folder laid out like ../shared/assets/tasks, used when the Hub is unreachable "
-                        "(default: $FUSEGPT_TASKS)")
+    p.add_argument("--tasks-dir", help="a task folder laid out like ../shared/assets/tasks, in place of "
+                                       "--data-dir's tasks/ (an alias kept for older commands)")
 
 
 def _compare_parser(sub) -> None:
@@ -159,19 +167,55 @@ def _config(args, **amount) -> CompressConfig:
     return config
 
 
+def _check_sources(args) -> None:
+    """Every text the run will read exists, before any weight is loaded."""
+    from .data.sources import check_source
+
+    if getattr(args, "calib", None):
+        check_source(args.calib, "--calib")
+    for source in _sources(args.ppl):
+        check_source(source, "--ppl")
+
+
 def _run_compress(args) -> None:
-    from . import compress, evaluate_perplexity, load_model, save_compressed
-    from .io import REPORT_NAME, check_output, model_source
+    from .paths import STATE, check_output, checkpoint_folder
 
     given = args.blocks is not None
     config = _config(args, method=args.method, sparsity=None if args.num_remove or given else args.sparsity,
                      num_remove=args.num_remove)
     out = check_output(args.out, args.overwrite, protect=args.model)
+    _check_sources(args)
+    folder = checkpoint_folder(out)
+    if (folder / STATE).exists() and not args.resume:
+        raise FuseGPTError(f"found the checkpoint of an interrupted run in {folder}; pass --resume to continue it, "
+                           "or delete that folder to start over")
+    if args.resume and not (folder / STATE).exists():
+        raise FuseGPTError(f"--resume: no checkpoint in {folder}; run without --resume")
+
+    from . import compress, evaluate_perplexity, load_model, save_compressed
+    from .checkpoint import Checkpoint
+    from .io import REPORT_NAME, model_source
+
     source = model_source(args.model)
+    checkpoint = Checkpoint(folder, config.to_dict(), str(Path(args.model).expanduser().resolve())
+                            if Path(args.model).expanduser().exists() else args.model)
     model, tokenizer = load_model(args.model, args.dtype)
-    result = compress(model, tokenizer, config, progress=not args.quiet, model_name=args.model)
+    try:
+        result = compress(model, tokenizer, config, progress=not args.quiet, model_name=args.model,
+                          checkpoint=checkpoint)
+    except KeyboardInterrupt:
+        if checkpoint.exists():
+            raise KeyboardInterrupt(f"interrupted; every finished step is kept in {folder}: rerun the same command "
+                                    "with --resume to continue") from None
+        raise
     result.report.source = source
-    save_compressed(result.model, tokenizer, result.report, out, args.overwrite)  # before any evaluation
+    try:
+        save_compressed(result.model, tokenizer, result.report, out, args.overwrite)  # before any evaluation
+    except FuseGPTError as error:
+        raise FuseGPTError(f"{error}; every step is kept in {folder}: rerun with --resume to save without "
+                           "recomputing") from error
+    if not args.keep_checkpoints:
+        checkpoint.remove()
     if args.ppl:
         try:
             result.report.perplexity = evaluate_perplexity(
@@ -192,6 +236,7 @@ def _run_eval(args) -> None:
 
     if not args.ppl and not args.tasks:
         raise FuseGPTError("nothing to evaluate; pass --ppl SOURCES and/or --tasks TASKS")
+    _check_sources(args)
     model, tokenizer = load_model(args.model, args.dtype)
     model.to(resolve_device(args.device))
     seqlen = min(args.seqlen, context_length(model))
@@ -204,7 +249,8 @@ def _run_eval(args) -> None:
                      [[source, f"{value:.3f}"] for source, value in results["ppl"].items()]))
     if args.tasks:
         results["zero_shot"] = evaluate_zero_shot(model, tokenizer, _sources(args.tasks), args.limit,
-                                                  args.tasks_dir, args.batch_size, progress=not args.quiet)
+                                                  args.data_dir, args.batch_size, progress=not args.quiet,
+                                                  tasks_dir=args.tasks_dir)
         print(_table(["task", "metric", "value"],
                      [[task, scores.get("metric", "mean"), f"{scores['value']:.4f}"]
                       for task, scores in results["zero_shot"].items()]))
@@ -228,6 +274,7 @@ def _run_compare(args) -> None:
                            "are for compress")
     for sparsity in sparsities:
         _config(args, sparsity=sparsity)  # every cell's settings are valid before the first one runs
+    _check_sources(args)
     cells = compare(args.model, methods, sparsities, _config(args, sparsity=sparsities[0]), args.out,
                     _sources(args.ppl), _sources(args.tasks), args.limit, args.tasks_dir, progress=not args.quiet,
                     ppl_windows=args.ppl_windows, speed=not args.no_speed, ppl_seqlen=args.ppl_seqlen)
@@ -247,15 +294,32 @@ def main(argv: list[str] | None = None) -> int:
     _eval_parser(sub)
     _compare_parser(sub)
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop ends like Ctrl-C
     try:
         {"compress": _run_compress, "eval": _run_eval, "compare": _run_compare}[args.command](args)
     except FuseGPTError as error:
+        if args.debug:
+            raise
         print(f"fusegpt: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fusegpt: interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"fusegpt: {interrupt.args[0] if interrupt.args else 'interrupted; no output was written'}",
+              file=sys.stderr)
         return 130
+    except Exception as error:  # a bug of ours, not the user's input: say so in one line
+        if args.debug:
+            raise
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"fusegpt: internal error: {type(error).__name__}: {detail} (rerun with --debug for the traceback, "
+              "and please report it)", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -61,8 +61,8 @@ def run_cell(model_name: str, method: str, sparsity: float, config: CompressConf
         cell.ppl = evaluate_perplexity(model, tokenizer, ppl, seqlen, config.data_dir, progress=progress,
                                        windows=ppl_windows)
     if tasks:
-        cell.zero_shot = evaluate_zero_shot(model, tokenizer, tasks, limit=limit, data_dir=tasks_dir,
-                                            progress=progress)
+        cell.zero_shot = evaluate_zero_shot(model, tokenizer, tasks, limit=limit, data_dir=config.data_dir,
+                                            progress=progress, tasks_dir=tasks_dir)
     return cell
 
 

@@ -6,9 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-import torch
-
-Method = Literal["fusegpt", "remove", "shortgpt", "sleb", "last", "remove-lora", "sleb-lora", "replaceme"]
+Method = Literal["fusegpt", "remove", "shortgpt", "sleb", "last", "remove-lora", "sleb-lora", "replaceme",
+                 "remove-linear"]
 SelectionName = Literal["mi", "bi", "nll", "last", "span", "given"]
 RepairName = Literal["none", "fuse", "lora", "linear"]
 CoefficientForm = Literal["lowrank", "vector", "full"]
@@ -19,7 +18,7 @@ DType = Literal["float32", "bfloat16"]
 RECIPES: dict[str, tuple[str, str]] = {
     "fusegpt": ("mi", "fuse"), "remove": ("mi", "none"), "shortgpt": ("bi", "none"), "sleb": ("nll", "none"),
     "last": ("last", "none"), "remove-lora": ("mi", "lora"), "sleb-lora": ("nll", "lora"),
-    "replaceme": ("span", "linear"),
+    "replaceme": ("span", "linear"), "remove-linear": ("mi", "linear"),
 }
 METHODS: tuple[str, ...] = tuple(RECIPES)
 SELECTION_NAMES: tuple[str, ...] = ("mi", "bi", "nll", "last", "span", "given")
@@ -27,8 +26,16 @@ REPAIR_NAMES: tuple[str, ...] = ("none", "fuse", "lora", "linear")
 COEFFICIENT_FORMS: tuple[str, ...] = ("lowrank", "vector", "full")
 LOSSES: tuple[str, ...] = ("kl_batch", "kl_hidden", "mse", "relative_mse", "cosine")
 TEACHERS: tuple[str, ...] = ("group", "dense")
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-DTYPES: tuple[str, ...] = tuple(TORCH_DTYPES)
+DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+TASKS: tuple[str, ...] = ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa",
+                          "lambada")  # zero-shot tasks, by lm-eval's name (lambada: lambada_openai)
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a `--dtype` name (torch is imported only when a run needs it)."""
+    import torch
+
+    return getattr(torch, name)
 
 
 @dataclass
@@ -40,6 +47,9 @@ class FusionConfig:
     rank: int = 128  # rank of C = P Q (capped at min(out, in) of each layer)
     lora_rank: int = 128  # LoRA on each neighbour's own weight; 0 disables
     train_norms: bool = True  # neighbours' norm weights train at the low learning rate
+    # before tuning, fold ReplaceMe's least-squares map for the removed block into the block before
+    # it, so that tuning starts from the compensated model instead of the block-removed one
+    seam_map: bool = False
 
 
 @dataclass
@@ -159,7 +169,8 @@ class CompressConfig:
 PRESETS: dict[str, dict] = {
     "default": {},
     "paper": {"nsamples": 128, "seqlen": 2048, "mi_samples": 32,
-              "fusion": {"group_size": 7, "coefficient": "lowrank", "rank": 128, "lora_rank": 128, "train_norms": True},
+              "fusion": {"group_size": 7, "coefficient": "lowrank", "rank": 128, "lora_rank": 128, "train_norms": True,
+                         "seam_map": False},
               "tune": {"loss": "kl_batch", "epochs": 20, "batch_size": 8, "coef_lr": 1e-3, "lr": 9.65e-6,
                        "betas": (0.9, 0.95), "teacher": "group"}},
 }

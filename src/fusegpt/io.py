@@ -3,22 +3,24 @@ from __future__ import annotations
 
 import errno
 import os
-from functools import partial
-from unittest.mock import patch
 import shutil
 import tempfile
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from unittest.mock import patch
 
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer,
                           PretrainedConfig, PreTrainedModel)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 from transformers.utils import logging as hf_logging
 
-from .config import TORCH_DTYPES
+from .config import torch_dtype
 from .errors import FuseGPTError
-from .evaluation import Report
+from .evaluation.report import Report
+from .paths import check_output, gguf_file, looks_like_path
 
 REPORT_NAME = "fusegpt_report.json"
 
@@ -38,32 +40,12 @@ def _hf_quiet():
             hf_logging.enable_progress_bar()
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1) or Path(name).exists()
-
-
 def _auto_class(config: PretrainedConfig) -> type:
     """A causal LM's auto class, or the image-text one for a multimodal model (LLaVA) that has no
     causal-LM class: its vision tower must load with it, so that image inputs still run."""
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
         return AutoModelForImageTextToText
     return AutoModelForCausalLM
-
-
-def gguf_file(name: str) -> Path | None:
-    """The GGUF file that a MODEL argument names: a `.gguf` file, or the only one in a folder that has
-    no config.json (a HuggingFace folder with a config is loaded as such)."""
-    path = Path(name).expanduser()
-    if path.suffix.lower() == ".gguf" and not path.is_dir():
-        if not path.is_file():
-            raise FuseGPTError(f"GGUF file '{name}' not found; pass an existing .gguf file or model folder")
-        return path
-    if path.is_dir() and not (path / "config.json").is_file():
-        found = sorted(path.glob("*.gguf"))
-        if len(found) > 1:
-            raise FuseGPTError(f"'{name}' holds {len(found)} .gguf files; pass the one to use as MODEL")
-        return found[0] if found else None
-    return None
 
 
 def gguf_metadata(file: Path) -> dict:
@@ -103,7 +85,7 @@ def load_model(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, obje
     if file is not None:
         gguf_metadata(file)  # a one-line refusal of a damaged file before transformers parses it
         name, options = str(file.parent), {"gguf_file": file.name}
-    elif _looks_like_path(name):
+    elif looks_like_path(name):
         if not path.is_dir():
             raise FuseGPTError(f"model folder '{name}' not found; pass a HuggingFace model folder, a .gguf file "
                                "or a Hub id")
@@ -115,9 +97,9 @@ def load_model(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, obje
     try:
         with _hf_quiet():
             config = AutoConfig.from_pretrained(name, **options)
-            model = _auto_class(config).from_pretrained(name, config=config, dtype=TORCH_DTYPES[dtype], **options)
+            model = _auto_class(config).from_pretrained(name, config=config, dtype=torch_dtype(dtype), **options)
             tokenizer = AutoTokenizer.from_pretrained(name, **options)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         where = f"{name}/{options['gguf_file']}" if options else name
         raise FuseGPTError(f"could not load model '{where}': {first_line}") from error
@@ -130,28 +112,6 @@ def load_model(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, obje
     return model.eval().requires_grad_(False), tokenizer
 
 
-def check_output(out: str | Path, overwrite: bool = False, protect: str | Path | None = None) -> Path:
-    """Fail before any work if `out` cannot receive a result: it must be absent or an empty
-    folder (any folder with `overwrite`, but never `protect`, the input model), in a folder we
-    can write to."""
-    out = Path(out).expanduser().resolve()
-    if protect is not None and Path(protect).expanduser().exists() and out == Path(protect).expanduser().resolve():
-        raise FuseGPTError(f"--out '{out}' is the input model folder; the input is never modified, choose another")
-    if out.exists() and not out.is_dir():
-        raise FuseGPTError(f"output '{out}' exists and is a file; choose a folder for --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FuseGPTError(f"output '{out}' already exists and is not empty; choose a new --out or pass --overwrite")
-    # missing parent folders are created when the result is saved, so check the nearest existing one
-    ancestor = next(p for p in [out.parent, *out.parent.parents] if p.exists())
-    if not ancestor.is_dir():
-        raise FuseGPTError(f"cannot write '{out}': '{ancestor}' is a file, not a folder; choose another --out")
-    try:
-        tempfile.TemporaryDirectory(dir=ancestor, prefix=f".{out.name}.").cleanup()
-    except OSError as error:
-        raise FuseGPTError(f"cannot write to '{ancestor}' ({error.strerror}); choose a writable --out") from error
-    return out
-
-
 def save_compressed(model: PreTrainedModel, tokenizer, report: Report, out: str | Path,
                     overwrite: bool = False) -> Path:
     """Write model (safetensors), tokenizer and report to a hidden sibling folder, then rename it
@@ -161,6 +121,7 @@ def save_compressed(model: PreTrainedModel, tokenizer, report: Report, out: str 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     previous = staging.with_name(staging.name + "-previous")
+    moved_aside = False
     try:
         with _hf_quiet():
             model.save_pretrained(staging)
@@ -169,11 +130,16 @@ def save_compressed(model: PreTrainedModel, tokenizer, report: Report, out: str 
         report.write(staging / REPORT_NAME)
         if out.exists():
             os.replace(out, previous)
+            moved_aside = True
         os.replace(staging, out)
+        moved_aside = False  # the new result is in place: the old one may go
     except OSError as error:
         reason = "disk full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-        raise FuseGPTError(f"could not write '{out}': {reason}; free space or choose another --out") from error
+        kept = " (the previous result is untouched)" if overwrite and (moved_aside or out.exists()) else ""
+        raise FuseGPTError(f"could not write '{out}': {reason}{kept}; free space or choose another --out") from error
     finally:
+        if moved_aside:  # the new result could not be put in place: put the old one back
+            os.replace(previous, out)
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(previous, ignore_errors=True)
     return out

@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from .calibrate import BlockStack, capture_block_inputs
-from .config import TORCH_DTYPES, CompressConfig
+from .checkpoint import Checkpoint
+from .config import CompressConfig, torch_dtype
 from .data import calibration_windows
 from .evaluation import HealRecord, Report, StepRecord
 from .fusion import merge_block
@@ -38,10 +39,12 @@ def context_length(model: PreTrainedModel) -> int:
 
 
 def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = None,
-             progress: bool = True, model_name: str | None = None) -> CompressResult:
+             progress: bool = True, model_name: str | None = None,
+             checkpoint: Checkpoint | None = None) -> CompressResult:
     """Remove blocks from `model` (in place) by `config.method` and return it with its report.
 
-    Only the blocks being scored or tuned are moved to the compute device."""
+    Only the blocks being scored or tuned are moved to the compute device. With a `checkpoint`,
+    the state after every removal step is saved there, and a saved state is resumed from."""
     config = config or CompressConfig()
     config.validate()
     adapter = adapter_for(model)
@@ -53,7 +56,7 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
 
     # calibrate: token windows -> hidden states entering every block
     windows = calibration_windows(tokenizer, config.calib, config.nsamples, seqlen, config.seed, config.data_dir)
-    model.eval().requires_grad_(False).to(TORCH_DTYPES[config.dtype])
+    model.eval().requires_grad_(False).to(torch_dtype(config.dtype))
     embeddings, block_kwargs = capture_block_inputs(model, adapter, windows, config.tune.batch_size)
     stack = BlockStack(list(adapter.blocks(model)), block_kwargs, embeddings, resolve_device(config.device),
                        config.tune.batch_size)
@@ -66,7 +69,10 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     ctx = StepContext(model, stack, adapter, config, windows, to_remove, progress=progress,
                       teacher=stack.final if repair.heal else None)
     scores: dict[int, float] = {}
-    for step in tqdm(range(to_remove), desc=config.method, unit="block", disable=not progress):
+    if checkpoint is not None and checkpoint.exists():
+        scores = checkpoint.restore(stack, report)
+    for step in tqdm(range(len(report.steps), to_remove), desc=config.method, unit="block", disable=not progress,
+                     initial=len(report.steps), total=to_remove):
         ctx = replace(ctx, step=step)
         # score (a one-shot criterion once, on the dense model), choose
         scored = time.perf_counter()
@@ -81,6 +87,8 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
                                        group=outcome.group, losses=outcome.losses,
                                        seconds={"score": score_seconds, **outcome.seconds},
                                        optimizer_steps=outcome.optimizer_steps, block_passes=outcome.block_passes))
+        if checkpoint is not None:
+            checkpoint.save(stack, report, scores)
 
     # heal: the repairs that tune the pruned model once, after the last removal, instead of fusing
     if repair.heal:

@@ -1,6 +1,6 @@
 """Calibration and evaluation data: protocol texts, calibration windows, perplexity token streams."""
+from .._lazy import lazy_exports
 
-from fusegpt.data.sources import protocol_text
-from fusegpt.data.windows import calibration_windows, perplexity_ids
-
-__all__ = ["calibration_windows", "perplexity_ids", "protocol_text"]
+_EXPORTS = {"protocol_text": ".sources", "calibration_windows": ".windows", "perplexity_ids": ".windows"}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

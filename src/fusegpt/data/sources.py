@@ -25,6 +25,18 @@ def named_corpus(source: str) -> str | None:
     return None
 
 
+def check_source(source: str, flag: str) -> None:
+    """Refuse, before any work, a source that is neither a named corpus nor a readable file."""
+    path = Path(source).expanduser()
+    if named_corpus(source):
+        return
+    if not path.is_file():
+        raise FuseGPTError(f"{flag} source '{source}' is neither a file nor one of {', '.join(NAMED)}; "
+                           f"pass an existing text file or a corpus name to {flag}")
+    if path.stat().st_size == 0:
+        raise FuseGPTError(f"{flag} file '{source}' is empty; pass a file with text in it")
+
+
 def protocol_text(source: str, split: str, data_dir: str | None = None) -> str:
     """Build the text a model is calibrated or evaluated on; `split` is ignored for files."""
     path = Path(source).expanduser()
@@ -119,23 +131,36 @@ def _parquet_rows(path: Path) -> list[str]:
     return [row for row in column.to_pylist() if row is not None]
 
 
+DATA_ENV = "FUSEGPT_DATA"
+
+
+def data_folder(data_dir: str | None, part: str) -> Path | None:
+    """`part` ("text" or "tasks") of the one data folder (--data-dir, else $FUSEGPT_DATA) laid out
+    like ../shared/assets; a folder laid out like `part` itself is taken as it is."""
+    root = data_dir or os.environ.get(DATA_ENV)
+    if not root:
+        return None
+    root = Path(root).expanduser()
+    return root / part if (root / part).is_dir() else root
+
+
 def _named_rows(name: str, split: str, data_dir: str | None) -> list[str]:
-    """Rows of a named corpus: from the local data dir if present, else from the Hub."""
-    root = data_dir or os.environ.get("FUSEGPT_DATA")
+    """Rows of a named corpus: from the local data folder if present, else from the Hub."""
+    root = data_folder(data_dir, "text")
     if root:
-        found, looked = _local_files(name, split, Path(root).expanduser())
+        found, looked = _local_files(name, split, root)
         if found:
             read = {"wikitext2": _raw_rows, "ptb": _ptb_rows, "c4": _parquet_rows}[name]
             return [row for path in found for row in read(path)]
         where = f"looked in {looked}"
     else:
-        where = "no --data-dir or FUSEGPT_DATA given"
+        where = f"no --data-dir or {DATA_ENV} given"
     try:
         return _hub_rows(name, split)
     except Exception as exc:  # any Hub failure (no network, `datasets` missing) means "not available"
         raise FuseGPTError(
             f"{name} ({split} split) not found: {where} and the Hub is unreachable ({type(exc).__name__}); "
-            "pass --calib FILE or --data-dir DIR"
+            "pass a file, or --data-dir DIR laid out like ../shared/assets (text/wikitext-2-raw/...)"
         ) from exc
 
 

@@ -12,17 +12,22 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from fusegpt.data.sources import read_jsonl
+from fusegpt.data.sources import data_folder, read_jsonl
 from fusegpt.errors import FuseGPTError
 
-ENV = "FUSEGPT_TASKS"
+ENV = "FUSEGPT_TASKS"  # kept as an alias of $FUSEGPT_DATA's tasks/
 _LETTERS = "ABCDEFGHIJ"
 
 
-def tasks_root(data_dir: str | None) -> Path | None:
-    """The local task folder: --data-dir, else $FUSEGPT_TASKS, else none (Hub only)."""
-    root = data_dir or os.environ.get(ENV)
-    return Path(root).expanduser() if root else None
+def tasks_root(data_dir: str | None, tasks_dir: str | None = None) -> Path | None:
+    """The local task folder: --tasks-dir (an alias), else the data folder's tasks/ (--data-dir,
+    $FUSEGPT_DATA), else $FUSEGPT_TASKS, else none (Hub only)."""
+    if tasks_dir:
+        return Path(tasks_dir).expanduser()
+    root = data_folder(data_dir, "tasks")
+    if root is None and os.environ.get(ENV):
+        root = Path(os.environ[ENV]).expanduser()
+    return root
 
 
 def local_docs(task: str, root: Path) -> list[dict] | None:

@@ -1,5 +1,7 @@
-"""Perplexity and the run report."""
-from .perplexity import evaluate_perplexity, perplexity
-from .report import HealRecord, Report, StepRecord
+"""Perplexity, zero-shot accuracy, costs, the run report and the comparison table."""
+from .._lazy import lazy_exports
 
-__all__ = ["HealRecord", "Report", "StepRecord", "evaluate_perplexity", "perplexity"]
+_EXPORTS = {"evaluate_perplexity": ".ppl", "perplexity": ".ppl", "HealRecord": ".report",
+            "Report": ".report", "StepRecord": ".report"}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

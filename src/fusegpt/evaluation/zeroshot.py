@@ -25,10 +25,10 @@ from lm_eval.tasks._yaml_loader import load_yaml
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..data.tasks import ENV, local_docs, local_paths, tasks_root
+from ..data.tasks import local_docs, local_paths, tasks_root
+from ..config import TASKS
 from ..errors import FuseGPTError
 
-TASKS = ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa", "lambada")
 # The metric each task is customarily reported with (lm-eval numbers as in the FuseGPT and SLEB papers).
 METRIC = {"piqa": "acc", "hellaswag": "acc_norm", "winogrande": "acc", "arc_easy": "acc", "arc_challenge": "acc_norm",
           "boolq": "acc", "openbookqa": "acc_norm", "lambada": "acc"}
@@ -81,7 +81,8 @@ class InMemoryLM(TemplateLM):
             ids = torch.tensor([row + [0] * (width - len(row)) for row in rows], device=device)
             logits = self.model(input_ids=ids, use_cache=False).logits  # right padding: no effect on real positions
             for i, row, row_logits in zip(batch, rows, logits):
-                target = torch.tensor(requests[i][2], device=device)
+                # a continuation longer than the context window is scored on its last tokens that fit
+                target = torch.tensor(requests[i][2][-len(row):], device=device)
                 logprobs = F.log_softmax(row_logits[len(row) - len(target):len(row)].float(), dim=-1)
                 results[i] = (logprobs.gather(1, target[:, None]).sum().item(),
                               bool((logprobs.argmax(-1) == target).all()))
@@ -127,13 +128,13 @@ def _build_task(task: str, root: Path | None, limit: int | None):
             return _local_task(name, docs[:limit])
         where = "looked for " + " and ".join(map(str, local_paths(task, root)))
     else:
-        where = f"no --data-dir or {ENV} given"
+        where = f"no --data-dir or $FUSEGPT_DATA given"
     try:
         return _hub_task(name)
     except Exception as exc:  # any Hub failure (no network, dataset moved) means "not available"
         raise FuseGPTError(
             f"zero-shot task {task}: {where} and loading it from the Hub failed ({type(exc).__name__}); "
-            "pass --data-dir DIR laid out like ../shared/assets/tasks"
+            "pass --data-dir DIR laid out like ../shared/assets (its tasks/ folder holds the task files)"
         ) from exc
 
 
@@ -156,7 +157,7 @@ def _quiet():
 
 def evaluate_zero_shot(model: PreTrainedModel, tokenizer, tasks: list[str], limit: int | None = None,
                        data_dir: str | None = None, batch_size: int = 8,
-                       progress: bool = True) -> dict[str, dict[str, float]]:
+                       progress: bool = True, tasks_dir: str | None = None) -> dict[str, dict[str, float]]:
     """Zero-shot scores per task ({metric: value, "metric": its customary metric, "value": that
     metric's value}) and "mean" ({"value": mean of the values}); `limit` keeps each task's first items."""
     unknown = [task for task in tasks if task not in TASKS]
@@ -166,7 +167,7 @@ def evaluate_zero_shot(model: PreTrainedModel, tokenizer, tasks: list[str], limi
     if limit is not None and limit < 1:
         raise FuseGPTError(f"--limit must be a positive number of items, not {limit}")
     model.eval()
-    root = tasks_root(data_dir)
+    root = tasks_root(data_dir, tasks_dir)
     with _quiet():
         built = {task: _build_task(task, root, limit) for task in dict.fromkeys(tasks)}
         results = evaluate(InMemoryLM(model, tokenizer, batch_size, progress),

@@ -16,6 +16,7 @@ from ..calibrate import BlockStack
 from ..fusion import group_window, inject, trainable_parameters
 from ..importance import mean_cosine
 from ..tuning import TuneResult, tune_group
+from .linear import fold_seam_map
 from .selection import Scores
 from .step import StepContext, StepOutcome
 
@@ -29,6 +30,8 @@ def _fuse(ctx: StepContext, stack: BlockStack, index: int, epochs: int) -> tuple
     # the un-pruned group's output, or the dense model's at the same place; both already cached
     teacher = stack.boundaries[end] if ctx.config.tune.teacher == "group" else stack.dense[stack.origin[end - 1] + 1]
     group = [stack.origin[j] for j in range(start, end) if j != index]
+    if ctx.config.fusion.seam_map and start < index:  # the block before is in the group: its input is unchanged
+        fold_seam_map(replace(ctx, stack=stack), index)
     removed = stack.delete(index)
     neighbours = stack.blocks[start:end - 1]
     inject(ctx.adapter, removed, neighbours, fusion)

@@ -8,7 +8,10 @@ passed on, over every calibration token:
     T = argmin |m T - (target - y)|^2 = (m^T m + eps I)^-1 m^T (target - y)
 
 and m T is the down projection with weight T^T W and bias T^T b: the saved model is a plain model
-of the same architecture. The first block has nothing before it and is just deleted."""
+of the same architecture. The first block has nothing before it and is just deleted.
+
+FuseGPT can start from this map too (`FusionConfig.seam_map`): the group then tunes from the
+compensated model instead of the block-removed one."""
 from __future__ import annotations
 
 import time
@@ -17,7 +20,7 @@ import torch
 
 from ..calibrate import block_output, onloaded
 from ..errors import FuseGPTError
-from ..fusion import linear_weights, set_linear_weights
+from ..fusion import FusedLinear, linear_weights, set_linear_weights
 from .step import StepContext, StepOutcome
 
 RIDGE = 1e-6  # relative to the mean eigenvalue of m^T m: keeps the solve stable when m is rank-deficient
@@ -47,24 +50,33 @@ def fit_linear_map(ctx: StepContext, previous: int, target: torch.Tensor) -> tor
     return torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), cross)
 
 
-def replace_with_linear_map(ctx: StepContext, index: int) -> StepOutcome:
-    started = time.perf_counter()
-    stack = ctx.stack
+def fold_seam_map(ctx: StepContext, index: int) -> int | None:
+    """Fit the map that lets block `index - 1` stand in for block `index` as well, and fold it into
+    its down projection (merged first if fusion made it a fused layer). Boundaries after `index - 1`
+    are stale afterwards. Returns the original index of the block that took the map, or None for
+    the first block, which has nothing before it."""
     if index == 0:
-        stack.delete(index)
-        stack.refresh(index)
-        return StepOutcome(seconds={"refresh": time.perf_counter() - started})
+        return None
     if not ctx.adapter.residual_down:
-        raise FuseGPTError(f"--repair linear needs blocks whose MLP output joins the residual stream as is; "
-                           f"{ctx.adapter.family} normalises it first: choose another --repair")
-    previous = index - 1
+        raise FuseGPTError(f"a linear seam map needs blocks whose MLP output joins the residual stream as is; "
+                           f"{ctx.adapter.family} normalises it first: use another --repair")
+    stack, previous = ctx.stack, index - 1
+    block = stack.blocks[previous]
+    if isinstance(ctx.adapter.linears(block)["down"], FusedLinear):
+        ctx.adapter.replace_linear(block, "down", ctx.adapter.linears(block)["down"].merge())
     transform = fit_linear_map(ctx, previous, stack.boundaries[index + 1])
-    down = ctx.adapter.linears(stack.blocks[previous])["down"]
+    down = ctx.adapter.linears(block)["down"]
     weight, bias = linear_weights(down)
     set_linear_weights(down, (transform.T @ weight.double()).to(weight.dtype),
                        None if bias is None else (transform.T @ bias.double()).to(bias.dtype))
+    return stack.origin[previous]
+
+
+def replace_with_linear_map(ctx: StepContext, index: int) -> StepOutcome:
+    started = time.perf_counter()
+    receiver = fold_seam_map(ctx, index)
     fitted = time.perf_counter()
-    stack.delete(index)
-    stack.refresh(previous)
-    return StepOutcome(group=[stack.origin[previous]],
+    ctx.stack.delete(index)
+    ctx.stack.refresh(max(index - 1, 0))
+    return StepOutcome(group=[] if receiver is None else [receiver],
                        seconds={"fit": fitted - started, "refresh": time.perf_counter() - fitted})

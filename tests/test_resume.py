@@ -1,0 +1,79 @@
+"""Runs that survive crashes: a killed `compress` resumes from its last finished step and ends
+with exactly the weights of an uninterrupted run; Ctrl-C keeps the checkpoint and writes no output."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from fusegpt.cli import main
+from fusegpt.paths import STATE, checkpoint_folder
+from test_cli import _compress, _one_line_error, model_dir  # noqa: F401  (fixture)
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _args(model_dir, out, text_file) -> list[str]:
+    return _compress(model_dir, out, text_file, "--num-remove", "3", "--epochs", "40")
+
+
+def _start(argv: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    return subprocess.Popen([sys.executable, "-m", "fusegpt", *argv], env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_first_step(process: subprocess.Popen, out: Path) -> None:
+    state = checkpoint_folder(out) / STATE
+    deadline = time.monotonic() + 120
+    while not state.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.01)
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, model_dir, text_file, capsys):  # noqa: F811
+    reference = tmp_path / "reference"
+    assert main(_args(model_dir, reference, text_file)) == 0
+    assert not checkpoint_folder(reference).exists()  # a finished run leaves none behind
+
+    out = tmp_path / "out"
+    process = _start(_args(model_dir, out, text_file))
+    _wait_for_first_step(process, out)
+    process.kill()
+    assert process.wait() == -signal.SIGKILL
+    assert not out.exists() and checkpoint_folder(out).exists()
+
+    assert main(_args(model_dir, out, text_file)) == 2  # without --resume: refused, the checkpoint kept
+    assert "pass --resume" in _one_line_error(capsys)
+    assert main([*_args(model_dir, out, text_file)[:-2], "--epochs", "39", "--resume"]) == 2  # another run
+    assert "tune.epochs was 40, now 39" in _one_line_error(capsys)
+
+    assert main([*_args(model_dir, out, text_file), "--resume"]) == 0
+    resumed, expected = load_file(out / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert resumed.keys() == expected.keys()
+    assert all((resumed[k] == expected[k]).all() for k in expected)
+    steps = json.loads((out / "fusegpt_report.json").read_text())["steps"]
+    assert [s["removed"] for s in steps] == json.loads((reference / "fusegpt_report.json").read_text())["removed"]
+    assert not checkpoint_folder(out).exists()
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_writes_no_output(tmp_path, model_dir, text_file):  # noqa: F811
+    out = tmp_path / "out"
+    process = _start(_args(model_dir, out, text_file))
+    _wait_for_first_step(process, out)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--resume" in lines[0] and str(checkpoint_folder(out)) in lines[0]
+    assert not out.exists() and (checkpoint_folder(out) / STATE).exists()
+    process = _start(_args(model_dir, out, text_file))
+    process.communicate(timeout=120)
+    assert process.returncode == 2  # a rerun without --resume does not destroy the kept work
