@@ -42,6 +42,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "fuse_rmse_seam": ("fusegpt", RMSE, {"seam_map": True}),
     "fuse_rmse_seam_dense": ("fusegpt", {**RMSE, "teacher": "dense"}, {"seam_map": True}),
     "fuse_mse_seam": ("fusegpt", OLD, {"seam_map": True}),
+    "fuse_rmse_seam_global": ("fusegpt", {**RMSE, "global_epochs": 3}, {"seam_map": True}),
     "lora": ("remove-lora", RMSE, {}),
 }
 

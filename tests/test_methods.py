@@ -278,3 +278,18 @@ def test_fusion_from_the_seam_map_starts_where_the_linear_repair_ends(tokenizer,
     config.tune.epochs = 2  # and tuning moves on from there
     tuned = compress(tiny_llama(), tokenizer, config, progress=False).model.state_dict()
     assert not all(torch.allclose(tuned[k], linear[k], atol=1e-6) for k in linear)
+
+
+def test_a_final_global_tune_trains_the_fusion_against_the_dense_output(tokenizer, text_file):
+    """global_epochs adds one tune of every kept block (coefficients, LoRA, norms) towards the
+    dense model's final hidden states, counted in the compute; the LoRA baseline gets as much more."""
+    config = _config(text_file)
+    config.tune.global_epochs = 2
+    report = compress(tiny_llama(), tokenizer, config, progress=False).report
+    assert report.heal is not None and report.heal.blocks == report.kept
+    assert report.heal.block_passes == 2 * 8 * 4  # 2 epochs x 8 windows x 4 kept blocks
+    assert report.block_passes == 2 * 2 * 8 * 3 + 2 * 8 * 4
+    assert report.heal.losses[-1] < report.heal.losses[0]
+    lora = compress(tiny_llama(), tokenizer, _config(text_file, method="remove-lora", tune=config.tune),
+                    progress=False).report
+    assert lora.block_passes == (2 * 2 + 2) * 8 * 4 >= report.block_passes

@@ -250,14 +250,20 @@ def test_missing_local_file_names_the_path_and_the_fix(model, tmp_path):
     assert "from the Hub failed" in message and "--data-dir" in message
 
 
-@pytest.mark.parametrize("content", ["", '{"query": "Question: q?", "gold": 0}\n', "not json\n"])
-def test_bad_local_file(model, tmp_path, content):
+GOOD = '{"query": "Question: q?", "choices": ["a", "b", "c", "d"], "gold": 0}\n'
+
+
+@pytest.mark.parametrize(("content", "says"), [("", "has no items"),
+                                               (GOOD + '{"query": "Question: q?", "gold": 0}\n',
+                                                "item 2 has no field 'choices'"),
+                                               (GOOD + "not json\n", "line 2 is not valid JSON")])
+def test_bad_local_file(model, tmp_path, content, says):
     path = tmp_path / "icl/world_knowledge/arc_easy.jsonl"
     path.parent.mkdir(parents=True)
     path.write_text(content)
     with pytest.raises(FuseGPTError) as excinfo:
         evaluate_zero_shot(model, char_tokenizer(), ["arc_easy"], data_dir=str(tmp_path))
-    assert str(path) in one_line(excinfo)
+    assert str(path) in one_line(excinfo) and says in one_line(excinfo)
 
 
 def test_no_data_dir_and_no_hub(model):

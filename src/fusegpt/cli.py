@@ -72,6 +72,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fuse-eval-epochs", type=int, default=_DEFAULT.fuse_eval_epochs, metavar="E",
                    help="tuning epochs of each --fuse-eval trial")
     _recipe(p, "--epochs", "tune", "epochs", int, "tuning epochs per removed block")
+    _recipe(p, "--global-epochs", "tune", "global_epochs", int, "fusegpt: epochs of a final tune of every kept "
+            "block against the dense model's output (the LoRA baselines get as many more)")
     _recipe(p, "--batch-size", "tune", "batch_size", int, "windows per tuning step")
     _recipe(p, "--loss", "tune", "loss", str, "student/teacher distance", choices=LOSSES)
     _recipe(p, "--coef-lr", "tune", "coef_lr", float, "learning rate of the fusion coefficients")
@@ -175,6 +177,13 @@ def _check_sources(args) -> None:
         check_source(args.calib, "--calib")
     for source in _sources(args.ppl):
         check_source(source, "--ppl")
+    unknown = [task for task in _sources(getattr(args, "tasks", "")) if task not in TASKS]
+    if unknown:
+        raise FuseGPTError(f"unknown zero-shot task(s) {', '.join(unknown)}; choose --tasks from {', '.join(TASKS)}")
+    if getattr(args, "limit", None) is not None and args.limit < 1:
+        raise FuseGPTError(f"--limit must be a positive number of items, not {args.limit}")
+    if getattr(args, "ppl_windows", None) is not None and args.ppl_windows < 1:
+        raise FuseGPTError(f"--ppl-windows must be a positive number of windows, got {args.ppl_windows}")
 
 
 def _run_compress(args) -> None:

@@ -66,6 +66,9 @@ class TuneConfig:
     # or "dense", the dense model's hidden states at the group's end, which also undoes the error
     # that earlier removals left at its input
     teacher: Literal["group", "dense"] = "group"
+    # after the last fusion, epochs of tuning every kept block's coefficients, LoRA and norms
+    # together against the dense model's final hidden states (0: the paper's purely local tuning)
+    global_epochs: int = 0
 
 
 @dataclass
@@ -147,6 +150,7 @@ class CompressConfig:
             (self.fusion.rank >= 1, f"--rank must be at least 1, got {self.fusion.rank}"),
             (self.fusion.lora_rank >= 0, f"--lora-rank must be 0 (off) or more, got {self.fusion.lora_rank}"),
             (self.tune.epochs >= 0, f"--epochs must be 0 or more, got {self.tune.epochs}"),
+            (self.tune.global_epochs >= 0, f"--global-epochs must be 0 or more, got {self.tune.global_epochs}"),
             (self.tune.batch_size >= 1, f"--batch-size must be at least 1, got {self.tune.batch_size}"),
             (self.tune.loss != "kl_batch" or self.tune.batch_size >= 2,
              "--loss kl_batch normalises over the batch and needs --batch-size of at least 2"),
@@ -172,7 +176,7 @@ PRESETS: dict[str, dict] = {
               "fusion": {"group_size": 7, "coefficient": "lowrank", "rank": 128, "lora_rank": 128, "train_norms": True,
                          "seam_map": False},
               "tune": {"loss": "kl_batch", "epochs": 20, "batch_size": 8, "coef_lr": 1e-3, "lr": 9.65e-6,
-                       "betas": (0.9, 0.95), "teacher": "group"}},
+                       "betas": (0.9, 0.95), "teacher": "group", "global_epochs": 0}},
 }
 
 

@@ -91,8 +91,8 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
             checkpoint.save(stack, report, scores)
 
     # heal: the repairs that tune the pruned model once, after the last removal, instead of fusing
-    if repair.heal:
-        outcome = repair.heal(ctx)
+    outcome = repair.heal(ctx) if repair.heal else None
+    if outcome:
         report.heal = HealRecord(blocks=outcome.group, losses=outcome.losses, optimizer_steps=outcome.optimizer_steps,
                                  seconds=outcome.seconds, block_passes=outcome.block_passes)
 

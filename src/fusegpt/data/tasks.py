@@ -38,11 +38,17 @@ def local_docs(task: str, root: Path) -> list[dict] | None:
             records = _records(path)
             if not records:
                 raise FuseGPTError(f"{path} has no items; fix or replace the file")
-            try:
-                return [convert(record) for record in records]
-            except (KeyError, IndexError, TypeError, ValueError) as exc:
-                raise FuseGPTError(f"{path} is not in the format of ../shared/assets/tasks ({type(exc).__name__}: "
-                                   f"{exc}); see its MANIFEST.md") from exc
+            docs = []
+            for number, record in enumerate(records, 1):
+                try:
+                    docs.append(convert(record))
+                except KeyError as exc:
+                    raise FuseGPTError(f"{path}: item {number} has no field {exc}; each item needs the fields of "
+                                       "../shared/assets/MANIFEST.md") from exc
+                except (IndexError, TypeError, ValueError) as exc:
+                    raise FuseGPTError(f"{path}: item {number} is not in the format of ../shared/assets/tasks "
+                                       f"({type(exc).__name__}: {exc}); see its MANIFEST.md") from exc
+            return docs
     return None
 
 

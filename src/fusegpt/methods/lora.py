@@ -1,5 +1,6 @@
-"""LoRA healing, the paper's fair baseline (MI removal + LoRA, SLEB + LoRA): fusion has to beat
-plain healing of the pruned model with the same data, loss and optimiser, and at least its compute.
+"""Global healing against the dense model's final hidden states: LoRA healing, the paper's fair
+baseline (MI removal + LoRA, SLEB + LoRA), which fusion has to beat with the same data, loss and
+optimiser and no more compute; and FuseGPT's optional final global tune of its fused blocks.
 
 After the K blocks are removed, every role linear of every kept block gets a LoRA
 pair (rank `lora_rank`, or `rank` when LoRA is off for fusion), and all kept blocks together
@@ -18,20 +19,37 @@ from ..tuning import tune_group
 from .step import StepContext, StepOutcome
 
 
-def heal_with_lora(ctx: StepContext) -> StepOutcome:
+def heal_globally(ctx: StepContext, epochs: int) -> StepOutcome:
+    """All kept blocks together learn to map the embeddings onto the dense model's final hidden
+    states for `epochs` epochs: fused layers keep training their coefficients (at `coef_lr`) and
+    LoRA; every other role linear gets a LoRA pair; norms train too (LoRA and norms at `lr`)."""
     stack, adapter, config = ctx.stack, ctx.adapter, ctx.config
     started = time.perf_counter()
-    lora, norms = [], []
+    coefficients, others = [], []
     for block in stack.blocks:
         for role, linear in adapter.linears(block).items():
-            healed = FusedLinear(linear, lora_rank=config.fusion.lora_rank or config.fusion.rank)
-            adapter.replace_linear(block, role, healed)
-            lora += healed.lora_parameters()
+            if not isinstance(linear, FusedLinear):
+                linear = FusedLinear(linear, lora_rank=config.fusion.lora_rank or config.fusion.rank)
+                adapter.replace_linear(block, role, linear)
+            coefficients += linear.coefficient_parameters()
+            others += linear.lora_parameters()
         if config.fusion.train_norms:
-            norms += adapter.norm_parameters(block)
-    tune = replace(config.tune, epochs=ctx.to_remove * config.tune.epochs, coef_lr=config.tune.lr)
-    tuned = tune_group(stack, 0, len(stack), ctx.teacher, lora + norms, [], tune, seed=config.seed,
+            others += adapter.norm_parameters(block)
+    tune = replace(config.tune, epochs=epochs)
+    if not coefficients:  # nothing was fused: LoRA and norms are the only trainables, at their own rate
+        coefficients, others, tune = others, [], replace(tune, coef_lr=config.tune.lr)
+    tuned = tune_group(stack, 0, len(stack), ctx.teacher, coefficients, others, tune, seed=config.seed,
                        progress=ctx.progress)
     return StepOutcome(group=list(stack.origin), losses=tuned.losses, optimizer_steps=tuned.optimizer_steps,
-                       block_passes=tuned.block_passes,
-                       seconds={"tune": time.perf_counter() - started})
+                       block_passes=tuned.block_passes, seconds={"tune": time.perf_counter() - started})
+
+
+def heal_with_lora(ctx: StepContext) -> StepOutcome:
+    """The LoRA baseline's budget: FuseGPT's K x `epochs` local epochs plus its global ones, each
+    over every kept block here, so it never gets less compute than fusion (docs/BENCHMARKS.md)."""
+    return heal_globally(ctx, ctx.to_remove * ctx.config.tune.epochs + ctx.config.tune.global_epochs)
+
+
+def heal_fused(ctx: StepContext) -> StepOutcome | None:
+    """FuseGPT's optional final global tune (`global_epochs`), after the last fusion."""
+    return heal_globally(ctx, ctx.config.tune.global_epochs) if ctx.config.tune.global_epochs else None

@@ -8,7 +8,7 @@ from typing import Callable
 
 from .fuse import fuse_block
 from .linear import replace_with_linear_map
-from .lora import heal_with_lora
+from .lora import heal_fused, heal_with_lora
 from .step import StepContext, StepOutcome
 
 
@@ -23,12 +23,13 @@ def delete_block(ctx: StepContext, index: int) -> StepOutcome:
 @dataclass(frozen=True)
 class Repair:
     remove: Callable[[StepContext, int], StepOutcome]  # removes the block at a current index
-    heal: Callable[[StepContext], StepOutcome] | None = None  # tunes the pruned model after the last removal
+    # tunes the pruned model after the last removal (None from it: nothing to do with these settings)
+    heal: Callable[[StepContext], StepOutcome | None] | None = None
 
 
 REPAIRS: dict[str, Repair] = {
     "none": Repair(delete_block),
-    "fuse": Repair(fuse_block),  # FuseGPT: inject into the neighbours, tune the group
+    "fuse": Repair(fuse_block, heal=heal_fused),  # FuseGPT: inject into the neighbours, tune the group
     "lora": Repair(delete_block, heal=heal_with_lora),  # LoRA on every kept block against the dense output
     "linear": Repair(replace_with_linear_map),  # ReplaceMe: a least-squares map folded into the block before
 }
