@@ -1,13 +1,13 @@
-"""Every method at sparsity 0.25 and 0.5 on the real models in ../shared, with `fusegpt compare`.
+"""Every method at sparsity 0.25 and 0.5 on the small real models in ../shared, with `fusegpt
+compare` and the default recipe (no tuning flags: what `fusegpt compress` does by default).
 
     python bench/compare.py            # both models
     python bench/compare.py pydoc      # one
 
 pydoc-llama-12L: PPL on text/pydoc/eval.txt. stories260K: PPL on WikiText-2 test and zero-shot
-on the first 200 items of piqa, arc_easy and hellaswag. Both use our recommended tuning settings
-(MSE, coefficient lr 1e-2, LoRA/norm lr 1e-3) and 5 epochs per removed block, so that the whole
-grid fits in 45 minutes on 2 cores; `remove-lora` gets the same optimiser steps as `fusegpt`.
-Results (and the cells a rerun reuses) go to bench/results/compare-<model>/."""
+on the first 200 items of piqa, arc_easy and hellaswag. The LoRA baselines get at least
+fusegpt's tuning compute (docs/BENCHMARKS.md). Results (and the cells a rerun reuses) go to
+bench/results/compare-<model>/; SmolLM2 is bench/real.py."""
 from __future__ import annotations
 
 import subprocess
@@ -17,8 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
-METHODS = "dense,remove,shortgpt,sleb,last,remove-lora,fusegpt"
-TUNING = ["--loss", "mse", "--coef-lr", "1e-2", "--lr", "1e-3", "--epochs", "5", "--seqlen", "256"]
+METHODS = "dense,remove,shortgpt,sleb,last,replaceme,remove-linear,remove-lora,sleb-lora,fusegpt"
+TUNING = ["--seqlen", "256"]
 RUNS = {
     "pydoc": ["models/pydoc-llama-12L", "--calib", "text/pydoc/calib.txt", "--ppl", "text/pydoc/eval.txt",
               "--nsamples", "128"],

@@ -34,7 +34,7 @@ def test_grid_files_and_resume(tmp_path, model_dir, text_file):
         return run_cell(*args, **kwargs)
 
     cells = compare(model_dir, ["dense", "remove", "fusegpt"], [0.25, 0.5], _config(text_file), out,
-                    ppl=[str(text_file)], progress=False, run=counting)
+                    ppl=[str(text_file)], progress=False, run=counting, speed=False)
     assert calls == [("dense", 0.0), ("remove", 0.25), ("remove", 0.5), ("fusegpt", 0.25), ("fusegpt", 0.5)]
     by_cell = {(c.method, c.sparsity): c for c in cells}
     assert len(by_cell[("remove", 0.25)].removed) == 1 and len(by_cell[("fusegpt", 0.5)].removed) == 2
@@ -47,13 +47,13 @@ def test_grid_files_and_resume(tmp_path, model_dir, text_file):
     saved = json.loads((out / "comparison.json").read_text())
     assert [c["method"] for c in saved["cells"]] == ["dense", "remove", "remove", "fusegpt", "fusegpt"]
     assert "| remove | 0.5 |" in (out / "comparison.md").read_text()
-    assert (out / "ppl_vs_sparsity.png").stat().st_size > 0 and (out / "block_scores.png").stat().st_size > 0
+    assert all((out / name).stat().st_size > 0 for name in ("ppl_vs_sparsity.png", "block_scores.png", "methods.png"))
 
     # a rerun (after a crash, say) computes nothing that is already there...
     (out / "cells" / "fusegpt@0.5.json").unlink()
     calls.clear()
     again = compare(model_dir, ["dense", "remove", "fusegpt"], [0.25, 0.5], _config(text_file), out,
-                    ppl=[str(text_file)], progress=False, run=counting)
+                    ppl=[str(text_file)], progress=False, run=counting, speed=False)
     assert calls == [("fusegpt", 0.5)]
     assert [c.ppl for c in again[:4]] == [c.ppl for c in cells[:4]]
     # ...unless settings that shaped a cell changed: tuning shapes fusegpt's cells only
@@ -61,11 +61,11 @@ def test_grid_files_and_resume(tmp_path, model_dir, text_file):
     changed = _config(text_file)
     changed.tune.epochs = 2
     compare(model_dir, ["dense", "remove", "fusegpt"], [0.25], changed, out, ppl=[str(text_file)], progress=False,
-            run=counting)
+            run=counting, speed=False)
     assert calls == [("fusegpt", 0.25)]
     calls.clear()
     compare(model_dir, ["dense", "remove"], [0.25], changed, out, ppl=[str(text_file)], progress=False,
-            run=counting, ppl_windows=3)
+            run=counting, ppl_windows=3, speed=False)
     assert calls == [("dense", 0.0), ("remove", 0.25)]
 
 
@@ -85,3 +85,17 @@ def test_compare_command(tmp_path, model_dir, text_file, capsys):
     assert "unknown method(s) bogus" in capsys.readouterr().err
     assert main(args[:8] + ["--sparsity", "0.25,1.5"] + args[10:]) == 2
     assert "--sparsity must be in (0, 1)" in capsys.readouterr().err
+
+
+def test_a_cell_reports_cost_size_and_speed(model_dir, text_file):
+    from fusegpt import load_model
+
+    cell = run_cell(model_dir, "fusegpt", 0.5, _config(text_file), [], [], None, None, False)
+    dense, _ = load_model(model_dir)
+    per_block = sum(p.numel() for p in dense.model.layers[0].parameters())
+    assert cell.parameters == sum(p.numel() for p in dense.parameters()) - 2 * per_block
+    assert cell.block_passes == 2 * 1 * 4 * 2  # 2 steps x 1 epoch x 4 windows x G = 2 neighbours
+    assert cell.peak_rss_gib > 0.1 and cell.seconds > 0
+    assert set(cell.speed) == {"prefill_tokens_per_s", "decode_tokens_per_s", "dense_prefill_tokens_per_s",
+                               "dense_decode_tokens_per_s"}
+    assert all(v > 0 for v in cell.speed.values())

@@ -86,13 +86,16 @@ def write_outputs(cells: list[Cell], out: Path, model_name: str) -> None:
 
 
 def plot(cells: list[Cell], out: Path) -> None:
-    """ppl_vs_sparsity.png (one panel per PPL source) and block_scores.png (the dense model's
-    Macro Influence per block, from the first scoring step of a method that uses it)."""
+    """ppl_vs_sparsity.png (one panel per PPL source), methods.png (at each sparsity, every
+    method's perplexities and mean zero-shot accuracy with its standard error) and
+    block_scores.png (the dense model's Macro Influence per block, from the first scoring step of
+    a method that uses it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    _plot_methods(cells, out, plt)
     sources, _ = _columns(cells)
     if sources:
         fig, axes = plt.subplots(1, len(sources), figsize=(5 * len(sources), 4), squeeze=False)
@@ -118,3 +121,39 @@ def plot(cells: list[Cell], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "block_scores.png", dpi=120)
         plt.close(fig)
+
+
+def _plot_methods(cells: list[Cell], out: Path, plt) -> None:
+    """One row per sparsity: a bar per method for each PPL source (log scale, dense as a line),
+    and the mean zero-shot accuracy with its standard error."""
+    sources, tasks = _columns(cells)
+    panels = len(sources) + bool(tasks)
+    sparsities = sorted({c.sparsity for c in cells if c.method != DENSE})
+    if not panels or not sparsities:
+        return
+    dense = next((c for c in cells if c.method == DENSE), None)
+    fig, axes = plt.subplots(len(sparsities), panels, figsize=(4.5 * panels, 3.8 * len(sparsities)), squeeze=False)
+    for row, sparsity in zip(axes, sparsities):
+        chosen = [c for c in cells if c.sparsity == sparsity and c.method != DENSE]
+        names = [c.method for c in chosen]
+        for ax, source in zip(row, sources):
+            ax.bar(names, [c.ppl.get(source, float("nan")) for c in chosen], color="tab:blue")
+            if dense and source in dense.ppl:
+                ax.axhline(dense.ppl[source], linestyle="--", color="grey", label=f"dense {dense.ppl[source]:.1f}")
+                ax.legend(fontsize=8)
+            ax.set(yscale="log", ylabel="perplexity", title=f"{Path(source).name}, sparsity {sparsity:g}")
+            ax.tick_params(axis="x", rotation=60, labelsize=8)
+        if tasks:
+            ax = row[-1]
+            means = [c.zero_shot.get("mean", {}) for c in chosen]
+            ax.bar(names, [m.get("value", float("nan")) for m in means],
+                   yerr=[m.get("stderr") or 0 for m in means], color="tab:green", capsize=3)
+            if dense and "mean" in dense.zero_shot:
+                ax.axhline(dense.zero_shot["mean"]["value"], linestyle="--", color="grey",
+                           label=f"dense {dense.zero_shot['mean']['value']:.3f}")
+                ax.legend(fontsize=8)
+            ax.set(ylabel="mean accuracy", title=f"zero-shot mean ({', '.join(tasks)})")
+            ax.tick_params(axis="x", rotation=60, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "methods.png", dpi=110)
+    plt.close(fig)
