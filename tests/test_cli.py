@@ -267,3 +267,14 @@ def test_an_internal_error_exits_1_in_one_line_and_debug_shows_it(tmp_path, mode
     assert len(err) == 1 and "internal error: ZeroDivisionError: a bug" in err[0] and not out.exists()
     with pytest.raises(ZeroDivisionError):
         main(_compress(model_dir, out, text_file, "--num-remove", "1", "--debug"))
+
+
+@pytest.mark.parametrize("damage", ["tokenizer", "config"])
+def test_a_corrupt_tokenizer_or_config_gets_one_line(tmp_path, model_dir, text_file, capsys, damage):
+    target = model_dir / ("tokenizer.json" if damage == "tokenizer" else "config.json")
+    target.write_text(target.read_text()[:40])
+    before = _digest(model_dir)
+    out = tmp_path / "out"
+    assert main(_compress(model_dir, out, text_file, "--num-remove", "1")) == 2
+    assert "could not load model" in _one_line_error(capsys) and not out.exists()
+    assert _digest(model_dir) == before

@@ -119,3 +119,19 @@ def test_group_window(removed, depth, group, expected):
 def test_group_window_rejects_missing_block():
     with pytest.raises(ValueError):
         group_window(5, 5, 3)
+
+
+def test_neighbours_hold_one_copy_of_an_injected_weight_wherever_they_move():
+    """Moving each neighbour on its own (as onloading does) keeps one shared tensor, not a copy per
+    neighbour."""
+    from fusegpt.fusion.layer import InjectedWeight
+
+    donor = InjectedWeight(_linear(seed=1).weight)
+    neighbours = [FusedLinear(_linear(seed=s)) for s in (2, 3, 4)]
+    for fused in neighbours:
+        fused.inject(donor)
+    for fused in neighbours:
+        fused.to(torch.float64)
+    tensors = {id(f.injected[0].weight) for f in neighbours}
+    assert len(tensors) == 1 and neighbours[0].injected[0].weight.dtype == torch.float64
+    assert "injected" not in "".join(neighbours[0].state_dict())  # never saved as weights of their own

@@ -5,19 +5,19 @@ import torch.nn as nn
 
 from ..config import FusionConfig
 from ..models import DecoderAdapter
-from .layer import FusedLinear, linear_weights
+from .layer import FusedLinear, InjectedWeight, linear_weights
 
 
 def inject(adapter: DecoderAdapter, removed: nn.Module, neighbours: list[nn.Module], config: FusionConfig) -> None:
     """Give every role linear of every neighbour a zero-initialised coefficient on the removed
     block's same-role weight; the neighbourhood still computes exactly the block-removed function."""
-    donors = {role: linear_weights(linear) for role, linear in adapter.linears(removed).items()}
+    donors = {role: InjectedWeight(*linear_weights(linear)) for role, linear in adapter.linears(removed).items()}
     for block in neighbours:
         for role, linear in adapter.linears(block).items():
             if not isinstance(linear, FusedLinear):
                 linear = FusedLinear(linear, config.coefficient, config.rank, config.lora_rank)
                 adapter.replace_linear(block, role, linear)
-            linear.inject(*donors[role])
+            linear.inject(donors[role])
 
 
 def merge_block(adapter: DecoderAdapter, block: nn.Module) -> None:

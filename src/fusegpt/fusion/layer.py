@@ -36,6 +36,17 @@ def set_linear_weights(layer: nn.Linear | Conv1D, weight: torch.Tensor, bias: to
         layer.bias.copy_(bias)
 
 
+class InjectedWeight(nn.Module):
+    """A removed block's same-role weight (out, in) and bias, frozen and held once: every neighbour
+    that absorbs it holds this same module, so moving the neighbours to a device or dtype moves
+    one copy (the second neighbour finds it already there)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("weight", weight.detach(), persistent=False)
+        self.register_buffer("bias", None if bias is None else bias.detach(), persistent=False)
+
+
 class FusedLinear(nn.Module):
     def __init__(self, base: nn.Linear | Conv1D, coefficient: str = "lowrank", rank: int = 128, lora_rank: int = 0):
         super().__init__()
@@ -45,8 +56,7 @@ class FusedLinear(nn.Module):
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.coefficient, self.rank = coefficient, rank
-        self.injected_weights: list[torch.Tensor] = []
-        self.injected_biases: list[torch.Tensor | None] = []
+        self.injected = nn.ModuleList()  # InjectedWeight modules, shared with the other neighbours
         self.coefficients = nn.ModuleList()
         self.bias_coefficients = nn.ParameterList()
         self.lora_A = self.lora_B = None
@@ -57,41 +67,33 @@ class FusedLinear(nn.Module):
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
             self.lora_A.requires_grad_(False), self.lora_B.requires_grad_(False)
 
-    def inject(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        """Absorb a removed block's same-role weight (and bias) through new zero coefficients."""
-        if weight.shape != self.weight.shape:
-            raise ValueError(f"injected weight {tuple(weight.shape)} does not match {tuple(self.weight.shape)}")
-        self.injected_weights.append(weight.detach().to(self.weight.device))
+    def inject(self, weight: torch.Tensor | InjectedWeight, bias: torch.Tensor | None = None) -> None:
+        """Absorb a removed block's same-role weight (and bias) through new zero coefficients; an
+        InjectedWeight is held as it is, shared with whoever else holds it."""
+        donor = weight if isinstance(weight, InjectedWeight) else InjectedWeight(weight, bias)
+        if donor.weight.shape != self.weight.shape:
+            raise ValueError(f"injected weight {tuple(donor.weight.shape)} does not match {tuple(self.weight.shape)}")
+        self.injected.append(donor.to(self.weight.device))
         coefficient = COEFFICIENTS[self.coefficient](self.out_features, self.in_features, self.rank)
         self.coefficients.append(coefficient.requires_grad_(False).to(self.weight.device))
-        has_bias = self.bias is not None and bias is not None
-        self.injected_biases.append(bias.detach().to(self.weight.device) if has_bias else None)
         self.bias_coefficients.append(nn.Parameter(torch.zeros(self.out_features, device=self.weight.device),
                                                    requires_grad=False))
-
-    def _apply(self, fn, recurse=True):
-        """Keep the frozen injected tensors (plain attributes, shared between neighbours) on the
-        same device as the layer when it is onloaded or offloaded."""
-        super()._apply(fn, recurse)
-        self.injected_weights = [fn(w) for w in self.injected_weights]
-        self.injected_biases = [None if b is None else fn(b) for b in self.injected_biases]
-        return self
 
     def effective_weight(self) -> torch.Tensor:
         weight = self.weight.float()
         if self.lora_B is not None:
             weight = weight + self.lora_B @ self.lora_A
-        for coefficient, injected in zip(self.coefficients, self.injected_weights):
-            weight = weight + coefficient() * injected.float()
+        for coefficient, donor in zip(self.coefficients, self.injected):
+            weight = weight + coefficient() * donor.weight.float()
         return weight.to(self.weight.dtype)
 
     def effective_bias(self) -> torch.Tensor | None:
         if self.bias is None:
             return None
         bias = self.bias.float()
-        for c, injected in zip(self.bias_coefficients, self.injected_biases):
-            if injected is not None:
-                bias = bias + c * injected.float()
+        for c, donor in zip(self.bias_coefficients, self.injected):
+            if donor.bias is not None:
+                bias = bias + c * donor.bias.float()
         return bias.to(self.bias.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +101,8 @@ class FusedLinear(nn.Module):
 
     def coefficient_parameters(self) -> list[nn.Parameter]:
         """Coefficients of the injected weights, and of the injected biases that exist."""
-        biases = [c for c, b in zip(self.bias_coefficients, self.injected_biases) if b is not None]
+        biases = [c for c, donor in zip(self.bias_coefficients, self.injected)
+                  if self.bias is not None and donor.bias is not None]
         return [*self.coefficients.parameters(), *biases]
 
     def lora_parameters(self) -> list[nn.Parameter]:
