@@ -123,6 +123,9 @@ def test_output_that_cannot_be_written(tmp_path, model_dir, text_file, capsys):
     assert "is a file, not a folder" in _one_line_error(capsys)
     assert main(_compress(model_dir, model_dir, text_file, "--overwrite")) == 2
     assert "input model folder" in _one_line_error(capsys)
+    if Path("/proc/self").is_dir():  # a read-only file system (even root cannot write there)
+        assert main(_compress(model_dir, "/proc/fusegpt-out", text_file)) == 2
+        assert "cannot write to '/proc'" in _one_line_error(capsys)
 
 
 def test_unsupported_architecture(tmp_path, text_file, tokenizer, capsys):
@@ -278,3 +281,13 @@ def test_a_corrupt_tokenizer_or_config_gets_one_line(tmp_path, model_dir, text_f
     assert main(_compress(model_dir, out, text_file, "--num-remove", "1")) == 2
     assert "could not load model" in _one_line_error(capsys) and not out.exists()
     assert _digest(model_dir) == before
+
+
+def test_a_failed_evaluation_keeps_the_saved_model_and_says_where(tmp_path, model_dir, text_file, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("too short for one window")
+    out = tmp_path / "out"
+    assert main(_compress(model_dir, out, text_file, "--num-remove", "1", "--ppl", str(short))) == 2
+    line = _one_line_error(capsys)
+    assert "fewer than one window" in line and f"the compressed model is saved in {out}" in line
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 3

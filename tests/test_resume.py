@@ -64,11 +64,12 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, model_dir, text_file
     assert not checkpoint_folder(out).exists()
 
 
-def test_ctrl_c_keeps_the_checkpoint_and_writes_no_output(tmp_path, model_dir, text_file):  # noqa: F811
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_keeps_the_checkpoint_and_writes_no_output(tmp_path, model_dir, text_file, stop):  # noqa: F811
     out = tmp_path / "out"
     process = _start(_args(model_dir, out, text_file))
     _wait_for_first_step(process, out)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130
     lines = err.strip().splitlines()
