@@ -43,6 +43,8 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "fuse_rmse_seam_dense": ("fusegpt", {**RMSE, "teacher": "dense"}, {"seam_map": True}),
     "fuse_mse_seam": ("fusegpt", OLD, {"seam_map": True}),
     "fuse_rmse_seam_global": ("fusegpt", {**RMSE, "global_epochs": 3}, {"seam_map": True}),
+    "fuse_rmse_seam_dense_global": ("fusegpt", {**RMSE, "teacher": "dense", "global_epochs": 3}, {"seam_map": True}),
+    "lora_global": ("remove-lora", {**RMSE, "global_epochs": 3}, {}),  # the budget of the row above
     "lora": ("remove-lora", RMSE, {}),
 }
 

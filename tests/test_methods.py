@@ -293,3 +293,25 @@ def test_a_final_global_tune_trains_the_fusion_against_the_dense_output(tokenize
     lora = compress(tiny_llama(), tokenizer, _config(text_file, method="remove-lora", tune=config.tune),
                     progress=False).report
     assert lora.block_passes == (2 * 2 + 2) * 8 * 4 >= report.block_passes
+
+
+def test_the_dense_teacher_is_what_the_next_kept_block_received_in_the_dense_model(tokenizer, text_file,
+                                                                                   monkeypatch):
+    """A fused group learns what the first kept block after it received in the dense model (the
+    final output at the end), even when a removed block sat between them."""
+    import fusegpt.methods.fuse as fuse
+
+    targets = []
+    real = fuse.tune_group
+
+    def spy(stack, start, end, teacher, *args, **kwargs):
+        targets.append(next(i for i, d in enumerate(stack.dense) if d is teacher))
+        return real(stack, start, end, teacher, *args, **kwargs)
+
+    monkeypatch.setattr(fuse, "tune_group", spy)
+    config = _config(text_file, blocks=[4, 1], num_remove=None)
+    config.tune.teacher = "dense"
+    compress(tiny_llama(), tokenizer, config, progress=False)
+    # step 1: window [2, 6) ends at the model's end -> the dense final output (boundary 6);
+    # step 2: window [0, 4) of originals 0 1 2 3, followed by original 5 (4 is gone) -> boundary 5
+    assert targets == [6, 5]

@@ -49,7 +49,7 @@ class FusionConfig:
     train_norms: bool = True  # neighbours' norm weights train at the low learning rate
     # before tuning, fold ReplaceMe's least-squares map for the removed block into the block before
     # it, so that tuning starts from the compensated model instead of the block-removed one
-    seam_map: bool = False
+    seam_map: bool = True  # paper: no such step
 
 
 @dataclass
@@ -65,7 +65,7 @@ class TuneConfig:
     # what the group learns to reproduce: "group", its own output before this removal (the paper),
     # or "dense", the dense model's hidden states at the group's end, which also undoes the error
     # that earlier removals left at its input
-    teacher: Literal["group", "dense"] = "group"
+    teacher: Literal["group", "dense"] = "dense"  # paper: group
     # after the last fusion, epochs of tuning every kept block's coefficients, LoRA and norms
     # together against the dense model's final hidden states (0: the paper's purely local tuning)
     global_epochs: int = 0

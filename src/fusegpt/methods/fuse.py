@@ -27,10 +27,16 @@ def _fuse(ctx: StepContext, stack: BlockStack, index: int, epochs: int) -> tuple
     boundaries from the group on are stale."""
     fusion = ctx.config.fusion
     start, end = group_window(index, len(stack), fusion.group_size)
-    # the un-pruned group's output, or the dense model's at the same place; both already cached
-    teacher = stack.boundaries[end] if ctx.config.tune.teacher == "group" else stack.dense[stack.origin[end - 1] + 1]
+    # the un-pruned group's output, or the dense model's at the same place: what the first block
+    # after the group received in the dense model (the final output at the end); both cached
+    if ctx.config.tune.teacher == "group":
+        teacher = stack.boundaries[end]
+    else:
+        teacher = stack.dense[stack.origin[end]] if end < len(stack) else stack.dense[-1]
     group = [stack.origin[j] for j in range(start, end) if j != index]
-    if ctx.config.fusion.seam_map and start < index:  # the block before is in the group: its input is unchanged
+    # the block before is in the group (its input is unchanged); a family whose MLP output is
+    # normalised before the residual cannot take the map and fuses without it (docs/ARCHITECTURES.md)
+    if ctx.config.fusion.seam_map and start < index and ctx.adapter.residual_down:
         fold_seam_map(replace(ctx, stack=stack), index)
     removed = stack.delete(index)
     neighbours = stack.blocks[start:end - 1]
