@@ -8,6 +8,7 @@ cached in bench/results/ablate_real/, so a rerun only computes what is missing.
 
     python bench/ablate_real.py                      # every variant
     python bench/ablate_real.py linear,fuse_rmse     # some
+    python bench/ablate_real.py --table              # the Markdown table of what is cached
 """
 from __future__ import annotations
 
@@ -27,29 +28,49 @@ ASSETS = ROOT.parent / "shared" / "assets"
 MODEL = ASSETS / "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 OUT = ROOT / "bench" / "results" / "ablate_real"
 K, EPOCHS, PPL_WINDOWS, SEQLEN = 8, 3, 32, 512
-OLD = {"loss": "mse", "coef_lr": 1e-2, "lr": 1e-3}  # the README recipe of the previous release
-RMSE = {"loss": "relative_mse", "coef_lr": 1e-2, "lr": 1e-3}
+# every fusion setting that a variant does not name is fixed here, not taken from the (changing) defaults
+OLD = {"loss": "mse", "coef_lr": 1e-2, "lr": 1e-3, "teacher": "group"}  # the README recipe of the previous release
+RMSE = {**OLD, "loss": "relative_mse"}
+DENSE = {**RMSE, "teacher": "dense"}
+PLAIN, SEAM = {"seam_map": False}, {"seam_map": True}
 
 # name: (method, tune overrides, fusion overrides)
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "remove": ("remove", {}, {}),
     "linear": ("remove", {}, {}),  # repair "linear" on the given blocks (ReplaceMe's map)
     "replaceme": ("replaceme", {}, {}),  # its own span selection + linear map
-    "fuse_mse": ("fusegpt", OLD, {}),
-    "fuse_rmse": ("fusegpt", RMSE, {}),
-    "fuse_rmse_dense": ("fusegpt", {**RMSE, "teacher": "dense"}, {}),
-    "fuse_rmse_coef_only": ("fusegpt", RMSE, {"lora_rank": 0, "train_norms": False}),
-    "fuse_rmse_seam": ("fusegpt", RMSE, {"seam_map": True}),
-    "fuse_rmse_seam_dense": ("fusegpt", {**RMSE, "teacher": "dense"}, {"seam_map": True}),
-    "fuse_mse_seam": ("fusegpt", OLD, {"seam_map": True}),
-    "fuse_rmse_seam_global": ("fusegpt", {**RMSE, "global_epochs": 3}, {"seam_map": True}),
-    "fuse_rmse_seam_dense_global": ("fusegpt", {**RMSE, "teacher": "dense", "global_epochs": 3}, {"seam_map": True}),
-    "lora_global": ("remove-lora", {**RMSE, "global_epochs": 3}, {}),  # the budget of the row above
-    "lora": ("remove-lora", RMSE, {}),
+    "fuse_mse": ("fusegpt", OLD, PLAIN),
+    "fuse_rmse": ("fusegpt", RMSE, PLAIN),
+    "fuse_rmse_dense": ("fusegpt", DENSE, PLAIN),
+    "fuse_rmse_coef_only": ("fusegpt", RMSE, {**PLAIN, "lora_rank": 0, "train_norms": False}),
+    "fuse_rmse_seam": ("fusegpt", RMSE, SEAM),
+    "fuse_rmse_seam_dense": ("fusegpt", DENSE, SEAM),
+    "fuse_mse_seam": ("fusegpt", OLD, SEAM),
+    "fuse_rmse_seam_dense_global": ("fusegpt", {**DENSE, "global_epochs": 3}, SEAM),
+    "lora": ("remove-lora", RMSE, {}),  # K x epochs LoRA epochs over every kept block (3x fusion's passes)
+    "lora_global": ("remove-lora", {**RMSE, "global_epochs": 3}, {}),  # the budget of the global row
 }
 
 
+def table() -> str:
+    """The cached variants as the Markdown table docs/BENCHMARKS.md quotes."""
+    rows = ["| variant | method | settings | PPL | wall s | tuning block passes |", "| --- | --- | --- | --- | --- | --- |"]
+    for name in ["dense", *VARIANTS]:
+        path = OUT / f"{name}.json"
+        if not path.exists():
+            continue
+        row = json.loads(path.read_text())
+        method, tune, fusion = VARIANTS.get(name, ("-", {}, {}))
+        settings = ", ".join(f"{k}={v}" for k, v in {**tune, **fusion}.items()) or "-"
+        rows.append(f"| {name} | {method}{' (repair linear)' if name == 'linear' else ''} | {settings} | "
+                    f"{row['ppl']:.2f} | {row.get('seconds', '-')} | {row.get('block_passes', '-')} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--table"]:
+        print(table())
+        return
     if not MODEL.exists():
         sys.exit(f"needs ../shared/assets beside the repository ({MODEL} not found)")
     names = sys.argv[1].split(",") if len(sys.argv) > 1 else list(VARIANTS)
