@@ -13,15 +13,18 @@ from typing import Callable
 from .config import RECIPES, CompressConfig
 from .evaluation.comparison import DENSE, Cell, write_atomic, write_outputs
 
+SPEED_PROTOCOL = "interleaved with a dense copy, medians of 5 rounds"  # cells timed otherwise are redone
+
 
 def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list[str], limit: int | None,
                 ppl_windows: int | None, ppl_seqlen: int | None = None) -> str:
     """A hash of what shaped the cell: the evaluation always; calibration and scoring for every
     compressed model; fusion and tuning settings only for the repairs that use them."""
     settings = {**config.to_dict(), "method": None, "sparsity": None, "num_remove": None, "ppl": ppl, "tasks": tasks,
-                "limit": limit, "ppl_windows": ppl_windows, "ppl_seqlen": ppl_seqlen}
+                "limit": limit, "ppl_windows": ppl_windows, "ppl_seqlen": ppl_seqlen, "speed": SPEED_PROTOCOL}
     if method == DENSE:
-        settings = {k: settings[k] for k in ("dtype", "data_dir", "ppl", "tasks", "limit", "ppl_windows", "ppl_seqlen")}
+        settings = {k: settings[k] for k in ("dtype", "data_dir", "ppl", "tasks", "limit", "ppl_windows", "ppl_seqlen",
+                                             "speed")}
         settings["ppl_seqlen"] = ppl_seqlen or config.seqlen
     elif replace(config, method=method).recipe[1] in ("none", "linear"):
         settings.update(fusion=None, tune=None, fuse_eval_candidates=None, fuse_eval_epochs=None)
@@ -39,24 +42,25 @@ def run_cell(model_name: str, method: str, sparsity: float, config: CompressConf
     from .pipeline import context_length, resolve_device
 
     started = time.perf_counter()
+    device = resolve_device(config.device)
     with PeakRSS() as memory:
         model, tokenizer = load_model(model_name, config.dtype)
         cell = Cell(method=method, sparsity=sparsity, ppl_windows=ppl_windows)
         seqlen = min(ppl_seqlen or config.seqlen, context_length(model))
-        dense_speed = inference_speed(model.to(resolve_device(config.device))) if speed else {}
         if method != DENSE:
-            model.cpu()
             result = compress(model, tokenizer, replace(config, method=method, sparsity=sparsity, num_remove=None),
                               progress=progress, model_name=model_name)
             cell.removed, cell.block_passes = result.report.removed, result.report.block_passes
             first = result.report.steps[0]
             cell.criterion, cell.scores = first.criterion, {str(k): v for k, v in first.scores.items()}
     cell.seconds, cell.peak_rss_gib = (time.perf_counter() - started) * (method != DENSE), round(memory.gib, 3)
-    model.to(resolve_device(config.device))
+    model.to(device)
     cell.parameters = parameter_count(model)
-    if speed:
-        own = dense_speed if method == DENSE else inference_speed(model)
-        cell.speed = {**own, **{f"dense_{k}": v for k, v in dense_speed.items()}}
+    if speed:  # against a fresh dense copy, timed in turn with the output in the same run
+        dense = model if method == DENSE else load_model(model_name, config.dtype)[0].to(device)
+        measured = inference_speed({"output": model, "dense": dense})
+        cell.speed = {**measured["output"], **{f"dense_{k}": v for k, v in measured["dense"].items()}}
+        del dense
     if ppl:
         cell.ppl = evaluate_perplexity(model, tokenizer, ppl, seqlen, config.data_dir, progress=progress,
                                        windows=ppl_windows)

@@ -56,27 +56,36 @@ def parameter_count(model: PreTrainedModel) -> int:
 
 
 @torch.no_grad()
-def inference_speed(model: PreTrainedModel, prefill_tokens: int = 512, decode_tokens: int = 32,
-                    repeats: int = 3, seed: int = 0) -> dict[str, float]:
+def inference_speed(models: dict[str, PreTrainedModel], prefill_tokens: int = 512, decode_tokens: int = 32,
+                    rounds: int = 5, seed: int = 0) -> dict[str, dict[str, float]]:
     """Prefill tokens/s on one `prefill_tokens`-token input and greedy decode tokens/s at batch 1
-    with the KV cache (a 16-token prompt, exactly `decode_tokens` new tokens); medians of `repeats`."""
-    model.eval()
-    device = next(model.parameters()).device
-    vocab = model.get_input_embeddings().num_embeddings
-    ids = torch.randint(0, vocab, (1, prefill_tokens), generator=torch.Generator().manual_seed(seed)).to(device)
+    with the KV cache (a 16-token prompt, exactly `decode_tokens` new tokens), for each model.
+    The models are timed in turn, round after round, and each reports its median: a load that
+    comes and goes on the machine slows them alike, so their ratio holds."""
+    inputs, times = {}, {name: {"prefill": [], "decode": []} for name in models}
+    for name, model in models.items():
+        model.eval()
+        vocab = model.get_input_embeddings().num_embeddings
+        device = next(model.parameters()).device
+        inputs[name] = torch.randint(0, vocab, (1, prefill_tokens), generator=torch.Generator().manual_seed(seed)).to(device)
+        model(input_ids=inputs[name][:, :16], use_cache=False)  # warm-up
+    for _ in range(rounds):
+        for name, model in models.items():
+            ids = inputs[name]
+            times[name]["prefill"].append(_timed(lambda: model(input_ids=ids, use_cache=False), ids.device))
+            generate = dict(max_new_tokens=decode_tokens, min_new_tokens=decode_tokens, do_sample=False,
+                            use_cache=True, pad_token_id=0, attention_mask=torch.ones_like(ids[:, :16]))
+            times[name]["decode"].append(_timed(lambda: model.generate(ids[:, :16], **generate), ids.device))
+    return {name: {"prefill_tokens_per_s": prefill_tokens / statistics.median(t["prefill"]),
+                   "decode_tokens_per_s": decode_tokens / statistics.median(t["decode"])}
+            for name, t in times.items()}
 
-    def timed(fn) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - started
 
-    timed(lambda: model(input_ids=ids[:, :16], use_cache=False))  # warm-up
-    prefill = statistics.median(timed(lambda: model(input_ids=ids, use_cache=False)) for _ in range(repeats))
-    generate = dict(max_new_tokens=decode_tokens, min_new_tokens=decode_tokens, do_sample=False, use_cache=True,
-                    pad_token_id=0, attention_mask=torch.ones_like(ids[:, :16]))
-    decode = statistics.median(timed(lambda: model.generate(ids[:, :16], **generate)) for _ in range(repeats))
-    return {"prefill_tokens_per_s": prefill_tokens / prefill, "decode_tokens_per_s": decode_tokens / decode}
+def _timed(run, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
