@@ -17,9 +17,6 @@ from .errors import FuseGPTError
 from .evaluation.report import Report, StepRecord
 from .paths import STATE
 
-def _identity(config: dict, model_name: str) -> dict:
-    return {"model": model_name, "config": config}
-
 
 def _first_difference(saved: dict, current: dict, prefix: str = "") -> str | None:
     for key in sorted(set(saved) | set(current)):
@@ -36,7 +33,7 @@ def _first_difference(saved: dict, current: dict, prefix: str = "") -> str | Non
 class Checkpoint:
     def __init__(self, folder: str | Path, config: dict, model_name: str):
         self.folder = Path(folder)
-        self.identity = _identity(config, model_name)
+        self.identity = {"model": model_name, "config": config}
 
     @property
     def path(self) -> Path:

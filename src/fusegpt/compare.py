@@ -57,10 +57,13 @@ def run_cell(model_name: str, method: str, sparsity: float, config: CompressConf
     model.to(device)
     cell.parameters = parameter_count(model)
     if speed:  # against a fresh dense copy, timed in turn with the output in the same run
-        dense = model if method == DENSE else load_model(model_name, config.dtype)[0].to(device)
-        measured = inference_speed({"output": model, "dense": dense})
-        cell.speed = {**measured["output"], **{f"dense_{k}": v for k, v in measured["dense"].items()}}
-        del dense
+        models = {"output": model}
+        if method != DENSE:
+            models["dense"] = load_model(model_name, config.dtype)[0].to(device)
+        measured = inference_speed(models)
+        reference = measured.get("dense", measured["output"])  # the dense model is its own reference
+        cell.speed = {**measured["output"], **{f"dense_{k}": v for k, v in reference.items()}}
+        del models
     if ppl:
         cell.ppl = evaluate_perplexity(model, tokenizer, ppl, seqlen, config.data_dir, progress=progress,
                                        windows=ppl_windows)
