@@ -47,8 +47,10 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "fuse_rmse_seam_dense": ("fusegpt", DENSE, SEAM),
     "fuse_mse_seam": ("fusegpt", OLD, SEAM),
     "fuse_rmse_seam_dense_global": ("fusegpt", {**DENSE, "global_epochs": 3}, SEAM),
-    "lora": ("remove-lora", RMSE, {}),  # K x epochs LoRA epochs over every kept block (3x fusion's passes)
-    "lora_global": ("remove-lora", {**RMSE, "global_epochs": 3}, {}),  # the budget of the global row
+    # LoRA over every kept block, with the fewest epochs whose block passes reach fusion's (8 here)
+    "lora": ("remove-lora", RMSE, {}),
+    "lora_24ep": ("remove-lora", {**RMSE, "heal_epochs": 24}, {}),  # the previous release's budget: 3x fusion's
+    "lora_global": ("remove-lora", {**RMSE, "global_epochs": 3}, {}),  # the budget of the global row (11 epochs)
 }
 
 

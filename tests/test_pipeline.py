@@ -140,3 +140,20 @@ def test_bfloat16_compresses_and_saves_bfloat16(tmp_path, tokenizer, text_file):
     out = save_compressed(result.model, tokenizer, result.report, tmp_path / "out")
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert reloaded.dtype == torch.bfloat16 and reloaded.config.num_hidden_layers == 4
+
+
+@pytest.mark.parametrize("method", ["fusegpt", "remove-lora", "replaceme"])
+def test_bounded_memory_changes_no_result(tokenizer, text_file, method):
+    """Caching the hidden states on the scoring windows only (recomputing the rest from the
+    embeddings, the dense ones through the dense view) gives the merged weights of a run that
+    caches every block's hidden states on every window."""
+    config = _config(text_file, method=method)
+    config.tune.teacher, config.fusion.seam_map = "dense", True  # the paths that recompute the most
+    weights = {}
+    for cache in ("scoring", "all"):
+        config.hidden_cache = cache
+        model = compress(tiny_llama(depth=6), tokenizer, config, progress=False).model
+        weights[cache] = model.state_dict()
+    assert weights["scoring"].keys() == weights["all"].keys()
+    for name, value in weights["all"].items():
+        assert torch.allclose(weights["scoring"][name], value, atol=1e-6), name

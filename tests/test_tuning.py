@@ -68,7 +68,7 @@ def _tuned_weight(x: torch.Tensor, teacher: torch.Tensor, w: torch.Tensor, loss:
 
     block = _Scale(w)
     stack = BlockStack([block], [{}], x, torch.device("cpu"), batch_size=2)
-    tune_group(stack, 0, 1, teacher, [block.w], [], TuneConfig(loss=loss, epochs=2, batch_size=2, coef_lr=1e-2),
+    tune_group(stack, 0, 1, x, teacher, [block.w], [], TuneConfig(loss=loss, epochs=2, batch_size=2, coef_lr=1e-2),
                seed=0, progress=False)
     return block.w.detach()
 

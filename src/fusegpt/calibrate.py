@@ -102,19 +102,40 @@ def capture_block_inputs(model: PreTrainedModel, adapter: DecoderAdapter, input_
 
 
 class BlockStack:
-    """The model's current blocks, their call arguments and cached boundary hidden states."""
+    """The model's current blocks, their call arguments and the hidden states around them.
+
+    Memory stays flat in depth x data: every boundary (the hidden states entering a block, and
+    the last block's output) is cached only on the `cached` scoring windows, which is all that
+    scoring reads. A group's input on all N windows is recomputed from the embeddings when a step
+    needs it, and the dense model's hidden states by running the original blocks with every
+    fusion switched off (`dense_view`); runs overwrite one buffer block by block. Peak: the
+    model + 3-4 N T H (embeddings, a group's input and teacher, the dense output if healing needs
+    it) + (L + 1) M T H. With `keep_all`, every boundary of the current and the dense model is kept
+    on all N windows instead, 2 (L + 1) N T H, which saves that recomputation when memory allows;
+    results are the same."""
 
     def __init__(self, blocks: list[nn.Module], block_kwargs: list[dict], embeddings: torch.Tensor,
-                 device: torch.device, batch_size: int):
+                 device: torch.device, batch_size: int, cached: int | None = None, keep_all: bool = False,
+                 norms: list[nn.Parameter] = (), keep_dense_blocks: bool = True, keep_dense_final: bool = True):
         self.blocks = list(blocks)
         self.origin = list(range(len(blocks)))  # original index of each current block
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.block_kwargs = [_to(kw, self.device) for kw in block_kwargs]
-        self.boundaries: list[torch.Tensor] = [embeddings] + [embeddings] * len(blocks)
-        self.refresh(0)
-        # the dense model's boundaries by original index (refresh replaces tensors, never edits them)
-        self.dense: list[torch.Tensor] = list(self.boundaries)
+        self.embeddings = embeddings
+        self.keep_all = keep_all
+        self.cached = embeddings.shape[0] if keep_all or cached is None else min(cached, embeddings.shape[0])
+        # the dense model: its blocks (removed ones too, when a dense teacher needs them), and the
+        # norms' initial values, which tuning changes in place (fused layers keep their base)
+        self.dense_blocks = list(self.blocks) if keep_dense_blocks else None
+        self.dense_kwargs = list(self.block_kwargs)
+        self.dense_norms = [(p, p.detach().clone()) for p in norms]
+        self.boundaries: list[torch.Tensor] = [embeddings[:self.cached]] * (len(blocks) + 1)
+        # one pass over all windows, caching the boundaries; its output is the healing teacher
+        final = self.run(0, len(blocks), embeddings, keep=True)
+        self.dense_final = final if keep_dense_final or keep_all else None
+        # the dense boundaries by original index (refresh replaces tensors, never edits them)
+        self.dense: list[torch.Tensor] | None = list(self.boundaries) if keep_all else None
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -128,24 +149,67 @@ class BlockStack:
         return block_output(self.blocks[index](x, **self.block_kwargs[index]))
 
     @torch.no_grad()
-    def run(self, start: int, end: int, x: torch.Tensor, keep: bool = False) -> torch.Tensor:
-        """Blocks start..end-1 on all windows in x, block by block; with keep, store boundaries."""
-        for index in range(start, end):
-            with onloaded([self.blocks[index]], self.device):
-                x = torch.cat([self.forward_block(index, b.to(self.device)).to(x.device) for b in self.batches(x)])
-            if keep:
-                self.boundaries[index + 1] = x
+    def _run(self, blocks: list[nn.Module], kwargs: list[dict], x: torch.Tensor,
+             keep_from: int | None = None) -> torch.Tensor:
+        """`blocks` on a copy of x, batch by batch in place: one buffer of x's size, whatever the depth."""
+        x = x.clone()
+        for offset, (block, kw) in enumerate(zip(blocks, kwargs)):
+            with onloaded([block], self.device):
+                for start in range(0, x.shape[0], self.batch_size):
+                    batch = x[start:start + self.batch_size]
+                    batch.copy_(block_output(block(batch.to(self.device), **kw)))
+            if keep_from is not None:
+                self.boundaries[keep_from + offset + 1] = x[:self.cached].clone()
         return x
 
+    def run(self, start: int, end: int, x: torch.Tensor, keep: bool = False) -> torch.Tensor:
+        """Blocks start..end-1 on all windows in x, block by block; with keep, cache the boundaries."""
+        return self._run(self.blocks[start:end], self.block_kwargs[start:end], x, start if keep else None)
+
     def refresh(self, start: int) -> None:
-        """Recompute every boundary after block `start` from the (unchanged) input of `start`."""
+        """Recompute every cached boundary after block `start` from the (unchanged) input of `start`."""
         self.run(start, len(self.blocks), self.boundaries[start], keep=True)
 
+    def inputs(self, index: int) -> torch.Tensor:
+        """The hidden states entering current block `index` (len(self): the output) on all windows."""
+        if self.keep_all:
+            return self.boundaries[index]
+        return self.run(0, index, self.embeddings)
+
+    def dense_inputs(self, original: int) -> torch.Tensor:
+        """The dense model's hidden states entering original block `original` (the original depth:
+        its output), on all windows."""
+        if self.dense is not None:
+            return self.dense[original]
+        if original == len(self.dense_kwargs) and self.dense_final is not None:
+            return self.dense_final
+        if self.dense_blocks is None:
+            raise RuntimeError("this stack keeps no dense blocks: build it with keep_dense_blocks=True")
+        with self.dense_view():
+            return self._run(self.dense_blocks[:original], self.dense_kwargs[:original], self.embeddings)
+
+    @contextmanager
+    def dense_view(self) -> Iterator[None]:
+        """The original blocks compute as in the dense model: fused layers use their base weight
+        alone and tuned norms their initial values, until the context ends."""
+        from .fusion import base_only
+
+        current = [p.data for p, _ in self.dense_norms]
+        for p, initial in self.dense_norms:
+            p.data = initial.to(p.device)
+        try:
+            with base_only(self.dense_blocks or []):
+                yield
+        finally:
+            for (p, _), data in zip(self.dense_norms, current):
+                p.data = data
+
     def delete(self, index: int) -> nn.Module:
-        """Drop block `index`; boundaries after it are stale until `refresh(index)`."""
+        """Drop block `index`; cached boundaries after it are stale until `refresh(index)`."""
         del self.origin[index], self.block_kwargs[index], self.boundaries[index + 1]
         return self.blocks.pop(index)
 
     @property
     def final(self) -> torch.Tensor:
+        """The current output on the cached windows."""
         return self.boundaries[-1]

@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import (COEFFICIENT_FORMS, DTYPES, LOSSES, METHODS, PRESETS, RECIPES, REPAIR_NAMES, SELECTION_NAMES,
+from .config import (COEFFICIENT_FORMS, DTYPES, HIDDEN_CACHES, LOSSES, METHODS, PRESETS, RECIPES, REPAIR_NAMES, SELECTION_NAMES,
                      TASKS, TEACHERS, CompressConfig, preset)
 from .errors import FuseGPTError
 
@@ -33,6 +33,9 @@ def _compress_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only once the new result is complete)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last finished step (same model and arguments)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (blocks, estimated peak host/device memory, block passes) from the config "
+                        "alone, without loading weights; exit 2 if it cannot fit in the memory available")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the per-step checkpoint (.OUT.checkpoint beside --out) after a finished run")
     amount = p.add_mutually_exclusive_group()
@@ -74,6 +77,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     _recipe(p, "--epochs", "tune", "epochs", int, "tuning epochs per removed block")
     _recipe(p, "--global-epochs", "tune", "global_epochs", int, "fusegpt: epochs of a final tune of every kept "
             "block against the dense model's output (the LoRA baselines get as many more)")
+    _recipe(p, "--heal-epochs", "tune", "heal_epochs", int, "remove-lora, sleb-lora: LoRA epochs over every kept "
+            "block (None: the fewest whose block passes reach fusegpt's with these settings)")
     _recipe(p, "--batch-size", "tune", "batch_size", int, "windows per tuning step")
     _recipe(p, "--loss", "tune", "loss", str, "student/teacher distance", choices=LOSSES)
     _recipe(p, "--coef-lr", "tune", "coef_lr", float, "learning rate of the fusion coefficients")
@@ -90,8 +95,20 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-train-norms", dest="train_norms", action="store_false", default=None,
                    help="keep norm weights frozen%(default).0s")
     p.add_argument("--device", default=_DEFAULT.device, help="compute device: auto, cpu, cuda, cuda:1 ...")
+    _add_offload(p)
+    p.add_argument("--hidden-cache", choices=HIDDEN_CACHES, default=_DEFAULT.hidden_cache,
+                   help="hidden states kept in memory: scoring (every block's on the --mi-samples windows; the rest "
+                        "recomputed, memory flat in depth x --nsamples) or all (every block's on every window: "
+                        "faster, depth x nsamples x seqlen x hidden floats); same results")
     p.add_argument("--seed", type=int, default=_DEFAULT.seed, help="seed for windows, initialisation and order")
     _add_common(p)
+
+
+def _add_offload(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--offload", choices=("auto", "never", "always"), default=_DEFAULT.offload,
+                   help="auto: the model stays on the compute device for the whole run when it fits there, else it "
+                        "stays in host memory and blocks are streamed to the device as they run; always: stream; "
+                        "never: move it all to the device regardless")
 
 
 def _recipe(p: argparse.ArgumentParser, flag: str, section: str, name: str, kind: type, text: str, **extra) -> None:
@@ -112,6 +129,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("--seqlen", type=int, default=_DEFAULT.seqlen, help="window length (capped at the model's context)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     p.add_argument("--device", default=_DEFAULT.device, help="compute device")
+    _add_offload(p)
     p.add_argument("--json", help="write the results to this JSON file")
     _add_common(p)
 
@@ -155,6 +173,7 @@ def _config(args, **amount) -> CompressConfig:
     config = preset(args.preset, **amount, selection=args.selection, repair=args.repair, blocks=args.blocks,
                     calib=args.calib, fuse_eval_candidates=args.fuse_eval_candidates,
                     fuse_eval_epochs=args.fuse_eval_epochs, dtype=args.dtype, device=args.device, seed=args.seed,
+                    hidden_cache=args.hidden_cache, offload=args.offload,
                     data_dir=args.data_dir)
     given = {key: value for key, value in vars(args).items() if value is not None}
     for key in ("nsamples", "seqlen", "mi_samples"):
@@ -192,8 +211,15 @@ def _run_compress(args) -> None:
     given = args.blocks is not None
     config = _config(args, method=args.method, sparsity=None if args.num_remove or given else args.sparsity,
                      num_remove=args.num_remove)
-    out = check_output(args.out, args.overwrite, protect=args.model)
     _check_sources(args)
+    if args.dry_run:
+        from .plan import plan
+
+        planned = plan(args.model, config)
+        print(planned.render())
+        planned.check()
+        return
+    out = check_output(args.out, args.overwrite, protect=args.model)
     folder = checkpoint_folder(out)
     if (folder / STATE).exists() and not args.resume:
         raise FuseGPTError(f"found the checkpoint of an interrupted run in {folder}; pass --resume to continue it, "
@@ -226,6 +252,10 @@ def _run_compress(args) -> None:
     if not args.keep_checkpoints:
         checkpoint.remove()
     if args.ppl:
+        from .pipeline import resolve_device
+        from .placement import place_for_inference
+
+        place_for_inference(result.model, resolve_device(config.device), config.offload)
         try:
             result.report.perplexity = evaluate_perplexity(
                 result.model, tokenizer, _sources(args.ppl), args.ppl_seqlen or result.report.seqlen, args.data_dir,
@@ -242,12 +272,13 @@ def _run_eval(args) -> None:
     from . import evaluate_perplexity, load_model
     from .evaluation.zeroshot import evaluate_zero_shot
     from .pipeline import context_length, resolve_device
+    from .placement import place_for_inference
 
     if not args.ppl and not args.tasks:
         raise FuseGPTError("nothing to evaluate; pass --ppl SOURCES and/or --tasks TASKS")
     _check_sources(args)
     model, tokenizer = load_model(args.model, args.dtype)
-    model.to(resolve_device(args.device))
+    place_for_inference(model, resolve_device(args.device), args.offload)
     seqlen = min(args.seqlen, context_length(model))
     results: dict = {"model": args.model, "seqlen": seqlen}
     if args.ppl:

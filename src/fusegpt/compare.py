@@ -19,8 +19,10 @@ SPEED_PROTOCOL = "interleaved with a dense copy, medians of 5 rounds"  # cells t
 def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list[str], limit: int | None,
                 ppl_windows: int | None, ppl_seqlen: int | None = None) -> str:
     """A hash of what shaped the cell: the evaluation always; calibration and scoring for every
-    compressed model; fusion and tuning settings only for the repairs that use them."""
-    settings = {**config.to_dict(), "method": None, "sparsity": None, "num_remove": None, "ppl": ppl, "tasks": tasks,
+    compressed model; fusion and tuning settings only for the repairs that use them. Where the
+    work runs (device, offloading, the hidden-state cache) changes no result and is left out."""
+    settings = {**config.to_dict(), "method": None, "sparsity": None, "num_remove": None, "device": None,
+                "hidden_cache": None, "offload": None, "ppl": ppl, "tasks": tasks,
                 "limit": limit, "ppl_windows": ppl_windows, "ppl_seqlen": ppl_seqlen, "speed": SPEED_PROTOCOL}
     if method == DENSE:
         settings = {k: settings[k] for k in ("dtype", "data_dir", "ppl", "tasks", "limit", "ppl_windows", "ppl_seqlen",
@@ -40,6 +42,7 @@ def run_cell(model_name: str, method: str, sparsity: float, config: CompressConf
     from .evaluation.cost import PeakRSS, inference_speed, parameter_count
     from .evaluation.zeroshot import evaluate_zero_shot
     from .pipeline import context_length, resolve_device
+    from .placement import place_for_inference
 
     started = time.perf_counter()
     device = resolve_device(config.device)
@@ -54,12 +57,13 @@ def run_cell(model_name: str, method: str, sparsity: float, config: CompressConf
             first = result.report.steps[0]
             cell.criterion, cell.scores = first.criterion, {str(k): v for k, v in first.scores.items()}
     cell.seconds, cell.peak_rss_gib = (time.perf_counter() - started) * (method != DENSE), round(memory.gib, 3)
-    model.to(device)
+    place_for_inference(model, device, config.offload)
     cell.parameters = parameter_count(model)
     if speed:  # against a fresh dense copy, timed in turn with the output in the same run
         models = {"output": model}
         if method != DENSE:
-            models["dense"] = load_model(model_name, config.dtype)[0].to(device)
+            models["dense"] = load_model(model_name, config.dtype)[0]
+            place_for_inference(models["dense"], device, config.offload)
         measured = inference_speed(models)
         reference = measured.get("dense", measured["output"])  # the dense model is its own reference
         cell.speed = {**measured["output"], **{f"dense_{k}": v for k, v in reference.items()}}

@@ -13,6 +13,7 @@ RepairName = Literal["none", "fuse", "lora", "linear"]
 CoefficientForm = Literal["lowrank", "vector", "full"]
 LossName = Literal["kl_batch", "kl_hidden", "mse", "relative_mse", "cosine"]
 DType = Literal["float32", "bfloat16"]
+HiddenCache = Literal["scoring", "all"]
 
 # method shortcuts: (selection criterion, repair); see methods/ for what each means
 RECIPES: dict[str, tuple[str, str]] = {
@@ -27,6 +28,7 @@ COEFFICIENT_FORMS: tuple[str, ...] = ("lowrank", "vector", "full")
 LOSSES: tuple[str, ...] = ("kl_batch", "kl_hidden", "mse", "relative_mse", "cosine")
 TEACHERS: tuple[str, ...] = ("group", "dense")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+HIDDEN_CACHES: tuple[str, ...] = ("scoring", "all")
 TASKS: tuple[str, ...] = ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa",
                           "lambada")  # zero-shot tasks, by lm-eval's name (lambada: lambada_openai)
 
@@ -69,6 +71,22 @@ class TuneConfig:
     # after the last fusion, epochs of tuning every kept block's coefficients, LoRA and norms
     # together against the dense model's final hidden states (0: the paper's purely local tuning)
     global_epochs: int = 0
+    # epochs of LoRA healing (the lora repair); None: the fewest whose block passes reach those of
+    # fusegpt with the same settings, the fair budget of the comparison (methods/lora.py)
+    heal_epochs: int | None = None
+
+    def fusion_block_passes(self, depth: int, remove: int, group_size: int, windows: int) -> int:
+        """Block passes (forward + backward of one block on one window) of fusegpt's tuning: each
+        removal tunes its min(G, depth - 1) neighbours for `epochs`, then `global_epochs` tune
+        every kept block."""
+        local = sum(min(group_size, depth - step - 1) for step in range(remove))
+        return windows * (self.epochs * local + self.global_epochs * (depth - remove))
+
+    def lora_epochs(self, depth: int, remove: int, group_size: int, windows: int) -> int:
+        """`heal_epochs`, or the fewest LoRA epochs over the kept blocks with at least fusegpt's passes."""
+        if self.heal_epochs is not None:
+            return self.heal_epochs
+        return math.ceil(self.fusion_block_passes(depth, remove, group_size, windows) / (windows * (depth - remove)))
 
 
 @dataclass
@@ -91,6 +109,13 @@ class CompressConfig:
     fuse_eval_epochs: int = 1  # tuning epochs of each trial
     dtype: DType = "float32"
     device: str = "auto"
+    # which hidden states stay in host memory: "scoring", every block's on the mi_samples windows
+    # only (the rest recomputed when a step needs them; memory flat in depth x data), or "all",
+    # every block's on every window (no recomputation; O(depth x nsamples) memory). Same results.
+    hidden_cache: HiddenCache = "scoring"
+    # the model stays on the compute device for the whole run when it fits ("auto"), or streams
+    # block by block from the host ("always"; "never" keeps it there regardless); placement.py
+    offload: Literal["auto", "never", "always"] = "auto"
     seed: int = 0
     data_dir: str | None = None
     fusion: FusionConfig = field(default_factory=FusionConfig)
@@ -135,6 +160,10 @@ class CompressConfig:
              f"--coef must be one of {', '.join(COEFFICIENT_FORMS)}, got {self.fusion.coefficient!r}"),
             (self.tune.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {self.tune.loss!r}"),
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
+            (self.offload in ("auto", "never", "always"),
+             f"--offload must be one of auto, never, always, got {self.offload!r}"),
+            (self.hidden_cache in HIDDEN_CACHES,
+             f"--hidden-cache must be one of {', '.join(HIDDEN_CACHES)}, got {self.hidden_cache!r}"),
             (self.nsamples >= 1, f"--nsamples must be at least 1, got {self.nsamples}"),
             (self.mi_samples >= 1, f"--mi-samples must be at least 1, got {self.mi_samples}"),
             (self.fuse_eval_candidates >= 0, f"--fuse-eval must be 0 (off) or more, got {self.fuse_eval_candidates}"),
@@ -151,6 +180,8 @@ class CompressConfig:
             (self.fusion.lora_rank >= 0, f"--lora-rank must be 0 (off) or more, got {self.fusion.lora_rank}"),
             (self.tune.epochs >= 0, f"--epochs must be 0 or more, got {self.tune.epochs}"),
             (self.tune.global_epochs >= 0, f"--global-epochs must be 0 or more, got {self.tune.global_epochs}"),
+            (self.tune.heal_epochs is None or self.tune.heal_epochs >= 1,
+             f"--heal-epochs must be at least 1, got {self.tune.heal_epochs}"),
             (self.tune.batch_size >= 1, f"--batch-size must be at least 1, got {self.tune.batch_size}"),
             (self.tune.loss != "kl_batch" or self.tune.batch_size >= 2,
              "--loss kl_batch normalises over the batch and needs --batch-size of at least 2"),
@@ -176,7 +207,8 @@ PRESETS: dict[str, dict] = {
               "fusion": {"group_size": 7, "coefficient": "lowrank", "rank": 128, "lora_rank": 128, "train_norms": True,
                          "seam_map": False},
               "tune": {"loss": "kl_batch", "epochs": 20, "batch_size": 8, "coef_lr": 1e-3, "lr": 9.65e-6,
-                       "betas": (0.9, 0.95), "teacher": "group", "global_epochs": 0}},
+                       "betas": (0.9, 0.95), "teacher": "group", "global_epochs": 0,
+                       "heal_epochs": None}},
 }
 
 

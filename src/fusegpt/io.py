@@ -8,6 +8,7 @@ import tempfile
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 from unittest.mock import patch
 
 from safetensors import SafetensorError
@@ -40,7 +41,7 @@ def _hf_quiet():
             hf_logging.enable_progress_bar()
 
 
-def _auto_class(config: PretrainedConfig) -> type:
+def model_class(config: PretrainedConfig) -> type:
     """A causal LM's auto class, or the image-text one for a multimodal model (LLaVA) that has no
     causal-LM class: its vision tower must load with it, so that image inputs still run."""
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
@@ -77,32 +78,52 @@ def model_source(name: str) -> dict:
     return gguf_metadata(file) if file else {"format": "huggingface", "name": name}
 
 
-def load_model(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, object]:
-    """A causal LM (or image-text model) and its tokenizer from a local folder, a GGUF file
-    (dequantised to `dtype` by transformers' own GGUF support) or a Hub id, on the CPU, frozen."""
+def _located(name: str) -> tuple[str, dict]:
+    """(what transformers loads, its options) for a folder, a GGUF file or folder, or a Hub id;
+    a missing or foreign local path is refused in one line."""
     path = Path(name).expanduser()
     file = gguf_file(name)
     if file is not None:
         gguf_metadata(file)  # a one-line refusal of a damaged file before transformers parses it
-        name, options = str(file.parent), {"gguf_file": file.name}
-    elif looks_like_path(name):
+        return str(file.parent), {"gguf_file": file.name}
+    if looks_like_path(name):
         if not path.is_dir():
             raise FuseGPTError(f"model folder '{name}' not found; pass a HuggingFace model folder, a .gguf file "
                                "or a Hub id")
         if not (path / "config.json").is_file():
             raise FuseGPTError(f"'{name}' has no config.json and no .gguf file: not a model folder")
-        name, options = str(path), {}
-    else:
-        options = {}
+        return str(path), {}
+    return name, {}
+
+
+@contextmanager
+def _loading(name: str, options: dict) -> Iterator[None]:
+    """transformers quiet, and its load errors as one line naming the model."""
     try:
         with _hf_quiet():
-            config = AutoConfig.from_pretrained(name, **options)
-            model = _auto_class(config).from_pretrained(name, config=config, dtype=torch_dtype(dtype), **options)
-            tokenizer = AutoTokenizer.from_pretrained(name, **options)
+            yield
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         where = f"{name}/{options['gguf_file']}" if options else name
         raise FuseGPTError(f"could not load model '{where}': {first_line}") from error
+
+
+def load_config(name: str) -> PretrainedConfig:
+    """A model's config alone (for a plan: no weight is read)."""
+    name, options = _located(name)
+    with _loading(name, options):
+        return AutoConfig.from_pretrained(name, **options)
+
+
+def load_model(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, object]:
+    """A causal LM (or image-text model) and its tokenizer from a local folder, a GGUF file
+    (dequantised to `dtype` by transformers' own GGUF support) or a Hub id, on the CPU, frozen."""
+    file = gguf_file(name)
+    name, options = _located(name)
+    with _loading(name, options):
+        config = AutoConfig.from_pretrained(name, **options)
+        model = model_class(config).from_pretrained(name, config=config, dtype=torch_dtype(dtype), **options)
+        tokenizer = AutoTokenizer.from_pretrained(name, **options)
     if options:  # dequantised: the weights are plain tensors now, and the model and its config must say so
         model.hf_quantizer = None
         for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():

@@ -19,6 +19,8 @@ from .fusion import merge_block
 from .methods import REPAIRS, SELECTIONS, StepContext
 from .methods.fuse import fusion_aware
 from .models import adapter_for
+from .placement import place
+from .plan import plan, shape_of
 
 
 @dataclass
@@ -57,17 +59,24 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     # calibrate: token windows -> hidden states entering every block
     windows = calibration_windows(tokenizer, config.calib, config.nsamples, seqlen, config.seed, config.data_dir)
     model.eval().requires_grad_(False).to(torch_dtype(config.dtype))
+    # the whole model on the compute device when it fits there with the tuning's working set;
+    # else it stays on the host and blocks are onloaded as they run. Hidden states stay on the host.
+    device = resolve_device(config.device)
+    place(model, device, config.offload, working=sum(plan(model_name or "", config, shape_of(model)).device.values()))
+    selection_name, repair_name = config.recipe
     embeddings, block_kwargs = capture_block_inputs(model, adapter, windows, config.tune.batch_size)
-    stack = BlockStack(list(adapter.blocks(model)), block_kwargs, embeddings, resolve_device(config.device),
-                       config.tune.batch_size)
+    blocks = list(adapter.blocks(model))
+    stack = BlockStack(blocks, block_kwargs, embeddings.cpu(), device, config.tune.batch_size,
+                       cached=config.mi_samples, keep_all=config.hidden_cache == "all",
+                       norms=[p for b in blocks for p in adapter.norm_parameters(b)],
+                       keep_dense_blocks=repair_name == "fuse" and config.tune.teacher == "dense",
+                       keep_dense_final=repair_name == "lora" or (repair_name == "fuse" and config.tune.global_epochs > 0))
     report = Report(model=model_name or getattr(model.config, "_name_or_path", ""), config=config.to_dict(),
                     original_depth=depth, seqlen=seqlen, seconds={"calibrate": time.perf_counter() - started})
 
-    selection_name, repair_name = config.recipe
     selection, repair = SELECTIONS[selection_name], REPAIRS[repair_name]
     choose = fusion_aware if repair_name == "fuse" and config.fuse_eval_candidates else selection.choose
-    ctx = StepContext(model, stack, adapter, config, windows, to_remove, progress=progress,
-                      teacher=stack.final if repair.heal else None)
+    ctx = StepContext(model, stack, adapter, config, windows, to_remove, progress=progress)
     scores: dict[int, float] = {}
     if checkpoint is not None and checkpoint.exists():
         scores = checkpoint.restore(stack, report)

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from ..placement import execution_device
+
 _PAGE = resource.getpagesize()
 
 
@@ -66,7 +68,7 @@ def inference_speed(models: dict[str, PreTrainedModel], prefill_tokens: int = 51
     for name, model in models.items():
         model.eval()
         vocab = model.get_input_embeddings().num_embeddings
-        device = next(model.parameters()).device
+        device = execution_device(model)
         inputs[name] = torch.randint(0, vocab, (1, prefill_tokens), generator=torch.Generator().manual_seed(seed)).to(device)
         model(input_ids=inputs[name][:, :16], use_cache=False)  # warm-up
     for _ in range(rounds):

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 
 from ..data import perplexity_ids
 from ..errors import FuseGPTError
+from ..placement import execution_device
 
 
 @torch.no_grad()
@@ -19,7 +20,7 @@ def perplexity(model: PreTrainedModel, ids: torch.Tensor, seqlen: int, batch_siz
     first `windows` of them."""
     count = ids.numel() // seqlen if windows is None else min(windows, ids.numel() // seqlen)
     windows = ids[: count * seqlen].view(-1, seqlen)
-    device = next(model.parameters()).device
+    device = execution_device(model)
     total, count = 0.0, 0
     for batch in tqdm(windows.split(batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
         batch = batch.to(device)

@@ -28,6 +28,7 @@ from transformers import PreTrainedModel
 from ..data.tasks import local_docs, local_paths, tasks_root
 from ..config import TASKS
 from ..errors import FuseGPTError
+from ..placement import execution_device
 
 # The metric each task is customarily reported with (lm-eval numbers as in the FuseGPT and SLEB papers).
 METRIC = {"piqa": "acc", "hellaswag": "acc_norm", "winogrande": "acc", "arc_easy": "acc", "arc_challenge": "acc_norm",
@@ -71,7 +72,7 @@ class InMemoryLM(TemplateLM):
         """(sum of log p(continuation | context), whether the continuation is the greedy one) per
         request; longest first so that a batch wastes little padding, left-truncated to the context
         window as lm-eval does."""
-        device = next(self.model.parameters()).device
+        device = execution_device(self.model)
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]

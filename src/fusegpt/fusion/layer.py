@@ -1,14 +1,18 @@
 """A linear layer that has absorbed the same-role weights of removed blocks.
 
-    W_eff = W + B A + sum_k C_k ⊙ W_k        b_eff = b + sum_k c_k ⊙ b_k
+    W_eff = T^T (W + B A + sum_k C_k ⊙ W_k)        b_eff = T^T (b + sum_k c_k ⊙ b_k)
 
 W and every W_k are frozen; C_k (see coefficients.py), the bias coefficients c_k and the LoRA
-pair (B zero-initialised) are trained. The base may be an nn.Linear or a transposed-weight
+pair (B zero-initialised) are trained. T, the identity unless a seam map was fitted
+(methods/linear.py), is frozen and applied to the output. The base W is never written to, so
+`base_only` can show the layer as it was before any of this: the dense model, for a teacher. The base may be an nn.Linear or a transposed-weight
 Conv1D; the math always runs in (out, in) orientation, and `merge()` folds everything
 back into a plain layer of the base's own type, so the saved state dict fits the architecture."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -59,6 +63,8 @@ class FusedLinear(nn.Module):
         self.injected = nn.ModuleList()  # InjectedWeight modules, shared with the other neighbours
         self.coefficients = nn.ModuleList()
         self.bias_coefficients = nn.ParameterList()
+        self.register_buffer("output_map", None, persistent=False)  # T, (out, out)
+        self.base_only = False
         self.lora_A = self.lora_B = None
         if lora_rank > 0:
             r = min(lora_rank, self.out_features, self.in_features)
@@ -79,25 +85,47 @@ class FusedLinear(nn.Module):
         self.bias_coefficients.append(nn.Parameter(torch.zeros(self.out_features, device=self.weight.device),
                                                    requires_grad=False))
 
-    def effective_weight(self) -> torch.Tensor:
+    def compose_output_map(self, transform: torch.Tensor) -> None:
+        """Apply `transform` (out, out) to this layer's output, after any map it already has."""
+        transform = transform.float().to(self.weight.device)
+        self.output_map = transform if self.output_map is None else self.output_map @ transform
+
+    def _fused_weight(self) -> torch.Tensor:
         weight = self.weight.float()
         if self.lora_B is not None:
             weight = weight + self.lora_B @ self.lora_A
         for coefficient, donor in zip(self.coefficients, self.injected):
             weight = weight + coefficient() * donor.weight.float()
-        return weight.to(self.weight.dtype)
+        return weight
 
-    def effective_bias(self) -> torch.Tensor | None:
+    def _fused_bias(self) -> torch.Tensor | None:
         if self.bias is None:
             return None
         bias = self.bias.float()
         for c, donor in zip(self.bias_coefficients, self.injected):
             if donor.bias is not None:
                 bias = bias + c * donor.bias.float()
-        return bias.to(self.bias.dtype)
+        return bias
+
+    def effective_weight(self) -> torch.Tensor:
+        weight = self._fused_weight()
+        if self.output_map is not None:
+            weight = self.output_map.T @ weight
+        return weight.to(self.weight.dtype)
+
+    def effective_bias(self) -> torch.Tensor | None:
+        bias = self._fused_bias()
+        if bias is not None and self.output_map is not None:
+            bias = self.output_map.T @ bias
+        return None if bias is None else bias.to(self.bias.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.effective_weight(), self.effective_bias())
+        if self.base_only:
+            return F.linear(x, self.weight, self.bias)
+        bias = self._fused_bias()
+        y = F.linear(x, self._fused_weight().to(x.dtype), None if bias is None else bias.to(x.dtype))
+        # the map on the output costs tokens x out^2, folding it into the weight out^2 x in per call
+        return y if self.output_map is None else (y.float() @ self.output_map).to(y.dtype)
 
     def coefficient_parameters(self) -> list[nn.Parameter]:
         """Coefficients of the injected weights, and of the injected biases that exist."""
@@ -122,3 +150,17 @@ class FusedLinear(nn.Module):
         if self.bias is not None:
             layer.bias.copy_(self.effective_bias())
         return layer
+
+
+@contextmanager
+def base_only(modules: list[nn.Module]) -> Iterator[None]:
+    """Every fused layer inside `modules` computes with its base weight alone for the duration:
+    the blocks as they were before fusion, LoRA and seam maps (norms are the caller's concern)."""
+    fused = [m for module in modules for m in module.modules() if isinstance(m, FusedLinear)]
+    for layer in fused:
+        layer.base_only = True
+    try:
+        yield
+    finally:
+        for layer in fused:
+            layer.base_only = False

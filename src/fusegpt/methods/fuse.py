@@ -24,26 +24,27 @@ from .step import StepContext, StepOutcome
 def _fuse(ctx: StepContext, stack: BlockStack, index: int, epochs: int) -> tuple[int, list[int], TuneResult]:
     """Delete block `index` of `stack`, inject it into its neighbours and tune them for `epochs`.
     Returns the group's first index, the neighbours' original indices and the tuning result;
-    boundaries from the group on are stale."""
+    cached boundaries from the group on are stale."""
     fusion = ctx.config.fusion
     start, end = group_window(index, len(stack), fusion.group_size)
+    inputs = stack.inputs(start)
     # the un-pruned group's output, or the dense model's at the same place: what the first block
-    # after the group received in the dense model (the final output at the end); both cached
+    # after the group received in the dense model (the final output at the end)
     if ctx.config.tune.teacher == "group":
-        teacher = stack.boundaries[end]
+        teacher = stack.run(start, end, inputs)
     else:
-        teacher = stack.dense[stack.origin[end]] if end < len(stack) else stack.dense[-1]
+        teacher = stack.dense_inputs(stack.origin[end] if end < len(stack) else len(stack.dense_kwargs))
     group = [stack.origin[j] for j in range(start, end) if j != index]
     # the block before is in the group (its input is unchanged); a family whose MLP output is
     # normalised before the residual cannot take the map and fuses without it (docs/ARCHITECTURES.md)
     if ctx.config.fusion.seam_map and start < index and ctx.adapter.residual_down:
-        fold_seam_map(replace(ctx, stack=stack), index)
+        fold_seam_map(replace(ctx, stack=stack), index, stack.run(start, index - 1, inputs))
     removed = stack.delete(index)
     neighbours = stack.blocks[start:end - 1]
     inject(ctx.adapter, removed, neighbours, fusion)
     coefficients, others = trainable_parameters(ctx.adapter, neighbours, fusion.train_norms)
-    tuned = tune_group(stack, start, end - 1, teacher, coefficients, others, replace(ctx.config.tune, epochs=epochs),
-                       seed=ctx.config.seed + ctx.step, progress=ctx.progress)
+    tuned = tune_group(stack, start, end - 1, inputs, teacher, coefficients, others,
+                       replace(ctx.config.tune, epochs=epochs), seed=ctx.config.seed + ctx.step, progress=ctx.progress)
     return start, group, tuned
 
 
@@ -59,7 +60,7 @@ def fuse_block(ctx: StepContext, index: int) -> StepOutcome:
 
 def _trial_stack(stack: BlockStack, start: int, end: int) -> BlockStack:
     """A stack that shares the cached boundaries and every block but start..end-1, which are deep
-    copies: fusing into it leaves the model as it was."""
+    copies: fusing into it leaves the model (and the dense view of it) as it was."""
     trial = copy.copy(stack)
     trial.blocks = [copy.deepcopy(b) if start <= i < end else b for i, b in enumerate(stack.blocks)]
     trial.origin, trial.block_kwargs = list(stack.origin), list(stack.block_kwargs)

@@ -7,8 +7,10 @@ passed on, over every calibration token:
 
     T = argmin |m T - (target - y)|^2 = (m^T m + eps I)^-1 m^T (target - y)
 
-and m T is the down projection with weight T^T W and bias T^T b: the saved model is a plain model
-of the same architecture. The first block has nothing before it and is just deleted.
+and m T is the down projection with weight T^T W and bias T^T b: T is held as the down
+projection's output map (a fused layer's, fusion/layer.py) and folded into it at merge, so the
+saved model is a plain model of the same architecture. The first block has nothing before it and
+is just deleted.
 
 FuseGPT can start from this map too (`FusionConfig.seam_map`): the group then tunes from the
 compensated model instead of the block-removed one."""
@@ -20,16 +22,16 @@ import torch
 
 from ..calibrate import block_output, onloaded
 from ..errors import FuseGPTError
-from ..fusion import FusedLinear, linear_weights, set_linear_weights
+from ..fusion import FusedLinear
 from .step import StepContext, StepOutcome
 
 RIDGE = 1e-6  # relative to the mean eigenvalue of m^T m: keeps the solve stable when m is rank-deficient
 
 
 @torch.no_grad()
-def fit_linear_map(ctx: StepContext, previous: int, target: torch.Tensor) -> torch.Tensor:
-    """T (hidden x hidden) such that block `previous` with its MLP output times T maps its cached
-    input onto `target`, accumulated batch by batch in float64."""
+def fit_linear_map(ctx: StepContext, previous: int, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """T (hidden x hidden) such that block `previous` with its MLP output times T maps `inputs`
+    onto `target`, accumulated batch by batch in float64."""
     stack = ctx.stack
     block = stack.blocks[previous]
     down = ctx.adapter.linears(block)["down"]
@@ -38,7 +40,7 @@ def fit_linear_map(ctx: StepContext, previous: int, target: torch.Tensor) -> tor
     gram = cross = None
     try:
         with onloaded([block], stack.device):
-            for x, t in zip(stack.batches(stack.boundaries[previous]), stack.batches(target)):
+            for x, t in zip(stack.batches(inputs), stack.batches(target)):
                 out = stack.forward_block(previous, x.to(stack.device)).double()
                 m = captured.pop().double().flatten(0, -2)
                 residual = (t.to(stack.device).double() - out).flatten(0, -2) + m  # target - y
@@ -50,11 +52,11 @@ def fit_linear_map(ctx: StepContext, previous: int, target: torch.Tensor) -> tor
     return torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), cross)
 
 
-def fold_seam_map(ctx: StepContext, index: int) -> int | None:
-    """Fit the map that lets block `index - 1` stand in for block `index` as well, and fold it into
-    its down projection (merged first if fusion made it a fused layer). Boundaries after `index - 1`
-    are stale afterwards. Returns the original index of the block that took the map, or None for
-    the first block, which has nothing before it."""
+def fold_seam_map(ctx: StepContext, index: int, inputs: torch.Tensor) -> int | None:
+    """Fit the map that lets block `index - 1` (whose input on every window is `inputs`) stand in
+    for block `index` as well, and give it to its down projection (made a fused layer). Cached
+    boundaries after `index - 1` are stale afterwards. Returns the original index of the block that
+    took the map, or None for the first block, which has nothing before it."""
     if index == 0:
         return None
     if not ctx.adapter.residual_down:
@@ -62,19 +64,20 @@ def fold_seam_map(ctx: StepContext, index: int) -> int | None:
                            f"{ctx.adapter.family} normalises it first: use another --repair")
     stack, previous = ctx.stack, index - 1
     block = stack.blocks[previous]
-    if isinstance(ctx.adapter.linears(block)["down"], FusedLinear):
-        ctx.adapter.replace_linear(block, "down", ctx.adapter.linears(block)["down"].merge())
-    transform = fit_linear_map(ctx, previous, stack.boundaries[index + 1])
+    target = stack.run(previous, index + 1, inputs)
+    transform = fit_linear_map(ctx, previous, inputs, target)
     down = ctx.adapter.linears(block)["down"]
-    weight, bias = linear_weights(down)
-    set_linear_weights(down, (transform.T @ weight.double()).to(weight.dtype),
-                       None if bias is None else (transform.T @ bias.double()).to(bias.dtype))
+    if not isinstance(down, FusedLinear):  # as fusion would wrap it, so a later injection finds it ready
+        fusion = ctx.config.fusion
+        down = FusedLinear(down, fusion.coefficient, fusion.rank, fusion.lora_rank)
+        ctx.adapter.replace_linear(block, "down", down)
+    down.compose_output_map(transform)
     return stack.origin[previous]
 
 
 def replace_with_linear_map(ctx: StepContext, index: int) -> StepOutcome:
     started = time.perf_counter()
-    receiver = fold_seam_map(ctx, index)
+    receiver = fold_seam_map(ctx, index, ctx.stack.inputs(index - 1) if index else None)
     fitted = time.perf_counter()
     ctx.stack.delete(index)
     ctx.stack.refresh(max(index - 1, 0))

@@ -4,11 +4,13 @@ optimiser and no more compute; and FuseGPT's optional final global tune of its f
 
 After the K blocks are removed, every role linear of every kept block gets a LoRA
 pair (rank `lora_rank`, or `rank` when LoRA is off for fusion), and all kept blocks together
-learn to map the embeddings onto the dense model's final hidden states. FuseGPT tunes `epochs`
-epochs over the same windows at each of its K steps, so K x `epochs` epochs here is the same
-number of optimiser steps. LoRA and norms learn at `lr`, the rate LoRA has inside a fusion step
-(at the coefficients' higher rate LoRA diverges: docs/BENCHMARKS.md). All kept blocks are on the compute device together while
-they heal, unlike a fusion step, which onloads one group."""
+learn to map the embeddings onto the dense model's final hidden states. The budget is compute:
+fusegpt tunes its G neighbours for `epochs` at each of its K steps (then `global_epochs` over every
+kept block); LoRA gets the fewest epochs over the L - K kept blocks whose block passes reach as
+many, on the same windows (`TuneConfig.lora_epochs`). LoRA and norms learn at `lr`, the rate LoRA
+has inside a fusion step (at the coefficients' higher rate LoRA diverges: docs/BENCHMARKS.md). All
+kept blocks are on the compute device together while they heal, unlike a fusion step, which
+onloads one group."""
 from __future__ import annotations
 
 import time
@@ -38,16 +40,18 @@ def heal_globally(ctx: StepContext, epochs: int) -> StepOutcome:
     tune = replace(config.tune, epochs=epochs)
     if not coefficients:  # nothing was fused: LoRA and norms are the only trainables, at their own rate
         coefficients, others, tune = others, [], replace(tune, coef_lr=config.tune.lr)
-    tuned = tune_group(stack, 0, len(stack), ctx.teacher, coefficients, others, tune, seed=config.seed,
-                       progress=ctx.progress)
+    tuned = tune_group(stack, 0, len(stack), stack.embeddings, stack.dense_final, coefficients, others, tune,
+                       seed=config.seed, progress=ctx.progress)
     return StepOutcome(group=list(stack.origin), losses=tuned.losses, optimizer_steps=tuned.optimizer_steps,
                        block_passes=tuned.block_passes, seconds={"tune": time.perf_counter() - started})
 
 
 def heal_with_lora(ctx: StepContext) -> StepOutcome:
-    """The LoRA baseline's budget: FuseGPT's K x `epochs` local epochs plus its global ones, each
-    over every kept block here, so it never gets less compute than fusion (docs/BENCHMARKS.md)."""
-    return heal_globally(ctx, ctx.to_remove * ctx.config.tune.epochs + ctx.config.tune.global_epochs)
+    """The LoRA baseline, with at least fusegpt's block passes unless `heal_epochs` says otherwise."""
+    depth = len(ctx.stack) + ctx.to_remove
+    epochs = ctx.config.tune.lora_epochs(depth, ctx.to_remove, ctx.config.fusion.group_size,
+                                         ctx.stack.embeddings.shape[0])
+    return heal_globally(ctx, epochs)
 
 
 def heal_fused(ctx: StepContext) -> StepOutcome | None:

@@ -20,7 +20,6 @@ class StepContext:
     input_ids: torch.Tensor  # the calibration windows, whose next tokens are the labels of a loss
     to_remove: int  # K, the blocks this run removes
     step: int = 0
-    teacher: torch.Tensor | None = None  # the dense model's final hidden states, kept only to heal
     progress: bool = True
 
 

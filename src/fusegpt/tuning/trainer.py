@@ -29,11 +29,11 @@ def window_batches(order: torch.Tensor, batch_size: int, no_single: bool) -> lis
     return chunks
 
 
-def tune_group(stack: BlockStack, start: int, end: int, teacher: torch.Tensor,
+def tune_group(stack: BlockStack, start: int, end: int, inputs: torch.Tensor, teacher: torch.Tensor,
                primary: list[nn.Parameter], secondary: list[nn.Parameter], config: TuneConfig,
                seed: int, progress: bool = True) -> TuneResult:
-    """Train the trainables so blocks start..end-1 of the stack map the cached input of `start`
-    onto `teacher`. `primary` (fusion coefficients) learn at `coef_lr`, `secondary` (LoRA and
+    """Train the trainables so blocks start..end-1 of the stack map `inputs` (what enters block
+    `start`, on every window) onto `teacher`. `primary` (fusion coefficients) learn at `coef_lr`, `secondary` (LoRA and
     norms beside them) at `lr`. The model is frozen; the trainables get gradients only while this
     runs.
 
@@ -41,7 +41,6 @@ def tune_group(stack: BlockStack, start: int, end: int, teacher: torch.Tensor,
     through its eps, so without this a loss averaged over many tokens and channels (a 7B model's
     2048 x 4096) or over small hidden states would stall where a small model's does not."""
     blocks = stack.blocks[start:end]
-    inputs = stack.boundaries[start]
     loss_fn = LOSSES[config.loss]
     groups = [{"params": primary, "lr": config.coef_lr}]
     if secondary and config.lr > 0:

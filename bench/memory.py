@@ -1,0 +1,94 @@
+"""Peak host memory of `compress` against depth and calibration windows, on random Llama-shaped
+models (hidden 512, FFN 1376, 256-token windows: one window's hidden states, T x H x 4 bytes, is
+512 KiB), with the hidden states cached on the scoring windows only (the default) and on every
+window (`--hidden-cache all`, the caching of the previous releases).
+
+Each cell runs in a fresh process: memory beyond the model = the process's peak RSS during
+`compress` minus its RSS once the model is built. The default recipe (fusegpt, dense teacher,
+seam map) removes the middle block (given, so that no scoring time is spent) with one tuning
+epoch. Results are cached in
+bench/results/memory.json; `--table` prints the Markdown table.
+
+    python bench/memory.py            # every cell (about 10 minutes here)
+    python bench/memory.py --table
+"""
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+OUT = ROOT / "bench" / "results" / "memory.json"
+HIDDEN, FFN, SEQLEN = 512, 1376, 256
+WINDOW_MIB = SEQLEN * HIDDEN * 4 / 2**20
+CELLS = [(12, 64), (24, 64), (48, 64), (12, 128), (12, 256)]  # (depth, calibration windows)
+
+
+def cell(depth: int, nsamples: int, cache: str) -> dict:
+    """One compress in this process; memory in MiB."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress
+    from fusegpt.evaluation.cost import current_rss
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / "models/stories260K")
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=FFN,
+                                         num_hidden_layers=depth, num_attention_heads=8, num_key_value_heads=8,
+                                         max_position_embeddings=SEQLEN)).eval()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    baseline = current_rss() / 2**20
+    config = CompressConfig(calib=str(ASSETS / "text/wikitext-2-raw/wiki.valid.raw"), nsamples=nsamples,
+                            seqlen=SEQLEN, mi_samples=8, blocks=[depth // 2], sparsity=None, hidden_cache=cache,
+                            fusion=FusionConfig(rank=32, lora_rank=32), tune=TuneConfig(epochs=1))
+    compress(model, tokenizer, config, progress=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    return {"depth": depth, "nsamples": nsamples, "cache": cache, "weights_mib": round(weights, 1),
+            "baseline_mib": round(baseline, 1), "peak_mib": round(peak, 1), "beyond_mib": round(peak - baseline, 1)}
+
+
+def table(rows: list[dict]) -> str:
+    """Memory beyond the model per cell, both caches side by side, with the window size to compare slopes."""
+    found = {(r["depth"], r["nsamples"], r["cache"]): r for r in rows}
+    lines = [f"One window's hidden states: {WINDOW_MIB:.3f} MiB (T={SEQLEN}, H={HIDDEN}, fp32).", "",
+             "| depth | windows N | model MiB | beyond the model, scoring cache (default) MiB | "
+             "beyond the model, all cached MiB |", "| --- | --- | --- | --- | --- |"]
+    for depth, n in CELLS:
+        scoring, every = found.get((depth, n, "scoring")), found.get((depth, n, "all"))
+        if scoring or every:
+            model = (scoring or every)["weights_mib"]
+            lines.append(f"| {depth} | {n} | {model} | {scoring['beyond_mib'] if scoring else '-'} | "
+                         f"{every['beyond_mib'] if every else '-'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--cell"]:
+        print(json.dumps(cell(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])))
+        return
+    rows = json.loads(OUT.read_text()) if OUT.exists() else []
+    if sys.argv[1:] == ["--table"]:
+        print(table(rows))
+        return
+    if not (ASSETS / "models/stories260K").exists():
+        sys.exit(f"needs ../shared/assets beside the repository ({ASSETS} not found)")
+    done = {(r["depth"], r["nsamples"], r["cache"]) for r in rows}
+    for depth, n in CELLS:
+        for cache in ("scoring", "all"):
+            if (depth, n, cache) in done:
+                continue
+            out = subprocess.run([sys.executable, __file__, "--cell", str(depth), str(n), cache], check=True,
+                                 capture_output=True, text=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            print(rows[-1], flush=True)
+            OUT.write_text(json.dumps(rows, indent=1) + "\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""`compress --dry-run`: the plan from the config alone, its memory estimate against a measured
+peak, and the refusal of a run that cannot fit."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from conftest import char_tokenizer
+from fusegpt.cli import main
+from fusegpt.evaluation.cost import current_rss
+
+LLAMA2_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+             "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+             "num_key_value_heads": 32, "max_position_embeddings": 4096, "vocab_size": 32000,
+             "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2}
+GIB = 2**30
+
+
+def _plan_7b(tmp_path, monkeypatch, capsys, available: int) -> tuple[int, str, str]:
+    folder = tmp_path / "llama-2-7b"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA2_7B))  # no weights
+    monkeypatch.setattr("fusegpt.plan.available_memory", lambda: available)
+    code = main(["compress", str(folder), "--out", str(tmp_path / "out"), "--dry-run", "--nsamples", "128",
+                 "--seqlen", "2048", "--dtype", "bfloat16"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_dry_run_plans_llama2_7b_from_its_config_without_allocating_it(tmp_path, monkeypatch, capsys):
+    """K = ceil(32 x 0.25) = 8; 6,738,415,616 parameters x 2 bytes = 12.6 GiB; one window's hidden
+    states 2048 x 4096 x 2 bytes = 16 MiB: 33 boundaries x 32 scoring windows = 16.5 GiB and 5
+    buffers (embeddings, a group's input and teacher, the seam map's input and target) x 128
+    windows = 10 GiB; tuning passes 128 windows x 10 epochs x 8 steps x 7 neighbours = 71,680."""
+    before = current_rss()
+    code, out, err = _plan_7b(tmp_path, monkeypatch, capsys, available=200 * GIB)
+    assert code == 0 and current_rss() - before < GIB // 2  # 6.7B parameters never allocated
+    assert "remove 8 of 32 blocks (6.74B parameters, bfloat16)" in out
+    assert "weights 12.6" in out and "hidden states 26.5" in out
+    assert "71,680 tuning block passes" in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_refuses_a_run_that_cannot_fit(tmp_path, monkeypatch, capsys):
+    code, out, err = _plan_7b(tmp_path, monkeypatch, capsys, available=16 * GIB)
+    peak = float(re.search(r"peak host memory ~([\d.]+) GiB", out).group(1))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"needs ~{peak} GiB of host memory and 16.0 GiB are available" in err and "--nsamples" in err
+    assert not (tmp_path / "out").exists()
+
+
+_MEASURE = ("import resource, sys\nfrom fusegpt.cli import main\ncode = main(sys.argv[1:])\n"
+            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, code)\n")
+
+
+@pytest.mark.parametrize("depth,nsamples,seqlen", [(6, 32, 256), (10, 16, 128)])
+def test_dry_run_estimate_is_within_a_quarter_of_the_measured_peak(tmp_path, text_file, depth, nsamples, seqlen):
+    torch.manual_seed(0)
+    tokenizer = char_tokenizer()
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1376,
+                                         num_hidden_layers=depth, num_attention_heads=8, num_key_value_heads=8,
+                                         max_position_embeddings=seqlen))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    args = ["compress", str(tmp_path / "model"), "--out", str(tmp_path / "out"), "--calib", str(text_file),
+            "--nsamples", str(nsamples), "--seqlen", str(seqlen), "--mi-samples", "4", "--epochs", "1",
+            "--num-remove", "2", "--quiet"]
+    planned = subprocess.run([sys.executable, "-m", "fusegpt", *args, "--dry-run"], capture_output=True, text=True)
+    estimate = float(re.search(r"peak host memory ~([\d.]+) GiB", planned.stdout).group(1))
+    measured = subprocess.run([sys.executable, "-c", _MEASURE, *args], capture_output=True, text=True)
+    peak, code = measured.stdout.split("PEAK")[-1].split()
+    assert code == "0", measured.stderr
+    assert abs(estimate * GIB / int(peak) - 1) < 0.25, (estimate, int(peak) / GIB)
