@@ -50,6 +50,15 @@ def tokenizer() -> PreTrainedTokenizerFast:
 
 
 @pytest.fixture
+def model_dir(tmp_path, tokenizer) -> Path:
+    """A saved 4-block tiny Llama with its tokenizer, as a user's model folder."""
+    path = tmp_path / "tiny"
+    tiny_llama(depth=4).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
 def text_file(tmp_path: Path) -> Path:
     rng = random.Random(0)
     words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 7))) for _ in range(50)]

@@ -11,14 +11,6 @@ from conftest import tiny_llama
 from fusegpt.cli import main
 
 
-@pytest.fixture
-def model_dir(tmp_path, tokenizer) -> Path:
-    path = tmp_path / "tiny"
-    tiny_llama(depth=4).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def _digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 

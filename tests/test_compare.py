@@ -11,14 +11,6 @@ from fusegpt import CompressConfig, FusionConfig, TuneConfig
 from fusegpt.compare import compare, run_cell
 
 
-@pytest.fixture
-def model_dir(tmp_path, tokenizer):
-    path = tmp_path / "tiny"
-    tiny_llama(depth=4).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def _config(text_file) -> CompressConfig:
     return CompressConfig(calib=str(text_file), nsamples=4, seqlen=32, mi_samples=2,
                           fusion=FusionConfig(group_size=2, rank=4, lora_rank=0),
@@ -73,7 +65,7 @@ def test_compare_command(tmp_path, model_dir, text_file, capsys):
     from fusegpt.cli import main
 
     out = tmp_path / "cmp"
-    args = ["compare", model_dir, "--out", str(out), "--methods", "dense,last,shortgpt", "--sparsity", "0.25,0.5",
+    args = ["compare", str(model_dir), "--out", str(out), "--methods", "dense,last,shortgpt", "--sparsity", "0.25,0.5",
             "--ppl", str(text_file), "--calib", str(text_file), "--nsamples", "4", "--seqlen", "32",
             "--mi-samples", "2", "--quiet"]
     assert main(args) == 0

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from fusegpt.cli import main
 from fusegpt.paths import STATE, checkpoint_folder
-from test_cli import _compress, _one_line_error, model_dir  # noqa: F401  (fixture)
+from test_cli import _compress, _one_line_error
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -38,7 +38,7 @@ def _wait_for_first_step(process: subprocess.Popen, out: Path) -> None:
         time.sleep(0.01)
 
 
-def test_a_killed_run_resumes_to_the_same_weights(tmp_path, model_dir, text_file, capsys):  # noqa: F811
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, model_dir, text_file, capsys):
     reference = tmp_path / "reference"
     assert main(_args(model_dir, reference, text_file)) == 0
     assert not checkpoint_folder(reference).exists()  # a finished run leaves none behind
@@ -65,7 +65,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, model_dir, text_file
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_keeps_the_checkpoint_and_writes_no_output(tmp_path, model_dir, text_file, stop):  # noqa: F811
+def test_ctrl_c_keeps_the_checkpoint_and_writes_no_output(tmp_path, model_dir, text_file, stop):
     out = tmp_path / "out"
     process = _start(_args(model_dir, out, text_file))
     _wait_for_first_step(process, out)

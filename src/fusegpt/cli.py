@@ -227,7 +227,7 @@ def _run_compress(args) -> None:
     if args.resume and not (folder / STATE).exists():
         raise FuseGPTError(f"--resume: no checkpoint in {folder}; run without --resume")
 
-    from . import compress, evaluate_perplexity, load_model, save_compressed
+    from . import compress, distributed, evaluate_perplexity, load_model, save_compressed
     from .checkpoint import Checkpoint
     from .io import REPORT_NAME, model_source
 
@@ -244,6 +244,8 @@ def _run_compress(args) -> None:
                                     "with --resume to continue") from None
         raise
     result.report.source = source
+    if not distributed.is_main():  # under torchrun, rank 0 writes and evaluates; the others are done
+        return
     try:
         save_compressed(result.model, tokenizer, result.report, out, args.overwrite)  # before any evaluation
     except FuseGPTError as error:

@@ -33,7 +33,7 @@ def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_cell(model_name: str, method: str, sparsity: float, config: CompressConfig, ppl: list[str],
+def run_cell(model_name: str | Path, method: str, sparsity: float, config: CompressConfig, ppl: list[str],
              tasks: list[str], limit: int | None, tasks_dir: str | None, progress: bool,
              ppl_windows: int | None = None, speed: bool = True, ppl_seqlen: int | None = None) -> Cell:
     """Load a fresh copy of the model, compress it (unless dense), measure it and evaluate it.
@@ -44,7 +44,7 @@ def run_cell(model_name: str, method: str, sparsity: float, config: CompressConf
     from .pipeline import context_length, resolve_device
     from .placement import place_for_inference
 
-    started = time.perf_counter()
+    started, model_name = time.perf_counter(), str(model_name)
     device = resolve_device(config.device)
     with PeakRSS() as memory:
         model, tokenizer = load_model(model_name, config.dtype)
@@ -77,7 +77,7 @@ def run_cell(model_name: str, method: str, sparsity: float, config: CompressConf
     return cell
 
 
-def compare(model_name: str, methods: list[str], sparsities: list[float], config: CompressConfig, out: str | Path,
+def compare(model_name: str | Path, methods: list[str], sparsities: list[float], config: CompressConfig, out: str | Path,
             ppl: list[str] = (), tasks: list[str] = (), limit: int | None = None, tasks_dir: str | None = None,
             progress: bool = True, run: Callable[..., Cell] = run_cell, ppl_windows: int | None = None,
             speed: bool = True, ppl_seqlen: int | None = None) -> list[Cell]:
@@ -87,7 +87,7 @@ def compare(model_name: str, methods: list[str], sparsities: list[float], config
     if unknown:
         from .errors import FuseGPTError
         raise FuseGPTError(f"unknown method(s) {', '.join(unknown)}; choose from {DENSE}, {', '.join(RECIPES)}")
-    out = Path(out)
+    out, model_name = Path(out), str(model_name)
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     grid = [(m, 0.0) for m in methods if m == DENSE] + [(m, s) for m in methods if m != DENSE for s in sparsities]

@@ -81,6 +81,7 @@ def model_source(name: str) -> dict:
 def _located(name: str) -> tuple[str, dict]:
     """(what transformers loads, its options) for a folder, a GGUF file or folder, or a Hub id;
     a missing or foreign local path is refused in one line."""
+    name = str(name)
     path = Path(name).expanduser()
     file = gguf_file(name)
     if file is not None:
@@ -115,10 +116,10 @@ def load_config(name: str) -> PretrainedConfig:
         return AutoConfig.from_pretrained(name, **options)
 
 
-def load_model(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, object]:
+def load_model(name: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, object]:
     """A causal LM (or image-text model) and its tokenizer from a local folder, a GGUF file
     (dequantised to `dtype` by transformers' own GGUF support) or a Hub id, on the CPU, frozen."""
-    file = gguf_file(name)
+    file = gguf_file(str(name))
     name, options = _located(name)
     with _loading(name, options):
         config = AutoConfig.from_pretrained(name, **options)

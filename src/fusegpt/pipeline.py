@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from .calibrate import BlockStack, capture_block_inputs
+from . import distributed
 from .checkpoint import Checkpoint
 from .config import CompressConfig, torch_dtype
 from .data import calibration_windows
@@ -18,7 +19,9 @@ from .evaluation import HealRecord, Report, StepRecord
 from .fusion import merge_block
 from .methods import REPAIRS, SELECTIONS, StepContext
 from .methods.fuse import fusion_aware
+from .errors import FuseGPTError
 from .models import adapter_for
+from .tuning.losses import BATCH_LOSSES
 from .placement import place
 from .plan import plan, shape_of
 
@@ -40,6 +43,12 @@ def context_length(model: PreTrainedModel) -> int:
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
 
 
+def _count_passes(report: Report, outcome) -> None:
+    """Add a step's (or the heal's) tuning passes to each rank's share."""
+    for r, passes in enumerate(outcome.passes_by_rank or []):
+        report.shares["tuning block passes"][r] += passes
+
+
 def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = None,
              progress: bool = True, model_name: str | None = None,
              checkpoint: Checkpoint | None = None) -> CompressResult:
@@ -49,6 +58,14 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     the state after every removal step is saved there, and a saved state is resumed from."""
     config = config or CompressConfig()
     config.validate()
+    device = resolve_device(config.device)
+    distributed.init(device)  # under torchrun: join the others (a no-op in a single process)
+    ranks = distributed.world_size()
+    progress = progress and distributed.is_main()
+    if ranks > 1 and config.recipe[1] in ("fuse", "lora") and config.tune.loss in BATCH_LOSSES:
+        raise FuseGPTError(f"--loss {config.tune.loss} compares the windows of a batch with "
+                           "each other and cannot be split across ranks; use mse, relative_mse, cosine or kl_hidden "
+                           "under torchrun")
     adapter = adapter_for(model)
     depth = len(adapter.blocks(model))
     to_remove = config.blocks_to_remove(depth)
@@ -61,7 +78,6 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     model.eval().requires_grad_(False).to(torch_dtype(config.dtype))
     # the whole model on the compute device when it fits there with the tuning's working set;
     # else it stays on the host and blocks are onloaded as they run. Hidden states stay on the host.
-    device = resolve_device(config.device)
     place(model, device, config.offload, working=sum(plan(model_name or "", config, shape_of(model)).device.values()))
     selection_name, repair_name = config.recipe
     embeddings, block_kwargs = capture_block_inputs(model, adapter, windows, config.tune.batch_size)
@@ -72,7 +88,8 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
                        keep_dense_blocks=repair_name == "fuse" and config.tune.teacher == "dense",
                        keep_dense_final=repair_name == "lora" or (repair_name == "fuse" and config.tune.global_epochs > 0))
     report = Report(model=model_name or getattr(model.config, "_name_or_path", ""), config=config.to_dict(),
-                    original_depth=depth, seqlen=seqlen, seconds={"calibrate": time.perf_counter() - started})
+                    original_depth=depth, seqlen=seqlen, seconds={"calibrate": time.perf_counter() - started},
+                    world_size=ranks, shares={"scored blocks": [0] * ranks, "tuning block passes": [0] * ranks})
 
     selection, repair = SELECTIONS[selection_name], REPAIRS[repair_name]
     choose = fusion_aware if repair_name == "fuse" and config.fuse_eval_candidates else selection.choose
@@ -86,6 +103,9 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
         # score (a one-shot criterion once, on the dense model), choose
         scored = time.perf_counter()
         if step == 0 or not selection.one_shot:
+            if selection_name in ("mi", "nll"):  # the criteria that run blocks, split over the ranks
+                for r in range(ranks):
+                    report.shares["scored blocks"][r] += len(range(r, len(stack), ranks))
             computed = selection.score(ctx)
             scores = computed if isinstance(computed, dict) else dict(zip(stack.origin, computed))
         chosen = choose(ctx, scores)
@@ -96,12 +116,14 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
                                        group=outcome.group, losses=outcome.losses,
                                        seconds={"score": score_seconds, **outcome.seconds},
                                        optimizer_steps=outcome.optimizer_steps, block_passes=outcome.block_passes))
-        if checkpoint is not None:
+        _count_passes(report, outcome)
+        if checkpoint is not None and distributed.is_main():
             checkpoint.save(stack, report, scores)
 
     # heal: the repairs that tune the pruned model once, after the last removal, instead of fusing
     outcome = repair.heal(ctx) if repair.heal else None
     if outcome:
+        _count_passes(report, outcome)
         report.heal = HealRecord(blocks=outcome.group, losses=outcome.losses, optimizer_steps=outcome.optimizer_steps,
                                  seconds=outcome.seconds, block_passes=outcome.block_passes)
 

@@ -43,6 +43,8 @@ class Report:
     perplexity: dict[str, float] = field(default_factory=dict)
     perplexity_windows: int | None = None  # None: every protocol window
     source: dict = field(default_factory=dict)  # how the input was stored (HF folder / Hub id, or GGUF and its type)
+    world_size: int = 1  # processes that shared the work (torchrun)
+    shares: dict[str, list[int]] = field(default_factory=dict)  # each rank's part of the work, by kind
 
     @property
     def removed(self) -> list[int]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..calibrate import BlockStack, onloaded
+from ..distributed import map_shared
 
 
 @torch.no_grad()
@@ -30,9 +30,9 @@ def calibration_nll(stack: BlockStack, head: nn.Module, input_ids: torch.Tensor,
     """NLL without each current block, on the first `samples` calibration windows. `head` maps the
     last block's output to logits (DecoderAdapter.head)."""
     ids = input_ids[:samples]
-    scores = []
+
+    def score(i: int) -> float:
+        return _next_token_nll(head, stack.run(i + 1, len(stack), stack.boundaries[i][:samples]), ids, stack)
+
     with onloaded([head], stack.device):
-        for i in tqdm(range(len(stack)), desc="calibration nll", unit="block", leave=False, disable=not progress):
-            without_i = stack.run(i + 1, len(stack), stack.boundaries[i][:samples])
-            scores.append(_next_token_nll(head, without_i, ids, stack))
-    return scores
+        return map_shared(score, len(stack), "calibration nll", progress)

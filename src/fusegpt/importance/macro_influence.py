@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..calibrate import BlockStack
+from ..distributed import map_shared
 
 
 def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -18,10 +18,11 @@ def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def macro_influence(stack: BlockStack, samples: int, progress: bool = False) -> list[float]:
-    """MI of every current block, on the first `samples` calibration windows."""
+    """MI of every current block, on the first `samples` calibration windows (under torchrun,
+    each rank scores its share of the blocks)."""
     reference = stack.final[:samples]
-    scores = []
-    for i in tqdm(range(len(stack)), desc="macro influence", unit="block", leave=False, disable=not progress):
-        without_i = stack.run(i + 1, len(stack), stack.boundaries[i][:samples])
-        scores.append(1.0 - mean_cosine(reference, without_i))
-    return scores
+
+    def score(i: int) -> float:
+        return 1.0 - mean_cosine(reference, stack.run(i + 1, len(stack), stack.boundaries[i][:samples]))
+
+    return map_shared(score, len(stack), "macro influence", progress)

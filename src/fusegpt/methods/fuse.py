@@ -54,7 +54,7 @@ def fuse_block(ctx: StepContext, index: int) -> StepOutcome:
     refreshed = time.perf_counter()
     ctx.stack.refresh(start)
     return StepOutcome(group=group, losses=tuned.losses, optimizer_steps=tuned.optimizer_steps,
-                       block_passes=tuned.block_passes,
+                       block_passes=tuned.block_passes, passes_by_rank=tuned.passes_by_rank,
                        seconds={"tune": refreshed - started, "refresh": time.perf_counter() - refreshed})
 
 

@@ -30,3 +30,4 @@ class StepOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
     optimizer_steps: int = 0
     block_passes: int = 0  # tuning compute: forward + backward of one block on one window
+    passes_by_rank: list[int] | None = None  # each rank's share of them (torch.distributed)

@@ -9,6 +9,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..calibrate import BlockStack, onloaded
+from .. import distributed
 from ..config import TuneConfig
 from .losses import BATCH_LOSSES, LOSSES
 
@@ -18,6 +19,7 @@ class TuneResult:
     losses: list[float]  # mean loss of each epoch
     optimizer_steps: int  # counted, so that methods can be compared at equal tuning budgets
     block_passes: int = 0  # forward + backward of one block on one window: the compute spent
+    passes_by_rank: list[int] | None = None  # each rank's share of them (torch.distributed)
 
 
 def window_batches(order: torch.Tensor, batch_size: int, no_single: bool) -> list[torch.Tensor]:
@@ -55,7 +57,8 @@ def tune_group(stack: BlockStack, start: int, end: int, inputs: torch.Tensor, te
     total = max(1, config.epochs * steps_per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     order = torch.Generator().manual_seed(seed)
-    result = TuneResult(losses=[], optimizer_steps=0)
+    ranks = distributed.world_size()  # a loss across the batch cannot be split: compress refuses it
+    result = TuneResult(losses=[], optimizer_steps=0, passes_by_rank=[0] * ranks)
     reference = None
     try:
         with onloaded(blocks, stack.device), torch.enable_grad():
@@ -63,19 +66,34 @@ def tune_group(stack: BlockStack, start: int, end: int, inputs: torch.Tensor, te
                 permutation = torch.randperm(inputs.shape[0], generator=order)
                 epoch_loss = 0.0
                 for chunk in window_batches(permutation, config.batch_size, no_single):
-                    x = inputs[chunk].to(stack.device)
-                    for index in range(start, end):
-                        x = stack.forward_block(index, x)
-                    loss = loss_fn(x, teacher[chunk].to(stack.device))
-                    if reference is None:
-                        reference = loss.item() if loss.item() > 0 else 1.0
+                    # this rank's share of the batch; its mean loss weighted by its share, so that
+                    # the losses and gradients summed over ranks are the whole batch's
+                    mine = chunk[distributed.rank()::ranks]
                     optimizer.zero_grad(set_to_none=True)
-                    (loss / reference).backward()
+                    loss = torch.zeros((), device=stack.device)
+                    if len(mine):
+                        x = inputs[mine].to(stack.device)
+                        for index in range(start, end):
+                            x = stack.forward_block(index, x)
+                        loss = loss_fn(x, teacher[mine].to(stack.device)) * (len(mine) / len(chunk))
+                    value = loss.detach().float().reshape(1)
+                    distributed.sum_across([value])
+                    if reference is None:
+                        reference = value.item() if value.item() > 0 else 1.0
+                    if len(mine):
+                        (loss / reference).backward()
+                    if ranks > 1:
+                        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trainables]
+                        distributed.sum_across(grads)
+                        for p, g in zip(trainables, grads):
+                            p.grad = g
                     optimizer.step()
                     schedule.step()
                     result.optimizer_steps += 1
                     result.block_passes += len(chunk) * (end - start)
-                    epoch_loss += loss.item() * len(chunk)
+                    for r in range(ranks):
+                        result.passes_by_rank[r] += len(chunk[r::ranks]) * (end - start)
+                    epoch_loss += value.item() * len(chunk)
                 result.losses.append(epoch_loss / inputs.shape[0])
     finally:
         for p in trainables:
