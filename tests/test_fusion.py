@@ -135,3 +135,19 @@ def test_neighbours_hold_one_copy_of_an_injected_weight_wherever_they_move():
     tensors = {id(f.injected[0].weight) for f in neighbours}
     assert len(tensors) == 1 and neighbours[0].injected[0].weight.dtype == torch.float64
     assert "injected" not in "".join(neighbours[0].state_dict())  # never saved as weights of their own
+
+
+def test_a_bf16_fused_layer_keeps_no_fp32_copy_of_a_weight_for_backward():
+    """The coefficients are fp32; what autograd keeps of the (out, in) weights is bf16: the
+    injected weight itself and the effective weight the matmul used, never an fp32 copy."""
+    base, donor = torch.nn.Linear(48, 32, dtype=torch.bfloat16), torch.nn.Linear(48, 32, dtype=torch.bfloat16)
+    layer = FusedLinear(base, "lowrank", rank=4, lora_rank=4)
+    layer.inject(donor.weight, donor.bias)
+    for p in layer.coefficient_parameters() + layer.lora_parameters():
+        p.requires_grad_(True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        layer(torch.randn(2, 5, 48, dtype=torch.bfloat16)).float().sum().backward()
+    full = [t for t in saved if t.numel() == 32 * 48]
+    assert full and all(t.dtype == torch.bfloat16 for t in full)
+    assert any(t.data_ptr() == donor.weight.data_ptr() for t in full)  # the donor itself, not a copy

@@ -110,3 +110,20 @@ def test_a_batch_of_one_window_never_makes_its_own_step():
     assert [len(b) for b in window_batches(order, 4, no_single=True)] == [4, 5]
     assert [len(b) for b in window_batches(order, 4, no_single=False)] == [4, 4, 1]
     assert [len(b) for b in window_batches(torch.arange(1), 4, no_single=True)] == [1]
+
+
+def test_a_bf16_trainable_learns_updates_below_bf16_resolution():
+    """A bf16 gain of 1 whose teacher wants 1.02: Adam's steps at lr 1e-3 are a quarter of bf16's
+    spacing at 1 (2^-8), so stepped in bf16 the gain never moves; an fp32 master copy
+    accumulates them and the bf16 weight follows."""
+    from fusegpt.calibrate import BlockStack
+    from fusegpt.config import TuneConfig
+    from fusegpt.tuning import tune_group
+
+    x = torch.randn(4, 3, 16, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    block = _Scale(torch.ones(16, dtype=torch.bfloat16))
+    stack = BlockStack([block], [{}], x, torch.device("cpu"), batch_size=2)
+    tune_group(stack, 0, 1, x, x.float() * 1.02, [block.w], [],
+               TuneConfig(loss="mse", epochs=20, batch_size=2, coef_lr=1e-3), seed=0, progress=False)
+    assert block.w.dtype == torch.bfloat16
+    assert block.w.float().mean().item() > 1.0 + 2 * 2**-8  # moved at least two bf16 steps towards 1.02

@@ -95,7 +95,9 @@ class FusedLinear(nn.Module):
         if self.lora_B is not None:
             weight = weight + self.lora_B @ self.lora_A
         for coefficient, donor in zip(self.coefficients, self.injected):
-            weight = weight + coefficient() * donor.weight.float()
+            # fp32 x the donor's own dtype: autograd keeps the donor as it is (bf16 in a bf16
+            # run), not an fp32 copy of it, for the coefficient's gradient
+            weight = weight + coefficient() * donor.weight
         return weight
 
     def _fused_bias(self) -> torch.Tensor | None:

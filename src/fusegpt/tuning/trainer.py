@@ -41,7 +41,11 @@ def tune_group(stack: BlockStack, start: int, end: int, inputs: torch.Tensor, te
 
     The loss is divided by its value on the first batch: Adam is blind to a loss's scale except
     through its eps, so without this a loss averaged over many tokens and channels (a 7B model's
-    2048 x 4096) or over small hidden states would stall where a small model's does not."""
+    2048 x 4096) or over small hidden states would stall where a small model's does not.
+
+    A trainable held in bf16 (the norms of a bf16 model) is stepped on an fp32 master copy and
+    rounded back after each step: an update below bf16's resolution (1e-3 on a weight of 1 is
+    a quarter of it) would otherwise be lost every step."""
     blocks = stack.blocks[start:end]
     loss_fn = LOSSES[config.loss]
     groups = [{"params": primary, "lr": config.coef_lr}]
@@ -50,6 +54,9 @@ def tune_group(stack: BlockStack, start: int, end: int, inputs: torch.Tensor, te
     trainables = [p for g in groups for p in g["params"]]
     for p in trainables:
         p.requires_grad_(True)
+    masters = {p: p.detach().float() for p in trainables if p.dtype != torch.float32}
+    for group in groups:
+        group["params"] = [masters.get(p, p) for p in group["params"]]
 
     optimizer = torch.optim.Adam(groups, betas=config.betas)
     no_single = config.loss in BATCH_LOSSES
@@ -87,7 +94,12 @@ def tune_group(stack: BlockStack, start: int, end: int, inputs: torch.Tensor, te
                         distributed.sum_across(grads)
                         for p, g in zip(trainables, grads):
                             p.grad = g
+                    for p, master in masters.items():
+                        master.grad = None if p.grad is None else p.grad.float()
                     optimizer.step()
+                    with torch.no_grad():
+                        for p, master in masters.items():
+                            p.copy_(master)
                     schedule.step()
                     result.optimizer_steps += 1
                     result.block_passes += len(chunk) * (end - start)
