@@ -43,3 +43,13 @@ def test_two_ranks_remove_the_same_blocks_and_merge_the_same_weights(tmp_path, m
         assert (a[name] - b[name]).abs().max() < 1e-5, name
     losses = [[loss for s in report["steps"] for loss in s["losses"]] for report in (one, two)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_eval_and_compare_refuse_to_run_as_many_ranks(tmp_path, model_dir, text_file, monkeypatch, capsys):
+    from fusegpt.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["eval", str(model_dir), "--ppl", str(text_file)]) == 2
+    assert "runs in one process" in capsys.readouterr().err
+    assert main(["compare", str(model_dir), "--out", str(tmp_path / "cmp"), "--methods", "dense"]) == 2
+    assert not (tmp_path / "cmp").exists()

@@ -338,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop ends like Ctrl-C
     try:
+        if args.command != "compress" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise FuseGPTError(f"`fusegpt {args.command}` runs in one process (under torchrun every rank would write "
+                               "the same files); launch it without torchrun, or use torchrun for `compress` only")
         {"compress": _run_compress, "eval": _run_eval, "compare": _run_compare}[args.command](args)
     except FuseGPTError as error:
         if args.debug:
