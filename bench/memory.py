@@ -28,25 +28,47 @@ WINDOW_MIB = SEQLEN * HIDDEN * 4 / 2**20
 CELLS = [(12, 64), (24, 64), (48, 64), (12, 128), (12, 256)]  # (depth, calibration windows)
 
 
+def _model(depth: int, vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=FFN,
+                                        num_hidden_layers=depth, num_attention_heads=8, num_key_value_heads=8,
+                                        max_position_embeddings=SEQLEN)).eval()
+
+
+def _config(depth: int, nsamples: int, cache: str):
+    from fusegpt import CompressConfig, FusionConfig, TuneConfig
+
+    return CompressConfig(calib=str(ASSETS / "text/wikitext-2-raw/wiki.valid.raw"), nsamples=nsamples,
+                          seqlen=SEQLEN, mi_samples=8, blocks=[depth // 2], sparsity=None, hidden_cache=cache,
+                          device="cpu", fusion=FusionConfig(rank=32, lora_rank=32), tune=TuneConfig(epochs=1))
+
+
+def estimate_mib(depth: int, nsamples: int, cache: str) -> float:
+    """`--dry-run`'s peak estimate for the cell (the model built on the meta device)."""
+    import torch
+
+    from fusegpt.plan import plan, shape_of
+
+    with torch.device("meta"):
+        model = _model(depth, 512)
+    return plan("bench", _config(depth, nsamples, cache), shape_of(model)).peak_host / 2**20
+
+
 def cell(depth: int, nsamples: int, cache: str) -> dict:
     """One compress in this process; memory in MiB."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress
+    from fusegpt import compress
     from fusegpt.evaluation.cost import current_rss
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(ASSETS / "models/stories260K")
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=FFN,
-                                         num_hidden_layers=depth, num_attention_heads=8, num_key_value_heads=8,
-                                         max_position_embeddings=SEQLEN)).eval()
+    model = _model(depth, len(tokenizer))
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     baseline = current_rss() / 2**20
-    config = CompressConfig(calib=str(ASSETS / "text/wikitext-2-raw/wiki.valid.raw"), nsamples=nsamples,
-                            seqlen=SEQLEN, mi_samples=8, blocks=[depth // 2], sparsity=None, hidden_cache=cache,
-                            fusion=FusionConfig(rank=32, lora_rank=32), tune=TuneConfig(epochs=1))
-    compress(model, tokenizer, config, progress=False)
+    compress(model, tokenizer, _config(depth, nsamples, cache), progress=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     return {"depth": depth, "nsamples": nsamples, "cache": cache, "weights_mib": round(weights, 1),
             "baseline_mib": round(baseline, 1), "peak_mib": round(peak, 1), "beyond_mib": round(peak - baseline, 1)}
@@ -56,14 +78,14 @@ def table(rows: list[dict]) -> str:
     """Memory beyond the model per cell, both caches side by side, with the window size to compare slopes."""
     found = {(r["depth"], r["nsamples"], r["cache"]): r for r in rows}
     lines = [f"One window's hidden states: {WINDOW_MIB:.3f} MiB (T={SEQLEN}, H={HIDDEN}, fp32).", "",
-             "| depth | windows N | model MiB | beyond the model, scoring cache (default) MiB | "
-             "beyond the model, all cached MiB |", "| --- | --- | --- | --- | --- |"]
+             "| depth | windows N | model MiB | beyond the model MiB, scoring cache (default) | peak MiB | "
+             "`--dry-run` estimate MiB | beyond the model MiB, all cached (`--hidden-cache all`) | peak MiB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for depth, n in CELLS:
         scoring, every = found.get((depth, n, "scoring")), found.get((depth, n, "all"))
-        if scoring or every:
-            model = (scoring or every)["weights_mib"]
-            lines.append(f"| {depth} | {n} | {model} | {scoring['beyond_mib'] if scoring else '-'} | "
-                         f"{every['beyond_mib'] if every else '-'} |")
+        if scoring and every:
+            lines.append(f"| {depth} | {n} | {scoring['weights_mib']} | {scoring['beyond_mib']} | {scoring['peak_mib']} | "
+                         f"{estimate_mib(depth, n, 'scoring'):.0f} | {every['beyond_mib']} | {every['peak_mib']} |")
     return "\n".join(lines)
 
 

@@ -109,7 +109,7 @@ class BlockStack:
     scoring reads. A group's input on all N windows is recomputed from the embeddings when a step
     needs it, and the dense model's hidden states by running the original blocks with every
     fusion switched off (`dense_view`); runs overwrite one buffer block by block. Peak: the
-    model + 3-4 N T H (embeddings, a group's input and teacher, the dense output if healing needs
+    model + 2-5 N T H (embeddings, a group's input and teacher, the dense output if healing needs
     it) + (L + 1) M T H. With `keep_all`, every boundary of the current and the dense model is kept
     on all N windows instead, 2 (L + 1) N T H, which saves that recomputation when memory allows;
     results are the same."""

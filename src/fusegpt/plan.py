@@ -7,12 +7,15 @@ scoring windows of T tokens, hidden size H, FFN size F, tuning batch B and G blo
 (P_block parameters each):
 
     runtime + weights
-    + hidden states   (L + 1) M T H b + c N T H b      c: buffers a step holds (2-6, by repair)
+    + hidden states   (L + 1) M T H b + c N T H b      c: buffers a step holds (2-5, by repair)
                       [--hidden-cache all: (2 L + 5) N T H b]
-    + tuning          G B T (7 H + 4 F) b + (4 + 2 I) G P_block 4   (activations autograd keeps
-                      for the backward pass; the fused weights, built in fp32 with two products per
-                      injected block, I = min(K, G), and their gradients; on the compute device
-                      instead when that is a GPU)
+    + tuning          G B T (7 H + 4 F) b + 8 G P_block 4   (activations autograd keeps for the
+                      backward pass; the fused weights, built in fp32 at every forward, the copy
+                      autograd keeps of each, their gradients and the host allocator's slack around
+                      these short-lived matrices, measured; not growing with the blocks injected
+                      into a layer)
+                      [on a GPU, device memory: G B T (7 H + 4 F) b + G P_block b + 4 P_block 4,
+                      the kept effective weights and one block's fp32 temporaries]
 
 The activation constants were measured with autograd's saved-tensor hooks on fused Llama blocks
 (attention is SDPA's, which keeps no T x T matrix); the runtime is what Python, torch and
@@ -126,11 +129,14 @@ class Plan:
 
 
 def _buffers(config: CompressConfig) -> int:
-    """N-window hidden-state buffers a step holds at its peak (calibrate.BlockStack)."""
+    """N-window hidden-state buffers a step holds at its peak (calibrate.BlockStack): the
+    embeddings and a run's buffer for every repair; a fused group's input and teacher (and the
+    seam map's input beside a group teacher); the dense output when healing needs it."""
     selection, repair = config.recipe
     if repair == "fuse":
-        return 3 + 2 * config.fusion.seam_map + (config.tune.global_epochs > 0)
-    return {"none": 2, "lora": 3, "linear": 3}[repair]
+        group_teacher_and_map = config.tune.teacher == "group" and config.fusion.seam_map
+        return 3 + group_teacher_and_map + (config.tune.global_epochs > 0)
+    return 2
 
 
 def plan(name: str, config: CompressConfig, shape: Shape | None = None) -> Plan:
@@ -159,9 +165,9 @@ def plan(name: str, config: CompressConfig, shape: Shape | None = None) -> Plan:
     if tuned:
         batch = min(config.tune.batch_size, n)
         activations = tuned * batch * t * (7 * h + 4 * shape.ffn) * b
-        injected = min(k, config.fusion.group_size) if repair == "fuse" else 0
-        weights = (4 + 2 * injected) * tuned * shape.block_parameters * 4
         on_gpu = resolve_device(config.device).type != "cpu"
+        weights = (tuned * shape.block_parameters * b + 4 * shape.block_parameters * 4 if on_gpu
+                   else 8 * tuned * shape.block_parameters * 4)
         (result.device if on_gpu else result.host)["tuning"] = activations + weights
         if on_gpu:
             result.device["blocks onloaded"] = tuned * shape.block_parameters * b

@@ -28,17 +28,17 @@ def _fuse(ctx: StepContext, stack: BlockStack, index: int, epochs: int) -> tuple
     fusion = ctx.config.fusion
     start, end = group_window(index, len(stack), fusion.group_size)
     inputs = stack.inputs(start)
-    # the un-pruned group's output, or the dense model's at the same place: what the first block
-    # after the group received in the dense model (the final output at the end)
-    if ctx.config.tune.teacher == "group":
-        teacher = stack.run(start, end, inputs)
-    else:
-        teacher = stack.dense_inputs(stack.origin[end] if end < len(stack) else len(stack.dense_kwargs))
+    # the teacher: the un-pruned group's output (taken before the seam map changes the group), or
+    # the dense model's at the same place: what the first block after the group received in the
+    # dense model (the final output at the end), computed after the map to hold fewer buffers
+    teacher = stack.run(start, end, inputs) if ctx.config.tune.teacher == "group" else None
     group = [stack.origin[j] for j in range(start, end) if j != index]
     # the block before is in the group (its input is unchanged); a family whose MLP output is
     # normalised before the residual cannot take the map and fuses without it (docs/ARCHITECTURES.md)
     if ctx.config.fusion.seam_map and start < index and ctx.adapter.residual_down:
         fold_seam_map(replace(ctx, stack=stack), index, stack.run(start, index - 1, inputs))
+    if teacher is None:
+        teacher = stack.dense_inputs(stack.origin[end] if end < len(stack) else len(stack.dense_kwargs))
     removed = stack.delete(index)
     neighbours = stack.blocks[start:end - 1]
     inject(ctx.adapter, removed, neighbours, fusion)

@@ -29,21 +29,23 @@ RIDGE = 1e-6  # relative to the mean eigenvalue of m^T m: keeps the solve stable
 
 
 @torch.no_grad()
-def fit_linear_map(ctx: StepContext, previous: int, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def fit_linear_map(ctx: StepContext, previous: int, inputs: torch.Tensor) -> torch.Tensor:
     """T (hidden x hidden) such that block `previous` with its MLP output times T maps `inputs`
-    onto `target`, accumulated batch by batch in float64."""
+    onto what the block after it passes on, accumulated batch by batch in float64 (the target is
+    computed batch by batch too: no buffer of all windows)."""
     stack = ctx.stack
-    block = stack.blocks[previous]
+    block, following = stack.blocks[previous], stack.blocks[previous + 1]
     down = ctx.adapter.linears(block)["down"]
     captured = []
     handle = down.register_forward_hook(lambda module, args, out: captured.append(out))
     gram = cross = None
     try:
-        with onloaded([block], stack.device):
-            for x, t in zip(stack.batches(inputs), stack.batches(target)):
-                out = stack.forward_block(previous, x.to(stack.device)).double()
+        with onloaded([block, following], stack.device):
+            for x in stack.batches(inputs):
+                out = stack.forward_block(previous, x.to(stack.device))
                 m = captured.pop().double().flatten(0, -2)
-                residual = (t.to(stack.device).double() - out).flatten(0, -2) + m  # target - y
+                target = stack.forward_block(previous + 1, out).double()
+                residual = (target - out.double()).flatten(0, -2) + m  # target - y
                 gram = m.T @ m if gram is None else gram + m.T @ m
                 cross = m.T @ residual if cross is None else cross + m.T @ residual
     finally:
@@ -64,8 +66,7 @@ def fold_seam_map(ctx: StepContext, index: int, inputs: torch.Tensor) -> int | N
                            f"{ctx.adapter.family} normalises it first: use another --repair")
     stack, previous = ctx.stack, index - 1
     block = stack.blocks[previous]
-    target = stack.run(previous, index + 1, inputs)
-    transform = fit_linear_map(ctx, previous, inputs, target)
+    transform = fit_linear_map(ctx, previous, inputs)
     down = ctx.adapter.linears(block)["down"]
     if not isinstance(down, FusedLinear):  # as fusion would wrap it, so a later injection finds it ready
         fusion = ctx.config.fusion
