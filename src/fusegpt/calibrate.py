@@ -133,7 +133,7 @@ class BlockStack:
         self.boundaries: list[torch.Tensor] = [embeddings[:self.cached]] * (len(blocks) + 1)
         # one pass over all windows, caching the boundaries; its output is the healing teacher
         final = self.run(0, len(blocks), embeddings, keep=True)
-        self.dense_final = final if keep_dense_final or keep_all else None
+        self.dense_final = final if keep_dense_final else None
         # the dense boundaries by original index (refresh replaces tensors, never edits them)
         self.dense: list[torch.Tensor] | None = list(self.boundaries) if keep_all else None
 

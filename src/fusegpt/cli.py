@@ -8,8 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import (COEFFICIENT_FORMS, DTYPES, HIDDEN_CACHES, LOSSES, METHODS, PRESETS, RECIPES, REPAIR_NAMES, SELECTION_NAMES,
-                     TASKS, TEACHERS, CompressConfig, preset)
+from .config import (COEFFICIENT_FORMS, DTYPES, HIDDEN_CACHES, LOSSES, METHODS, OFFLOADS, PRESETS, RECIPES,
+                     REPAIR_NAMES, SELECTION_NAMES, TASKS, TEACHERS, CompressConfig, preset)
 from .errors import FuseGPTError
 
 _DEFAULT = CompressConfig()
@@ -105,7 +105,7 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_offload(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--offload", choices=("auto", "never", "always"), default=_DEFAULT.offload,
+    p.add_argument("--offload", choices=OFFLOADS, default=_DEFAULT.offload,
                    help="auto: the model stays on the compute device for the whole run when it fits there, else it "
                         "stays in host memory and blocks are streamed to the device as they run; always: stream; "
                         "never: move it all to the device regardless")
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop ends like Ctrl-C
     try:
-        if args.command != "compress" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if args.command != "compress" and _launched_as_ranks():
             raise FuseGPTError(f"`fusegpt {args.command}` runs in one process (under torchrun every rank would write "
                                "the same files); launch it without torchrun, or use torchrun for `compress` only")
         {"compress": _run_compress, "eval": _run_eval, "compare": _run_compare}[args.command](args)
@@ -361,6 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _launched_as_ranks() -> bool:
+    from .distributed import launched
+
+    return launched()
 
 
 def _interrupt(signum, frame) -> None:

@@ -29,6 +29,7 @@ LOSSES: tuple[str, ...] = ("kl_batch", "kl_hidden", "mse", "relative_mse", "cosi
 TEACHERS: tuple[str, ...] = ("group", "dense")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 HIDDEN_CACHES: tuple[str, ...] = ("scoring", "all")
+OFFLOADS: tuple[str, ...] = ("auto", "never", "always")
 TASKS: tuple[str, ...] = ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa",
                           "lambada")  # zero-shot tasks, by lm-eval's name (lambada: lambada_openai)
 
@@ -160,8 +161,7 @@ class CompressConfig:
              f"--coef must be one of {', '.join(COEFFICIENT_FORMS)}, got {self.fusion.coefficient!r}"),
             (self.tune.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {self.tune.loss!r}"),
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
-            (self.offload in ("auto", "never", "always"),
-             f"--offload must be one of auto, never, always, got {self.offload!r}"),
+            (self.offload in OFFLOADS, f"--offload must be one of {', '.join(OFFLOADS)}, got {self.offload!r}"),
             (self.hidden_cache in HIDDEN_CACHES,
              f"--hidden-cache must be one of {', '.join(HIDDEN_CACHES)}, got {self.hidden_cache!r}"),
             (self.nsamples >= 1, f"--nsamples must be at least 1, got {self.nsamples}"),

@@ -5,13 +5,8 @@ with blocks streamed to the device: `compress` onloads one block or group at a t
 either way. On the CPU everything is already where it computes."""
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from transformers import PreTrainedModel
-
-Offload = Literal["auto", "never", "always"]
-OFFLOADS: tuple[str, ...] = ("auto", "never", "always")
 
 
 def model_bytes(model: PreTrainedModel) -> int:

@@ -132,7 +132,7 @@ def _buffers(config: CompressConfig) -> int:
     """N-window hidden-state buffers a step holds at its peak (calibrate.BlockStack): the
     embeddings and a run's buffer for every repair; a fused group's input and teacher (and the
     seam map's input beside a group teacher); the dense output when healing needs it."""
-    selection, repair = config.recipe
+    repair = config.recipe[1]
     if repair == "fuse":
         group_teacher_and_map = config.tune.teacher == "group" and config.fusion.seam_map
         return 3 + group_teacher_and_map + (config.tune.global_epochs > 0)

@@ -43,7 +43,8 @@ def heal_globally(ctx: StepContext, epochs: int) -> StepOutcome:
     tuned = tune_group(stack, 0, len(stack), stack.embeddings, stack.dense_final, coefficients + others, [], tune,
                        seed=config.seed, progress=ctx.progress)
     return StepOutcome(group=list(stack.origin), losses=tuned.losses, optimizer_steps=tuned.optimizer_steps,
-                       block_passes=tuned.block_passes, passes_by_rank=tuned.passes_by_rank, seconds={"tune": time.perf_counter() - started})
+                       block_passes=tuned.block_passes, passes_by_rank=tuned.passes_by_rank,
+                       seconds={"tune": time.perf_counter() - started})
 
 
 def heal_with_lora(ctx: StepContext) -> StepOutcome:
