@@ -1,10 +1,11 @@
 """Why fusion lost on a real LLM, and what fixes it: repairs and fusion settings compared on the
-same 8 blocks of SmolLM2-135M-Instruct (30 blocks; sparsity 0.25).
+same 8 blocks of SmolLM2-135M-Instruct (30 blocks; sparsity 0.25), in-domain (WikiText-2, where
+calibration comes from) and off-domain (C4).
 
 The blocks are the ones `remove` (iterative lowest Macro Influence) picks; every variant then
 removes exactly those (`--blocks`), so only the repair differs. Calibration: 32 x 256 tokens of
-wiki.valid.raw; PPL on the first 32 windows of 512 tokens of wiki.test.raw. Each variant is
-cached in bench/results/ablate_real/, so a rerun only computes what is missing.
+wiki.valid.raw; PPL on the first 32 windows of 512 tokens of wiki.test.raw and of the C4 file.
+Each variant is cached in bench/results/ablate_real/, so a rerun only computes what is missing.
 
     python bench/ablate_real.py                      # every variant
     python bench/ablate_real.py linear,fuse_rmse     # some
@@ -41,7 +42,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "replaceme": ("replaceme", {}, {}),  # its own span selection + linear map
     "fuse_mse": ("fusegpt", OLD, PLAIN),
     "fuse_rmse": ("fusegpt", RMSE, PLAIN),
-    "fuse_rmse_dense": ("fusegpt", DENSE, PLAIN),
+    "fuse_rmse_dense": ("fusegpt", DENSE, PLAIN),  # the default recipe without the seam map
     "fuse_rmse_coef_only": ("fusegpt", RMSE, {**PLAIN, "lora_rank": 0, "train_norms": False}),
     "fuse_rmse_seam": ("fusegpt", RMSE, SEAM),
     "fuse_rmse_seam_dense": ("fusegpt", DENSE, SEAM),
@@ -51,21 +52,37 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "lora": ("remove-lora", RMSE, {}),
     "lora_24ep": ("remove-lora", {**RMSE, "heal_epochs": 24}, {}),  # the previous release's budget: 3x fusion's
     "lora_global": ("remove-lora", {**RMSE, "global_epochs": 3}, {}),  # the budget of the global row (11 epochs)
+    # the same compute spread over 3x more calibration text: 96 windows, 1 epoch (fusion) / 3 (LoRA)
+    "fuse_96x1": ("fusegpt", {**DENSE, "epochs": 1}, SEAM),
+    "fuse_96x1_noseam": ("fusegpt", {**DENSE, "epochs": 1}, PLAIN),
+    "lora_96": ("remove-lora", RMSE, {}),
+    # + one epoch of tuning every kept block end to end (the dense model's final hidden states)
+    "fuse_96x1_global": ("fusegpt", {**DENSE, "epochs": 1, "global_epochs": 1}, SEAM),
+    "lora_96_global": ("remove-lora", {**RMSE, "global_epochs": 1}, {}),  # that budget: 4 epochs
+    # SLEB's blocks (calibration NLL) instead of Macro Influence's, removed or fused
+    "sleb": ("sleb", {}, {}),
+    "fuse_sleb": ("fusegpt", {**DENSE, "epochs": 1}, SEAM),  # at 96 x 1
 }
+# variants that remove another variant's blocks than remove's (None: they select their own)
+BLOCKS_OF: dict[str, str | None] = {"remove": None, "replaceme": None, "sleb": None, "fuse_sleb": "sleb"}
+# calibration settings that differ from the ablation's 32 windows of 256 tokens
+CALIBRATION: dict[str, dict] = {name: {"nsamples": 96, "epochs": 1} for name in
+                                ("fuse_96x1", "fuse_96x1_noseam", "lora_96", "fuse_96x1_global", "lora_96_global", "fuse_sleb")}
 
 
 def table() -> str:
     """The cached variants as the Markdown table docs/BENCHMARKS.md quotes."""
-    rows = ["| variant | method | settings | PPL | wall s | tuning block passes |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| variant | method | settings | PPL WikiText-2 | PPL C4 | wall s | tuning block passes |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for name in ["dense", *VARIANTS]:
         path = OUT / f"{name}.json"
-        if not path.exists():
+        if not path.exists() or "c4" not in json.loads(path.read_text()):
             continue
         row = json.loads(path.read_text())
         method, tune, fusion = VARIANTS.get(name, ("-", {}, {}))
         settings = ", ".join(f"{k}={v}" for k, v in {**tune, **fusion}.items()) or "-"
         rows.append(f"| {name} | {method}{' (repair linear)' if name == 'linear' else ''} | {settings} | "
-                    f"{row['ppl']:.2f} | {row.get('seconds', '-')} | {row.get('block_passes', '-')} |")
+                    f"{row['ppl']:.2f} | {row['c4']:.2f} | {row.get('seconds', '-')} | {row.get('block_passes', '-')} |")
     return "\n".join(rows)
 
 
@@ -79,10 +96,11 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_model(str(MODEL))
     ids = perplexity_ids(tokenizer, str(ASSETS / "text/wikitext-2-raw/wiki.test.raw"), SEQLEN)
+    c4_ids = perplexity_ids(tokenizer, str(ASSETS / "text/c4/c4_validation_2k.parquet"), SEQLEN)
     base = dict(calib=str(ASSETS / "text/wikitext-2-raw/wiki.valid.raw"), nsamples=32, seqlen=256, mi_samples=8)
     for name in ["dense", "remove", *[n for n in names if n not in ("dense", "remove")]]:
         path = OUT / f"{name}.json"
-        if path.exists():
+        if path.exists() and "c4" in json.loads(path.read_text()):  # rows from before C4 are recomputed
             print(path.read_text().strip(), flush=True)
             continue
         row: dict = {"variant": name}
@@ -91,10 +109,13 @@ def main() -> None:
             pruned = model
         else:
             method, tune, fusion = VARIANTS[name]
-            blocks = None if name in ("remove", "replaceme") else json.loads((OUT / "remove.json").read_text())["removed"]
+            source = BLOCKS_OF.get(name, "remove")
+            blocks = source and json.loads((OUT / f"{source}.json").read_text())["removed"]
+            data = {**base, **CALIBRATION.get(name, {})}
+            epochs = data.pop("epochs", EPOCHS)  # the fusion epochs that set LoRA's equal budget
             config = CompressConfig(method=method, sparsity=None, num_remove=None if blocks else K, blocks=blocks,
-                                    repair="linear" if name == "linear" else None, **base,
-                                    fusion=FusionConfig(**fusion), tune=TuneConfig(epochs=EPOCHS, **tune))
+                                    repair="linear" if name == "linear" else None, **data,
+                                    fusion=FusionConfig(**fusion), tune=TuneConfig(**{"epochs": epochs, **tune}))
             result = compress(copy.deepcopy(model), tokenizer, config, progress=False)
             pruned = result.model
             row.update(removed=result.report.removed, seconds=round(time.perf_counter() - started, 1),
@@ -102,6 +123,7 @@ def main() -> None:
                        losses=[s.losses for s in result.report.steps] + ([result.report.heal.losses]
                                                                           if result.report.heal else []))
         row["ppl"] = perplexity(pruned, ids, SEQLEN, progress=False, windows=PPL_WINDOWS)
+        row["c4"] = perplexity(pruned, c4_ids, SEQLEN, progress=False, windows=PPL_WINDOWS)
         row["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
         path.write_text(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)

@@ -1,7 +1,8 @@
 """The headline benchmark: every method on SmolLM2-135M-Instruct (a real 30-block LLM, from its
 4-bit GGUF) at sparsity 0.25 (8 of 30 blocks), with `fusegpt compare`.
 
-Calibration: 32 windows x 256 tokens of WikiText-2 valid (`wiki.valid.raw`), 8 scoring windows.
+Calibration: 128 windows x 256 tokens of WikiText-2 valid (`wiki.valid.raw`), 8 scoring windows
+(32 windows until 2026-11-23: too little text, every tuned repair fitted its corpus).
 Perplexity: the first 64 protocol windows of 512 tokens of WikiText-2 test and of the C4 file.
 Zero-shot: the first 500 items of piqa, arc_easy, hellaswag and winogrande (lm-eval, local files),
 with standard errors. Each cell also records compress wall time, peak RSS, tuning block passes,
@@ -24,7 +25,7 @@ ASSETS = ROOT.parent / "shared" / "assets"
 MODEL = ASSETS / "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 METHODS = "dense,fusegpt,remove-lora,sleb-lora,replaceme,remove,sleb,shortgpt,last"  # most telling first
 TEXT = ASSETS / "text"
-FLAGS = ["--sparsity", "0.25", "--calib", str(TEXT / "wikitext-2-raw/wiki.valid.raw"), "--nsamples", "32",
+FLAGS = ["--sparsity", "0.25", "--calib", str(TEXT / "wikitext-2-raw/wiki.valid.raw"), "--nsamples", "128",
          "--seqlen", "256", "--mi-samples", "8",
          "--ppl", f"{TEXT / 'wikitext-2-raw/wiki.test.raw'},{TEXT / 'c4/c4_validation_2k.parquet'}",
          "--ppl-seqlen", "512", "--ppl-windows", "64",

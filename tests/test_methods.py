@@ -280,14 +280,16 @@ def test_fused_and_healed_runs_count_their_compute(tokenizer, text_file):
 
 
 def test_the_lora_budget_is_the_fewest_epochs_with_fusegpts_block_passes():
-    """SmolLM2's setting: 30 blocks, 8 removed, G = 7, 10 epochs, 32 windows. Every step tunes 7
-    neighbours: 32 x 10 x 56 = 17,920 passes; LoRA over the 22 kept blocks needs
-    ceil(17,920 / (32 x 22)) = 26 epochs (18,304 passes). `heal_epochs` overrides."""
+    """SmolLM2's setting at the defaults: 30 blocks, 8 removed, G = 7, 128 windows, 1 epoch per
+    removal (7 neighbours each: 128 x 56 = 7,168 passes) and 1 global epoch over the 22 kept blocks
+    (2,816): 9,984 passes. LoRA over the 22 kept blocks needs ceil(9,984 / (128 x 22)) = 4 epochs
+    (11,264 passes). `heal_epochs` overrides."""
     from fusegpt.config import TuneConfig
 
-    tune = TuneConfig(epochs=10)
-    assert tune.fusion_block_passes(30, 8, 7, 32) == 17_920
-    assert tune.lora_epochs(30, 8, 7, 32) == 26
+    tune = TuneConfig()
+    assert tune.fusion_block_passes(30, 8, 7, 128) == 9_984
+    assert tune.lora_epochs(30, 8, 7, 128) == 4
+    assert TuneConfig(epochs=10, global_epochs=0).lora_epochs(30, 8, 7, 32) == 26  # 17,920 / 704 = 25.5
     # near the end of a shallow model the window shrinks: depth 4, K = 3 -> 3, 2, 1 neighbours
     assert TuneConfig(epochs=1, global_epochs=2).fusion_block_passes(4, 3, 7, 1) == 6 + 2
     assert TuneConfig(epochs=10, heal_epochs=4).lora_epochs(30, 8, 7, 32) == 4
@@ -299,7 +301,7 @@ def test_fusion_from_the_seam_map_starts_where_the_linear_repair_ends(tokenizer,
     linear = compress(tiny_llama(), tokenizer, _config(text_file, blocks=[3, 2], num_remove=None, repair="linear"),
                       progress=False).model.state_dict()
     config = _config(text_file, blocks=[3, 2], num_remove=None)
-    config.fusion.seam_map, config.tune.epochs = True, 0
+    config.fusion.seam_map, config.tune.epochs, config.tune.global_epochs = True, 0, 0
     fused = compress(tiny_llama(), tokenizer, config, progress=False).model.state_dict()
     assert fused.keys() == linear.keys()
     assert all(torch.allclose(fused[k], linear[k], atol=1e-6) for k in linear)
