@@ -100,7 +100,7 @@ def _tiny(case: Case, tied: bool):
 def _settings(text_file: Path) -> CompressConfig:
     return CompressConfig(calib=str(text_file), nsamples=4, seqlen=32, mi_samples=2, num_remove=2, sparsity=None,
                           fusion=FusionConfig(group_size=2, rank=4, lora_rank=2),
-                          tune=TuneConfig(epochs=1, batch_size=2, loss="mse", coef_lr=1e-2))
+                          tune=TuneConfig(epochs=1, batch_size=2, loss="mse", coef_lr=1e-2, global_epochs=0))
 
 
 def _check_config(before: dict, after: PretrainedConfig, kept: list[int], threshold_keys: tuple[str, ...]) -> None:

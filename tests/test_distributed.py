@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 def _args(model_dir, text_file, out):
     return ["compress", str(model_dir), "--out", str(out), "--calib", str(text_file), "--nsamples", "8", "--seqlen",
             "32", "--mi-samples", "4", "--num-remove", "2", "--group-size", "3", "--rank", "4", "--lora-rank", "2",
-            "--epochs", "2", "--batch-size", "4", "--loss", "mse", "--quiet", "--device", "cpu"]
+            "--epochs", "2", "--global-epochs", "0", "--batch-size", "4", "--loss", "mse", "--quiet", "--device", "cpu"]
 
 
 def test_two_ranks_remove_the_same_blocks_and_merge_the_same_weights(tmp_path, model_dir, text_file):
