@@ -30,7 +30,7 @@ MODEL = ASSETS / "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 OUT = ROOT / "bench" / "results" / "ablate_real"
 K, EPOCHS, PPL_WINDOWS, SEQLEN = 8, 3, 32, 512
 # every fusion setting that a variant does not name is fixed here, not taken from the (changing) defaults
-OLD = {"loss": "mse", "coef_lr": 1e-2, "lr": 1e-3, "teacher": "group"}  # the README recipe of the previous release
+OLD = {"loss": "mse", "coef_lr": 1e-2, "lr": 1e-3, "teacher": "group", "global_epochs": 0}  # the README recipe of the previous release
 RMSE = {**OLD, "loss": "relative_mse"}
 DENSE = {**RMSE, "teacher": "dense"}
 PLAIN, SEAM = {"seam_map": False}, {"seam_map": True}
@@ -55,10 +55,10 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     # the same compute spread over 3x more calibration text: 96 windows, 1 epoch (fusion) / 3 (LoRA)
     "fuse_96x1": ("fusegpt", {**DENSE, "epochs": 1}, SEAM),
     "fuse_96x1_noseam": ("fusegpt", {**DENSE, "epochs": 1}, PLAIN),
-    "lora_96": ("remove-lora", RMSE, {}),
+    "lora_96": ("remove-lora", {**RMSE, "epochs": 1}, {}),  # epochs: the fusion budget LoRA matches
     # + one epoch of tuning every kept block end to end (the dense model's final hidden states)
     "fuse_96x1_global": ("fusegpt", {**DENSE, "epochs": 1, "global_epochs": 1}, SEAM),
-    "lora_96_global": ("remove-lora", {**RMSE, "global_epochs": 1}, {}),  # that budget: 4 epochs
+    "lora_96_global": ("remove-lora", {**RMSE, "epochs": 1, "global_epochs": 1}, {}),  # that budget: 4 epochs
     # SLEB's blocks (calibration NLL) instead of Macro Influence's, removed or fused
     "sleb": ("sleb", {}, {}),
     "fuse_sleb": ("fusegpt", {**DENSE, "epochs": 1}, SEAM),  # at 96 x 1
@@ -66,7 +66,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
 # variants that remove another variant's blocks than remove's (None: they select their own)
 BLOCKS_OF: dict[str, str | None] = {"remove": None, "replaceme": None, "sleb": None, "fuse_sleb": "sleb"}
 # calibration settings that differ from the ablation's 32 windows of 256 tokens
-CALIBRATION: dict[str, dict] = {name: {"nsamples": 96, "epochs": 1} for name in
+CALIBRATION: dict[str, dict] = {name: {"nsamples": 96} for name in
                                 ("fuse_96x1", "fuse_96x1_noseam", "lora_96", "fuse_96x1_global", "lora_96_global", "fuse_sleb")}
 
 
@@ -111,11 +111,9 @@ def main() -> None:
             method, tune, fusion = VARIANTS[name]
             source = BLOCKS_OF.get(name, "remove")
             blocks = source and json.loads((OUT / f"{source}.json").read_text())["removed"]
-            data = {**base, **CALIBRATION.get(name, {})}
-            epochs = data.pop("epochs", EPOCHS)  # the fusion epochs that set LoRA's equal budget
             config = CompressConfig(method=method, sparsity=None, num_remove=None if blocks else K, blocks=blocks,
-                                    repair="linear" if name == "linear" else None, **data,
-                                    fusion=FusionConfig(**fusion), tune=TuneConfig(**{"epochs": epochs, **tune}))
+                                    repair="linear" if name == "linear" else None, **{**base, **CALIBRATION.get(name, {})},
+                                    fusion=FusionConfig(**fusion), tune=TuneConfig(**{"epochs": EPOCHS, **tune}))
             result = compress(copy.deepcopy(model), tokenizer, config, progress=False)
             pruned = result.model
             row.update(removed=result.report.removed, seconds=round(time.perf_counter() - started, 1),

@@ -47,6 +47,36 @@ def test_weights_and_merge_follow_the_formula(form):
     assert not torch.equal(fused(x), base(x))
 
 
+@pytest.mark.parametrize("form", ["lowrank", "vector", "full"])
+def test_a_seam_map_maps_what_the_layer_computed_and_later_training_adds_unmapped(form):
+    """apply_map(T): the layer then computes its previous output times T, exactly; its trained
+    parts restart at zero (so the next tune starts from the mapped layer), the base weight is
+    untouched (base_only still shows the dense layer), and a second map composes onto the first."""
+    base = _linear(bias=True)
+    fused = FusedLinear(base, form, rank=4, lora_rank=3)
+    fused.inject(_linear(bias=True, seed=1).weight, _linear(bias=True, seed=1).bias)
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # trained parts away from zero (the base too, for the test)
+    x, first, second = torch.randn(5, 10), torch.randn(12, 12), torch.randn(12, 12)
+    base_weight, before = fused.weight.clone(), fused(x).detach()
+    fused.apply_map(first)
+    assert torch.allclose(fused(x), before @ first, atol=1e-5)
+    assert torch.equal(fused.weight, base_weight)
+    assert all(torch.count_nonzero(p) == 0 for p in [fused.lora_B, *fused.bias_coefficients])
+    assert torch.count_nonzero(fused.coefficients[0]()) == 0
+    fused.base_only = True
+    assert torch.allclose(fused(x), x @ base_weight.T + fused.bias)
+    fused.base_only = False
+    fused.apply_map(second)
+    assert torch.allclose(fused(x), before @ first @ second, atol=1e-4)
+    with torch.no_grad():
+        fused.lora_B.add_(0.1)  # training after the map adds to the mapped layer, not through it
+    lora = x @ (fused.lora_B @ fused.lora_A).T
+    assert torch.allclose(fused(x), before @ first @ second + lora, atol=1e-4)
+    assert torch.allclose(fused.merge()(x), fused(x), atol=1e-4)
+
+
 def test_conv1d_fuses_in_linear_orientation_and_merges_back_to_a_conv1d():
     """GPT-2's Conv1D stores (in, out); fusion works in (out, in) and the merged layer has the
     base's type and layout, so a saved state dict fits the architecture."""

@@ -172,13 +172,12 @@ def plan(name: str, config: CompressConfig, shape: Shape | None = None) -> Plan:
         if on_gpu:
             result.device["blocks onloaded"] = tuned * shape.block_parameters * b
 
-    # compute: tuning passes (block x window, forward + backward) and forward-only passes
-    epochs = config.tune.epochs
+    # compute: tuning passes (block x window, forward + backward), as the run counts them, and forward-only passes
+    args = (shape.depth, k, config.fusion.group_size, n)
     if repair == "fuse":
-        result.tuning_passes = k * epochs * n * min(config.fusion.group_size, shape.depth - k) \
-            + config.tune.global_epochs * n * (shape.depth - k)
+        result.tuning_passes = config.tune.fusion_block_passes(*args)
     elif repair == "lora":
-        result.tuning_passes = (k * epochs + config.tune.global_epochs) * n * (shape.depth - k)
+        result.tuning_passes = config.tune.lora_epochs(*args) * n * (shape.depth - k)
     forward = shape.depth * n  # the first pass
     for step in range(k):
         depth = shape.depth - step

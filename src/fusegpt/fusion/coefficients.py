@@ -23,6 +23,11 @@ class LowRankCoefficient(nn.Module):
     def forward(self) -> torch.Tensor:
         return self.P @ self.Q
 
+    @torch.no_grad()
+    def restart(self) -> None:
+        """Back to contributing nothing, as when injected."""
+        self.P.zero_()
+
 
 class VectorCoefficient(nn.Module):
     """One coefficient per output row, broadcast along the input dimension."""
@@ -34,6 +39,10 @@ class VectorCoefficient(nn.Module):
     def forward(self) -> torch.Tensor:
         return self.c
 
+    @torch.no_grad()
+    def restart(self) -> None:
+        self.c.zero_()
+
 
 class FullCoefficient(nn.Module):
     """One coefficient per weight element."""
@@ -44,6 +53,10 @@ class FullCoefficient(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.C
+
+    @torch.no_grad()
+    def restart(self) -> None:
+        self.C.zero_()
 
 
 COEFFICIENTS: dict[str, type[nn.Module]] = {

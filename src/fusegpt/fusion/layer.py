@@ -1,13 +1,16 @@
 """A linear layer that has absorbed the same-role weights of removed blocks.
 
-    W_eff = T^T (W + B A + sum_k C_k ⊙ W_k)        b_eff = T^T (b + sum_k c_k ⊙ b_k)
+    W_eff = W + F + B A + sum_k C_k ⊙ W_k        b_eff = b + f + sum_k c_k ⊙ b_k
 
 W and every W_k are frozen; C_k (see coefficients.py), the bias coefficients c_k and the LoRA
-pair (B zero-initialised) are trained. T, the identity unless a seam map was fitted
-(methods/linear.py), is frozen and applied to the output. The base W is never written to, so
-`base_only` can show the layer as it was before any of this: the dense model, for a teacher. The base may be an nn.Linear or a transposed-weight
-Conv1D; the math always runs in (out, in) orientation, and `merge()` folds everything
-back into a plain layer of the base's own type, so the saved state dict fits the architecture."""
+pair (B zero-initialised) are trained. F and f, zero unless a seam map was fitted
+(methods/linear.py), are frozen: a map T makes the layer compute T^T W_eff, written as
+F = T^T W_eff - W with the trained parts restarted at zero, so that what is tuned afterwards
+adds to the mapped layer rather than passing through the map. The base W is never written to,
+so `base_only` can show the layer as it was before any of this: the dense model, for a teacher.
+The base may be an nn.Linear or a transposed-weight Conv1D; the math always runs in (out, in)
+orientation, and `merge()` folds everything back into a plain layer of the base's own type, so
+the saved state dict fits the architecture."""
 from __future__ import annotations
 
 import math
@@ -27,7 +30,8 @@ def linear_weights(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
     merged weight is what a removed block that had itself absorbed others contributes)."""
     if isinstance(layer, FusedLinear):
         with torch.no_grad():
-            return layer.effective_weight().detach(), layer.effective_bias()
+            bias = layer.effective_bias()
+            return layer.effective_weight().to(layer.weight.dtype), None if bias is None else bias.to(layer.bias.dtype)
     weight, bias = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
     return (weight.T if isinstance(layer, Conv1D) else weight), bias
 
@@ -63,7 +67,8 @@ class FusedLinear(nn.Module):
         self.injected = nn.ModuleList()  # InjectedWeight modules, shared with the other neighbours
         self.coefficients = nn.ModuleList()
         self.bias_coefficients = nn.ParameterList()
-        self.register_buffer("output_map", None, persistent=False)  # T, (out, out)
+        self.register_buffer("mapped", None, persistent=False)  # F, (out, in); see the module docstring
+        self.register_buffer("mapped_bias", None, persistent=False)  # f
         self.base_only = False
         self.lora_A = self.lora_B = None
         if lora_rank > 0:
@@ -85,13 +90,25 @@ class FusedLinear(nn.Module):
         self.bias_coefficients.append(nn.Parameter(torch.zeros(self.out_features, device=self.weight.device),
                                                    requires_grad=False))
 
-    def compose_output_map(self, transform: torch.Tensor) -> None:
-        """Apply `transform` (out, out) to this layer's output, after any map it already has."""
-        transform = transform.float().to(self.weight.device)
-        self.output_map = transform if self.output_map is None else self.output_map @ transform
+    @torch.no_grad()
+    def apply_map(self, transform: torch.Tensor) -> None:
+        """From now on compute what this layer computes now, times `transform` (out, out) on the
+        output; the trained parts restart at zero on top of it."""
+        transform = transform.to(self.weight.device, torch.float64)
+        weight = transform.T @ self.effective_weight().double() - self.weight.double()
+        self.mapped = weight.to(self.weight.dtype)
+        if self.bias is not None:
+            self.mapped_bias = (transform.T @ self.effective_bias().double() - self.bias.double()).to(self.bias.dtype)
+        for coefficient in self.coefficients:
+            coefficient.restart()
+        for c in self.bias_coefficients:
+            c.zero_()
+        if self.lora_B is not None:
+            self.lora_B.zero_()
 
-    def _fused_weight(self) -> torch.Tensor:
-        weight = self.weight.float()
+    def effective_weight(self) -> torch.Tensor:
+        """The weight this layer computes with, in float32 (autograd flows to the trained parts)."""
+        weight = self.weight.float() if self.mapped is None else self.weight.float() + self.mapped.float()
         if self.lora_B is not None:
             weight = weight + self.lora_B @ self.lora_A
         for coefficient, donor in zip(self.coefficients, self.injected):
@@ -100,34 +117,20 @@ class FusedLinear(nn.Module):
             weight = weight + coefficient() * donor.weight
         return weight
 
-    def _fused_bias(self) -> torch.Tensor | None:
+    def effective_bias(self) -> torch.Tensor | None:
         if self.bias is None:
             return None
-        bias = self.bias.float()
+        bias = self.bias.float() if self.mapped_bias is None else self.bias.float() + self.mapped_bias.float()
         for c, donor in zip(self.bias_coefficients, self.injected):
             if donor.bias is not None:
                 bias = bias + c * donor.bias.float()
         return bias
 
-    def effective_weight(self) -> torch.Tensor:
-        weight = self._fused_weight()
-        if self.output_map is not None:
-            weight = self.output_map.T @ weight
-        return weight.to(self.weight.dtype)
-
-    def effective_bias(self) -> torch.Tensor | None:
-        bias = self._fused_bias()
-        if bias is not None and self.output_map is not None:
-            bias = self.output_map.T @ bias
-        return None if bias is None else bias.to(self.bias.dtype)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.base_only:
             return F.linear(x, self.weight, self.bias)
-        bias = self._fused_bias()
-        y = F.linear(x, self._fused_weight().to(x.dtype), None if bias is None else bias.to(x.dtype))
-        # the map on the output costs tokens x out^2, folding it into the weight out^2 x in per call
-        return y if self.output_map is None else (y.float() @ self.output_map).to(y.dtype)
+        bias = self.effective_bias()
+        return F.linear(x, self.effective_weight().to(x.dtype), None if bias is None else bias.to(x.dtype))
 
     def coefficient_parameters(self) -> list[nn.Parameter]:
         """Coefficients of the injected weights, and of the injected biases that exist."""
@@ -141,7 +144,7 @@ class FusedLinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> nn.Linear | Conv1D:
         """The plain layer, of the base's type, that this fused layer computes."""
-        weight = self.effective_weight()
+        weight = self.effective_weight().to(self.weight.dtype)
         with torch.device(self.weight.device):
             if self.transposed:
                 layer, weight = Conv1D(self.out_features, self.in_features), weight.T
@@ -150,7 +153,7 @@ class FusedLinear(nn.Module):
         layer.to(self.weight.dtype)
         layer.weight.copy_(weight)
         if self.bias is not None:
-            layer.bias.copy_(self.effective_bias())
+            layer.bias.copy_(self.effective_bias().to(self.bias.dtype))
         return layer
 
 

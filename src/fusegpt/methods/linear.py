@@ -7,9 +7,9 @@ passed on, over every calibration token:
 
     T = argmin |m T - (target - y)|^2 = (m^T m + eps I)^-1 m^T (target - y)
 
-and m T is the down projection with weight T^T W and bias T^T b: T is held as the down
-projection's output map (a fused layer's, fusion/layer.py) and folded into it at merge, so the
-saved model is a plain model of the same architecture. The first block has nothing before it and
+and m T is the down projection with weight T^T W and bias T^T b: the down projection becomes a
+fused layer that holds T^T W - W beside its untouched base (fusion/layer.py), folded in at merge,
+so the saved model is a plain model of the same architecture. The first block has nothing before it and
 is just deleted.
 
 FuseGPT can start from this map too (`FusionConfig.seam_map`): the group then tunes from the
@@ -72,7 +72,7 @@ def fold_seam_map(ctx: StepContext, index: int, inputs: torch.Tensor) -> int | N
         fusion = ctx.config.fusion
         down = FusedLinear(down, fusion.coefficient, fusion.rank, fusion.lora_rank)
         ctx.adapter.replace_linear(block, "down", down)
-    down.compose_output_map(transform)
+    down.apply_map(transform)
     return stack.origin[previous]
 
 
