@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,13 +30,23 @@ def _start(argv: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fusegpt", *argv], env=env, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_first_step(process: subprocess.Popen, out: Path) -> None:
+def _running_after_first_step(model_dir, out: Path, text_file) -> subprocess.Popen:
+    """A compress run to `out` that has checkpointed its first step and is still running. On a
+    loaded machine a run can end before the test gets to stop it; then it is run again."""
     state = checkpoint_folder(out) / STATE
-    deadline = time.monotonic() + 120
-    while not state.exists():
-        assert process.poll() is None, process.stderr.read()
-        assert time.monotonic() < deadline, "no checkpoint after 120 s"
-        time.sleep(0.01)
+    for _ in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(checkpoint_folder(out), ignore_errors=True)
+        process = _start(_args(model_dir, out, text_file))
+        deadline = time.monotonic() + 120
+        while not state.exists() and process.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.01)
+        if process.poll() is None:
+            return process
+        _, err = process.communicate()
+        assert process.returncode == 0, err
+    pytest.fail("three runs ended before they could be stopped")
 
 
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path, model_dir, text_file, capsys):
@@ -44,8 +55,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, model_dir, text_file
     assert not checkpoint_folder(reference).exists()  # a finished run leaves none behind
 
     out = tmp_path / "out"
-    process = _start(_args(model_dir, out, text_file))
-    _wait_for_first_step(process, out)
+    process = _running_after_first_step(model_dir, out, text_file)
     process.kill()
     assert process.wait() == -signal.SIGKILL
     assert not out.exists() and checkpoint_folder(out).exists()
@@ -67,8 +77,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, model_dir, text_file
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_keeps_the_checkpoint_and_writes_no_output(tmp_path, model_dir, text_file, stop):
     out = tmp_path / "out"
-    process = _start(_args(model_dir, out, text_file))
-    _wait_for_first_step(process, out)
+    process = _running_after_first_step(model_dir, out, text_file)
     process.send_signal(stop)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130
