@@ -26,8 +26,11 @@ def _args(model_dir, out, text_file) -> list[str]:
 
 
 def _start(argv: list[str]) -> subprocess.Popen:
+    """A compress run that takes Ctrl-C as a terminal would give it: a job started in the
+    background (`bash .ci/run &`, nohup) inherits SIGINT ignored, and Python keeps it so."""
     env = {**os.environ, "PYTHONPATH": SRC}
-    return subprocess.Popen([sys.executable, "-m", "fusegpt", *argv], env=env, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "fusegpt", *argv], env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _running_after_first_step(model_dir, out: Path, text_file) -> subprocess.Popen:
