@@ -88,7 +88,7 @@ def test_a_cell_reports_cost_size_and_speed(model_dir, text_file):
     assert cell.parameters == sum(p.numel() for p in dense.parameters()) - 2 * per_block
     # 2 steps x 1 epoch x 4 windows x G = 2 neighbours, then 1 global epoch x 4 windows x 2 kept blocks
     assert cell.block_passes == 2 * 1 * 4 * 2 + 1 * 4 * 2
-    assert cell.peak_rss_gib > 0.1 and cell.seconds > 0
+    assert cell.peak_rss_gib > 0.1 and 0 < cell.tune_seconds < cell.seconds
     assert set(cell.speed) == {"prefill_tokens_per_s", "decode_tokens_per_s", "dense_prefill_tokens_per_s",
                                "dense_decode_tokens_per_s"}
     assert all(v > 0 for v in cell.speed.values())

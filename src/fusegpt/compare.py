@@ -53,8 +53,9 @@ def run_cell(model_name: str | Path, method: str, sparsity: float, config: Compr
         if method != DENSE:
             result = compress(model, tokenizer, replace(config, method=method, sparsity=sparsity, num_remove=None),
                               progress=progress, model_name=model_name)
-            cell.removed, cell.block_passes = result.report.removed, result.report.block_passes
-            first = result.report.steps[0]
+            report = result.report
+            cell.removed, cell.block_passes, cell.tune_seconds = report.removed, report.block_passes, report.tune_seconds
+            first = report.steps[0]
             cell.criterion, cell.scores = first.criterion, {str(k): v for k, v in first.scores.items()}
     cell.seconds, cell.peak_rss_gib = (time.perf_counter() - started) * (method != DENSE), round(memory.gib, 3)
     place_for_inference(model, device, config.offload)

@@ -22,6 +22,7 @@ class Cell:
     seconds: float = 0.0  # compression wall time
     peak_rss_gib: float = 0.0  # peak resident memory while compressing (loading included)
     block_passes: int = 0  # tuning compute: forward + backward of one block on one window
+    tune_seconds: float | None = None  # wall time of that tuning (None: a cell saved before it was recorded)
     parameters: int = 0  # of the output model
     speed: dict[str, float] = field(default_factory=dict)  # output model's, and the dense model's in the same run
     scores: dict[str, float] = field(default_factory=dict)  # first step's block scores (dense model)
@@ -53,7 +54,7 @@ def _rows(cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
     speed = any(c.speed for c in cells)
     header = ["method", "sparsity", "removed blocks", *[f"PPL {Path(p).name}" for p in ppl],
               *[f"{t} ({cells[0].zero_shot.get(t, {}).get('metric', '')})" for t in tasks],
-              *(["zero-shot mean"] if tasks else []), "wall s", "peak RSS GiB", "tuning block passes",
+              *(["zero-shot mean"] if tasks else []), "wall s", "peak RSS GiB", "tuning block passes", "tuning s",
               "params M", *(["prefill speedup", "decode speedup"] if speed else [])]
     rows = []
     for c in cells:
@@ -61,7 +62,8 @@ def _rows(cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
                      *[f"{c.ppl[p]:.3f}" if p in c.ppl else "-" for p in ppl],
                      *[_score(c.zero_shot.get(t)) for t in tasks],
                      *([_score(c.zero_shot.get("mean"))] if tasks else []),
-                     f"{c.seconds:.0f}", f"{c.peak_rss_gib:.2f}", str(c.block_passes), f"{c.parameters / 1e6:.1f}",
+                     f"{c.seconds:.0f}", f"{c.peak_rss_gib:.2f}", str(c.block_passes),
+                     "-" if c.tune_seconds is None else f"{c.tune_seconds:.0f}", f"{c.parameters / 1e6:.1f}",
                      *([_speedup(c, "prefill"), _speedup(c, "decode")] if speed else [])])
     return header, rows
 
