@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
 MODEL = ASSETS / "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
-METHODS = "dense,fusegpt,remove-lora,sleb-lora,replaceme,remove,sleb,shortgpt,last"  # most telling first
+METHODS = "dense,fusegpt,sleb-fuse,remove-lora,sleb-lora,replaceme,remove,sleb,shortgpt,last"  # most telling first
 TEXT = ASSETS / "text"
 FLAGS = ["--sparsity", "0.25", "--calib", str(TEXT / "wikitext-2-raw/wiki.valid.raw"), "--nsamples", "128",
          "--seqlen", "256", "--mi-samples", "8",

@@ -177,7 +177,7 @@ def test_methods_are_validated_in_one_line():
     for method in METHODS:
         CompressConfig(method=method).validate()
     with pytest.raises(FuseGPTError, match="^--method must be one of fusegpt, remove, shortgpt, sleb, last, "
-                                           "remove-lora, sleb-lora, replaceme, remove-linear, got 'slab'$"):
+                                           "remove-lora, sleb-lora, replaceme, remove-linear, sleb-fuse, got 'slab'$"):
         CompressConfig(method="slab").validate()
     with pytest.raises(FuseGPTError, match="^--fuse-eval trial-fuses candidates and needs --method fusegpt"):
         CompressConfig(method="sleb", fuse_eval_candidates=2).validate()
@@ -259,11 +259,15 @@ def test_replaceme_removes_the_most_similar_span_and_saves_a_plain_model(tmp_pat
 
 
 def test_selection_and_repair_compose(tokenizer, text_file):
-    """sleb-lora removes SLEB's blocks and heals them; --blocks fixes the blocks for any repair."""
+    """sleb-lora removes SLEB's blocks and heals them; sleb-fuse fuses SLEB's first choice (later
+    ones are scored on the fused model); --blocks fixes the blocks for any repair."""
     sleb = compress(tiny_llama(), tokenizer, _config(text_file, method="sleb"), progress=False).report
     healed = compress(tiny_llama(), tokenizer, _config(text_file, method="sleb-lora"), progress=False).report
     assert healed.removed == sleb.removed and healed.heal is not None and healed.heal.block_passes > 0
     assert healed.steps[0].criterion == "calibration_nll"
+    fused = compress(tiny_llama(), tokenizer, _config(text_file, method="sleb-fuse"), progress=False).report
+    assert fused.removed[0] == sleb.removed[0] and fused.steps[0].criterion == "calibration_nll"
+    assert fused.steps[0].scores == sleb.steps[0].scores and all(s.group for s in fused.steps)
     given = compress(tiny_llama(), tokenizer, _config(text_file, blocks=[4, 1], num_remove=None), progress=False)
     assert given.report.removed == [4, 1] and given.report.steps[0].criterion == "given"
     with pytest.raises(FuseGPTError, match="--blocks must be distinct indices"):

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 Method = Literal["fusegpt", "remove", "shortgpt", "sleb", "last", "remove-lora", "sleb-lora", "replaceme",
-                 "remove-linear"]
+                 "remove-linear", "sleb-fuse"]
 SelectionName = Literal["mi", "bi", "nll", "last", "span", "given"]
 RepairName = Literal["none", "fuse", "lora", "linear"]
 CoefficientForm = Literal["lowrank", "vector", "full"]
@@ -19,7 +19,7 @@ HiddenCache = Literal["scoring", "all"]
 RECIPES: dict[str, tuple[str, str]] = {
     "fusegpt": ("mi", "fuse"), "remove": ("mi", "none"), "shortgpt": ("bi", "none"), "sleb": ("nll", "none"),
     "last": ("last", "none"), "remove-lora": ("mi", "lora"), "sleb-lora": ("nll", "lora"),
-    "replaceme": ("span", "linear"), "remove-linear": ("mi", "linear"),
+    "replaceme": ("span", "linear"), "remove-linear": ("mi", "linear"), "sleb-fuse": ("nll", "fuse"),
 }
 METHODS: tuple[str, ...] = tuple(RECIPES)
 SELECTION_NAMES: tuple[str, ...] = ("mi", "bi", "nll", "last", "span", "given")
