@@ -179,7 +179,7 @@ def test_methods_are_validated_in_one_line():
     with pytest.raises(FuseGPTError, match="^--method must be one of fusegpt, remove, shortgpt, sleb, last, "
                                            "remove-lora, sleb-lora, replaceme, remove-linear, sleb-fuse, got 'slab'$"):
         CompressConfig(method="slab").validate()
-    with pytest.raises(FuseGPTError, match="^--fuse-eval trial-fuses candidates and needs --method fusegpt"):
+    with pytest.raises(FuseGPTError, match="^--fuse-eval trial-fuses candidates and needs a fusing method"):
         CompressConfig(method="sleb", fuse_eval_candidates=2).validate()
 
 
@@ -200,7 +200,7 @@ def test_cli_selects_a_method_and_fusion_aware_choice(tmp_path, tokenizer, text_
     capsys.readouterr()
     assert main(["compress", str(model_dir), "--out", str(tmp_path / "bad"), "--method", "last", "--fuse-eval", "2",
                  *common]) == 2
-    assert "needs --method fusegpt" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert "needs a fusing method" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def _mlp_output(stack, index: int, adapter) -> tuple[torch.Tensor, torch.Tensor]:

@@ -70,8 +70,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     _recipe(p, "--mi-samples", "", "mi_samples", int,
             "windows used to score blocks (Macro Influence, Block Influence, calibration loss)")
     p.add_argument("--fuse-eval", dest="fuse_eval_candidates", type=int, default=_DEFAULT.fuse_eval_candidates,
-                   metavar="K", help="fusegpt: trial-fuse the K lowest-MI blocks and remove the one whose output "
-                                     "stays closest (0: the lowest-MI block)")
+                   metavar="K", help="fusegpt, sleb-fuse: trial-fuse the K lowest-scored blocks and remove the one "
+                                     "whose output stays closest (0: the lowest-scored block)")
     p.add_argument("--fuse-eval-epochs", type=int, default=_DEFAULT.fuse_eval_epochs, metavar="E",
                    help="tuning epochs of each --fuse-eval trial")
     _recipe(p, "--epochs", "tune", "epochs", int, "tuning epochs per removed block")

@@ -107,8 +107,8 @@ class CompressConfig:
     nsamples: int = 128
     seqlen: int = 2048  # capped at the model's context
     mi_samples: int = 32  # calibration windows used to score blocks (MI, BI, NLL, fusion trials)
-    # fusion-aware choice (fusegpt only; the authors' --fuse-eval): trial-fuse each of the k
-    # lowest-MI blocks with a short tune and remove the one that keeps the output closest; 0 is off
+    # fusion-aware choice (fusing methods only; the authors' --fuse-eval): trial-fuse each of the k
+    # lowest-scored blocks with a short tune and remove the one that keeps the output closest; 0 is off
     fuse_eval_candidates: int = 0
     fuse_eval_epochs: int = 1  # tuning epochs of each trial
     dtype: DType = "float32"
@@ -175,7 +175,8 @@ class CompressConfig:
             (self.repair is None or self.repair in REPAIR_NAMES,
              f"--repair must be one of {', '.join(REPAIR_NAMES)}, got {self.repair!r}"),
             (self.fuse_eval_candidates == 0 or self.method not in RECIPES or self.recipe[1] == "fuse",
-             f"--fuse-eval trial-fuses candidates and needs --method fusegpt (or --repair fuse), got {self.method!r}"),
+             f"--fuse-eval trial-fuses candidates and needs a fusing method (fusegpt, sleb-fuse or --repair fuse), "
+             f"got {self.method!r}"),
             (self.fuse_eval_epochs >= 1, f"--fuse-eval-epochs must be at least 1, got {self.fuse_eval_epochs}"),
             (self.seqlen >= 2, f"--seqlen must be at least 2, got {self.seqlen}"),
             (self.fusion.group_size >= 1, f"--group-size must be at least 1, got {self.fusion.group_size}"),
