@@ -41,7 +41,7 @@ def _config(depth: int, nsamples: int, cache: str):
 
     return CompressConfig(calib=str(ASSETS / "text/wikitext-2-raw/wiki.valid.raw"), nsamples=nsamples,
                           seqlen=SEQLEN, mi_samples=8, blocks=[depth // 2], sparsity=None, hidden_cache=cache,
-                          device="cpu", fusion=FusionConfig(rank=32, lora_rank=32), tune=TuneConfig(epochs=1))
+                          device="cpu", fusion=FusionConfig(rank=32, lora_rank=32), tune=TuneConfig(epochs=1, global_epochs=0))
 
 
 def estimate_mib(depth: int, nsamples: int, cache: str) -> float:

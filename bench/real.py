@@ -12,6 +12,9 @@ Cells are cached in bench/results/real-smollm2/cells/, so an interrupted run res
 
     nohup python bench/real.py > bench/results/real-smollm2.log 2>&1 &
     python bench/real.py dense,remove          # some methods only
+    python bench/real.py fusegpt,sleb-lora e0g4 --epochs 0 --global-epochs 4   # a variant: its own cells
+
+A variant (a name, then the flags that make it) is cached in bench/results/real-smollm2/variants/NAME/.
 """
 from __future__ import annotations
 
@@ -38,9 +41,10 @@ def main() -> None:
     if not MODEL.exists():
         sys.exit(f"needs ../shared/assets beside the repository ({MODEL} not found)")
     methods = sys.argv[1] if len(sys.argv) > 1 else METHODS
+    out = OUT / "variants" / sys.argv[2] if len(sys.argv) > 2 else OUT
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fusegpt", "compare", str(MODEL), "--out", str(OUT), "--methods", methods,
-                    *FLAGS], check=True)
+    subprocess.run([sys.executable, "-m", "fusegpt", "compare", str(MODEL), "--out", str(out), "--methods", methods,
+                    *FLAGS, *sys.argv[3:]], check=True)
     print(f"{time.perf_counter() - started:.0f} s wall", flush=True)
 
 

@@ -148,7 +148,8 @@ def test_preset_paper_is_the_authors_settings_and_flags_override_it(tmp_path, mo
     assert main([*args, "--out", str(tmp_path / "paper"), "--preset", "paper", "--epochs", "1"]) == 0
     tune = json.loads((tmp_path / "paper" / "fusegpt_report.json").read_text())["config"]["tune"]
     assert tune == {"loss": "kl_batch", "epochs": 1, "batch_size": 2, "coef_lr": 1e-3, "lr": 9.65e-6,
-                    "betas": [0.9, 0.95], "teacher": "group", "global_epochs": 0, "heal_epochs": None}
+                    "betas": [0.9, 0.95], "teacher": "group", "global_epochs": 0, "global_coef_lr": None,
+                    "heal_epochs": None}
     assert main([*args, "--out", str(tmp_path / "ours"), "--epochs", "1"]) == 0
     ours = json.loads((tmp_path / "ours" / "fusegpt_report.json").read_text())["config"]["tune"]
     from fusegpt import TuneConfig

@@ -14,7 +14,7 @@ from fusegpt.compare import compare, run_cell
 def _config(text_file) -> CompressConfig:
     return CompressConfig(calib=str(text_file), nsamples=4, seqlen=32, mi_samples=2,
                           fusion=FusionConfig(group_size=2, rank=4, lora_rank=0),
-                          tune=TuneConfig(epochs=1, batch_size=2, loss="mse"))
+                          tune=TuneConfig(epochs=1, global_epochs=1, batch_size=2, loss="mse"))
 
 
 def test_grid_files_and_resume(tmp_path, model_dir, text_file):

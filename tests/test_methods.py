@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -284,13 +285,15 @@ def test_fused_and_healed_runs_count_their_compute(tokenizer, text_file):
 
 
 def test_the_lora_budget_is_the_fewest_epochs_with_fusegpts_block_passes():
-    """SmolLM2's setting at the defaults: 30 blocks, 8 removed, G = 7, 128 windows, 1 epoch per
-    removal (7 neighbours each: 128 x 56 = 7,168 passes) and 1 global epoch over the 22 kept blocks
-    (2,816): 9,984 passes. LoRA over the 22 kept blocks needs ceil(9,984 / (128 x 22)) = 4 epochs
-    (11,264 passes). `heal_epochs` overrides."""
+    """SmolLM2's setting: 30 blocks, 8 removed, G = 7, 128 windows. The default (no local tuning,
+    4 global epochs over the 22 kept blocks): 128 x 4 x 22 = 11,264 passes, and LoRA gets the
+    same 4 epochs. The previous default, 1 epoch per removal (7 neighbours each: 128 x 56 = 7,168
+    passes) and 1 global epoch (2,816): 9,984 passes, for which LoRA needs ceil(9,984 / (128 x 22))
+    = 4 epochs (11,264 passes). `heal_epochs` overrides."""
     from fusegpt.config import TuneConfig
 
-    tune = TuneConfig()
+    assert TuneConfig().fusion_block_passes(30, 8, 7, 128) == 11_264 and TuneConfig().lora_epochs(30, 8, 7, 128) == 4
+    tune = TuneConfig(epochs=1, global_epochs=1)
     assert tune.fusion_block_passes(30, 8, 7, 128) == 9_984
     assert tune.lora_epochs(30, 8, 7, 128) == 4
     assert TuneConfig(epochs=10, global_epochs=0).lora_epochs(30, 8, 7, 32) == 26  # 17,920 / 704 = 25.5
@@ -312,6 +315,23 @@ def test_fusion_from_the_seam_map_starts_where_the_linear_repair_ends(tokenizer,
     config.tune.epochs = 2  # and tuning moves on from there
     tuned = compress(tiny_llama(), tokenizer, config, progress=False).model.state_dict()
     assert not all(torch.allclose(tuned[k], linear[k], atol=1e-6) for k in linear)
+
+
+def test_the_global_tune_moves_coefficients_at_their_own_rate(tokenizer, text_file):
+    """With LoRA and norms at lr 0, a global tune after injection changes only what the
+    coefficients add: nothing at global_coef_lr None (they learn at lr), the fused linears but no
+    norm at global_coef_lr > 0."""
+    config = _config(text_file, blocks=[3, 2], num_remove=None)
+    config.fusion.seam_map, config.tune.epochs, config.tune.global_epochs, config.tune.lr = True, 0, 1, 0.0
+    config.tune.global_coef_lr = None
+    start = compress(tiny_llama(), tokenizer, replace(config, tune=replace(config.tune, global_epochs=0)),
+                     progress=False).model.state_dict()
+    still = compress(tiny_llama(), tokenizer, config, progress=False).model.state_dict()
+    assert all(torch.equal(still[k], start[k]) for k in start)
+    config.tune.global_coef_lr = 1e-2
+    moved = compress(tiny_llama(), tokenizer, config, progress=False).model.state_dict()
+    changed = {k for k in start if not torch.equal(moved[k], start[k])}
+    assert changed and all(k.endswith("proj.weight") for k in changed)
 
 
 def test_a_final_global_tune_trains_the_fusion_against_the_dense_output(tokenizer, text_file):

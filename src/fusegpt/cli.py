@@ -77,6 +77,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     _recipe(p, "--epochs", "tune", "epochs", int, "tuning epochs per removed block")
     _recipe(p, "--global-epochs", "tune", "global_epochs", int, "fusegpt: epochs of a final tune of every kept "
             "block against the dense model's output (the LoRA baselines get as many more)")
+    _recipe(p, "--global-coef-lr", "tune", "global_coef_lr", float, "fusegpt: learning rate of the fusion "
+            "coefficients in that global tune (None: --lr)")
     _recipe(p, "--heal-epochs", "tune", "heal_epochs", int, "remove-lora, sleb-lora: LoRA epochs over every kept "
             "block (None: the fewest whose block passes reach fusegpt's with these settings)")
     _recipe(p, "--batch-size", "tune", "batch_size", int, "windows per tuning step")

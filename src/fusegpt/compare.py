@@ -14,6 +14,10 @@ from .config import RECIPES, CompressConfig
 from .evaluation.comparison import DENSE, Cell, write_atomic, write_outputs
 
 SPEED_PROTOCOL = "interleaved with a dense copy, medians of 5 rounds"  # cells timed otherwise are redone
+# fusion's tuning settings added after cells were cached, with the value that reproduces what ran
+# before: left out of the fingerprint at that value (and for repairs that do not fuse), so that
+# adding a knob does not invalidate every cell
+NEUTRAL_TUNE = {"global_coef_lr": None}
 
 
 def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list[str], limit: int | None,
@@ -21,14 +25,19 @@ def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list
     """A hash of what shaped the cell: the evaluation always; calibration and scoring for every
     compressed model; fusion and tuning settings only for the repairs that use them. Where the
     work runs (device, offloading, the hidden-state cache) changes no result and is left out."""
-    settings = {**config.to_dict(), "method": None, "sparsity": None, "num_remove": None, "device": None,
+    settings = config.to_dict()
+    repair = None if method == DENSE else replace(config, method=method).recipe[1]
+    for name, value in NEUTRAL_TUNE.items():
+        if settings["tune"][name] == value or repair != "fuse":  # fusion's alone do not shape other repairs
+            del settings["tune"][name]
+    settings = {**settings, "method": None, "sparsity": None, "num_remove": None, "device": None,
                 "hidden_cache": None, "offload": None, "ppl": ppl, "tasks": tasks,
                 "limit": limit, "ppl_windows": ppl_windows, "ppl_seqlen": ppl_seqlen, "speed": SPEED_PROTOCOL}
     if method == DENSE:
         settings = {k: settings[k] for k in ("dtype", "data_dir", "ppl", "tasks", "limit", "ppl_windows", "ppl_seqlen",
                                              "speed")}
         settings["ppl_seqlen"] = ppl_seqlen or config.seqlen
-    elif replace(config, method=method).recipe[1] in ("none", "linear"):
+    elif repair in ("none", "linear"):
         settings.update(fusion=None, tune=None, fuse_eval_candidates=None, fuse_eval_epochs=None)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -57,24 +57,28 @@ class FusionConfig:
 
 @dataclass
 class TuneConfig:
-    """Group-level fine-tuning of the coefficients against the un-pruned group."""
+    """Tuning of the fused coefficients (and LoRA, norms): per group after each removal and/or
+    of every kept block at the end."""
 
     loss: LossName = "relative_mse"  # paper: kl_batch (see docs/BENCHMARKS.md for why not)
-    # one pass over the calibration windows per removal: at equal compute, more windows for fewer
-    # epochs fits both the calibration domain and others better (bench/ablate_real.py)
-    epochs: int = 1  # paper: 20
+    # epochs of tuning each fused group right after its removal. 0: each removal only injects the
+    # block (and folds its seam map) and the global tune below trains every coefficient at once,
+    # which beat local tuning at equal block passes on pydoc and SmolLM2 (docs/BENCHMARKS.md)
+    epochs: int = 0  # paper: 20
     batch_size: int = 8
     coef_lr: float = 1e-2  # paper: 1e-3
     lr: float = 1e-3  # LoRA and norms; paper: 9.65e-6
     betas: tuple[float, float] = (0.9, 0.95)
-    # what the group learns to reproduce: "group", its own output before this removal (the paper),
-    # or "dense", the dense model's hidden states at the group's end, which also undoes the error
-    # that earlier removals left at its input
+    # what a group learns to reproduce when it is tuned locally: "group", its own output before
+    # this removal (the paper), or "dense", the dense model's hidden states at the group's end,
+    # which also undoes the error that earlier removals left at its input
     teacher: Literal["group", "dense"] = "dense"  # paper: group
-    # after the last fusion, epochs of tuning every kept block's coefficients, LoRA and norms
-    # together against the dense model's final hidden states: the local tunes alone fit the
-    # calibration corpus; this end-to-end pass is what carries to other text (0: the paper's)
-    global_epochs: int = 1
+    # after the last removal, epochs of tuning every kept block's coefficients, LoRA and norms
+    # together against the dense model's final hidden states (0: the paper's, local tuning only)
+    global_epochs: int = 4
+    # learning rate of the fusion coefficients in that global tune (None: `lr`, like LoRA and norms).
+    # Coefficients that start there at zero need their own, higher rate (docs/BENCHMARKS.md)
+    global_coef_lr: float | None = 1e-2
     # epochs of LoRA healing (the lora repair); None: the fewest whose block passes reach those of
     # fusegpt with the same settings, the fair budget of the comparison (methods/lora.py)
     heal_epochs: int | None = None
@@ -190,6 +194,8 @@ class CompressConfig:
             (self.tune.loss != "kl_batch" or self.tune.batch_size >= 2,
              "--loss kl_batch normalises over the batch and needs --batch-size of at least 2"),
             (self.tune.coef_lr > 0 and self.tune.lr >= 0, "--coef-lr must be positive and --lr non-negative"),
+            (self.tune.global_coef_lr is None or self.tune.global_coef_lr > 0,
+             f"--global-coef-lr must be positive, got {self.tune.global_coef_lr}"),
             (self.tune.teacher in TEACHERS, f"--teacher must be one of {', '.join(TEACHERS)}, got {self.tune.teacher!r}"),
             ((not self.blocks or self.selection in (None, "given")) and (self.selection != "given" or self.blocks),
              "--selection given needs --blocks, and --blocks works only with --selection given"),
@@ -211,7 +217,7 @@ PRESETS: dict[str, dict] = {
               "fusion": {"group_size": 7, "coefficient": "lowrank", "rank": 128, "lora_rank": 128, "train_norms": True,
                          "seam_map": False},
               "tune": {"loss": "kl_batch", "epochs": 20, "batch_size": 8, "coef_lr": 1e-3, "lr": 9.65e-6,
-                       "betas": (0.9, 0.95), "teacher": "group", "global_epochs": 0,
+                       "betas": (0.9, 0.95), "teacher": "group", "global_epochs": 0, "global_coef_lr": None,
                        "heal_epochs": None}},
 }
 

@@ -134,6 +134,8 @@ def _buffers(config: CompressConfig) -> int:
     seam map's input beside a group teacher); the dense output when healing needs it."""
     repair = config.recipe[1]
     if repair == "fuse":
+        if config.tune.epochs == 0:  # no local tuning: no group input or teacher, the seam map's input alone
+            return 2 + (config.tune.global_epochs > 0)
         group_teacher_and_map = config.tune.teacher == "group" and config.fusion.seam_map
         return 3 + group_teacher_and_map + (config.tune.global_epochs > 0)
     return 2
@@ -185,6 +187,7 @@ def plan(name: str, config: CompressConfig, shape: Shape | None = None) -> Plan:
             forward += depth * (depth - 1) // 2 * m
         forward += depth * m  # refresh (at most)
         if repair in ("fuse", "linear") and config.hidden_cache != "all":
-            forward += 2 * depth * n  # a group's input and its dense teacher, from the embeddings (at most)
+            # a group's input and its dense teacher, from the embeddings (at most); the map's input alone
+            forward += (2 if repair == "fuse" and config.tune.epochs else 1) * depth * n
     result.forward_passes = forward
     return result

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import torch
 
+from .. import distributed
 from ..calibrate import BlockStack
 from ..fusion import group_window, inject, trainable_parameters
 from ..importance import mean_cosine
@@ -27,21 +28,26 @@ def _fuse(ctx: StepContext, stack: BlockStack, index: int, epochs: int) -> tuple
     cached boundaries from the group on are stale."""
     fusion = ctx.config.fusion
     start, end = group_window(index, len(stack), fusion.group_size)
-    inputs = stack.inputs(start)
+    group = [stack.origin[j] for j in range(start, end) if j != index]
+    # no local tuning (a global tune may train the coefficients later): no group input, no teacher
+    tuning = epochs > 0
+    inputs = stack.inputs(start) if tuning else None
     # the teacher: the un-pruned group's output (taken before the seam map changes the group), or
     # the dense model's at the same place: what the first block after the group received in the
     # dense model (the final output at the end), computed after the map to hold fewer buffers
-    teacher = stack.run(start, end, inputs) if ctx.config.tune.teacher == "group" else None
-    group = [stack.origin[j] for j in range(start, end) if j != index]
+    teacher = stack.run(start, end, inputs) if tuning and ctx.config.tune.teacher == "group" else None
     # the block before is in the group (its input is unchanged); a family whose MLP output is
     # normalised before the residual cannot take the map and fuses without it (docs/ARCHITECTURES.md)
     if ctx.config.fusion.seam_map and start < index and ctx.adapter.residual_down:
-        fold_seam_map(replace(ctx, stack=stack), index, stack.run(start, index - 1, inputs))
-    if teacher is None:
+        before = stack.run(start, index - 1, inputs) if tuning else stack.inputs(index - 1)
+        fold_seam_map(replace(ctx, stack=stack), index, before)
+    if tuning and teacher is None:
         teacher = stack.dense_inputs(stack.origin[end] if end < len(stack) else len(stack.dense_kwargs))
     removed = stack.delete(index)
     neighbours = stack.blocks[start:end - 1]
     inject(ctx.adapter, removed, neighbours, fusion)
+    if not tuning:
+        return start, group, TuneResult(losses=[], optimizer_steps=0, passes_by_rank=[0] * distributed.world_size())
     coefficients, others = trainable_parameters(ctx.adapter, neighbours, fusion.train_norms)
     tuned = tune_group(stack, start, end - 1, inputs, teacher, coefficients, others,
                        replace(ctx.config.tune, epochs=epochs), seed=ctx.config.seed + ctx.step, progress=ctx.progress)
