@@ -43,6 +43,9 @@ VARIANTS: dict[str, list[str]] = {
     "e0g4-coef1e-2-seed1": [*_global(4, "1e-2"), "--seed", "1"],
     "e0g4-coef3e-2": _global(4, "3e-2"),
     "e0g8-coef1e-2": _global(8, "1e-2"),
+    # no seam map: with zero coefficients the fused model at selection time is the plain removed
+    # one, so the criterion picks what it picks for removal (sleb-fuse: SLEB's own blocks)
+    "e0g4-coef3e-3-noseam": [*_global(4, "3e-3"), "--no-seam-map"],
 }
 
 def table() -> str:
