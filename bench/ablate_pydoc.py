@@ -3,8 +3,8 @@ same protocol as bench/compare.py (128 x 256 calibration tokens of pydoc/calib.t
 pydoc/eval.txt), `fusegpt compare` with fusegpt, remove-lora and sleb-lora and the variant's flags,
 so that the LoRA baselines get the fewest epochs whose block passes reach that variant's fusegpt.
 
-    python bench/ablate_pydoc.py e0g8 0.5          # one variant at one sparsity
-    python bench/ablate_pydoc.py e0g8,seed1 0.25,0.5
+    python bench/ablate_pydoc.py e0g8-coef1e-2 0.5          # one variant at one sparsity
+    python bench/ablate_pydoc.py e1g1,e1g1-seed1 0.25,0.5
     python bench/ablate_pydoc.py e0g4-coef1e-3 0.25 sleb-fuse   # other methods than the three
     python bench/ablate_pydoc.py --table           # the Markdown table of what is cached
 
@@ -48,6 +48,7 @@ VARIANTS: dict[str, list[str]] = {
     "e0g4-coef3e-3-noseam": [*_global(4, "3e-3"), "--no-seam-map"],
 }
 
+
 def table() -> str:
     """PPL and tuning block passes of every cached cell, a variant per row."""
     methods, sparsities = (*METHODS.split(","), "sleb-fuse"), ("0.25", "0.5")
@@ -77,8 +78,9 @@ def main() -> None:
         if name not in VARIANTS:
             sys.exit(f"unknown variant {name!r}; one of {', '.join(VARIANTS)}")
         out = OUT / name
+        methods = sys.argv[3] if len(sys.argv) > 3 else METHODS
         subprocess.run([sys.executable, "-m", "fusegpt", "compare", str(ASSETS / "models/pydoc-llama-12L"),
-                        "--out", str(out), "--methods", sys.argv[3] if len(sys.argv) > 3 else METHODS, "--sparsity", sys.argv[2],
+                        "--out", str(out), "--methods", methods, "--sparsity", sys.argv[2],
                         *PROTOCOL, *VARIANTS[name], "--quiet"], check=True)
 
 

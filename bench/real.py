@@ -28,12 +28,13 @@ ASSETS = ROOT.parent / "shared" / "assets"
 MODEL = ASSETS / "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 METHODS = "dense,fusegpt,sleb-fuse,remove-lora,sleb-lora,replaceme,remove,sleb,shortgpt,last"  # most telling first
 TEXT = ASSETS / "text"
-FLAGS = ["--sparsity", "0.25", "--calib", str(TEXT / "wikitext-2-raw/wiki.valid.raw"), "--nsamples", "128",
-         "--seqlen", "256", "--mi-samples", "8",
-         "--ppl", f"{TEXT / 'wikitext-2-raw/wiki.test.raw'},{TEXT / 'c4/c4_validation_2k.parquet'}",
-         "--ppl-seqlen", "512", "--ppl-windows", "64",
-         "--tasks", "piqa,arc_easy,hellaswag,winogrande", "--limit", "500", "--tasks-dir", str(ASSETS / "tasks"),
-         "--quiet"]
+# the protocol, in parts that bench/real_given.py shares
+CALIBRATION = ["--calib", str(TEXT / "wikitext-2-raw/wiki.valid.raw"), "--nsamples", "128", "--seqlen", "256",
+               "--mi-samples", "8"]
+PPL = ["--ppl", f"{TEXT / 'wikitext-2-raw/wiki.test.raw'},{TEXT / 'c4/c4_validation_2k.parquet'}",
+       "--ppl-windows", "64"]
+TASKS = ["--tasks", "piqa,arc_easy,hellaswag,winogrande", "--limit", "500", "--tasks-dir", str(ASSETS / "tasks")]
+FLAGS = ["--sparsity", "0.25", *CALIBRATION, *PPL, "--ppl-seqlen", "512", *TASKS, "--quiet"]
 OUT = ROOT / "bench" / "results" / "real-smollm2"
 
 

@@ -4,7 +4,8 @@ blocks are given (`--blocks`), the model is compressed with the variant's flags,
 (perplexity on WikiText-2 test and C4, zero-shot on 500 items of four tasks).
 
     python bench/real_given.py NAME BLOCKS [compress flags...]
-    python bench/real_given.py sleb-blocks-fuse 17,13,14,15,16,18,12,26 --repair fuse --global-coef-lr 3e-3
+    python bench/real_given.py sleb-blocks-fuse 17,13,14,15,16,18,12,26 --repair fuse --epochs 0 --global-epochs 4 \
+        --global-coef-lr 3e-3 --no-seam-map
 
 The compressed model goes to bench/out/real-given/NAME (not kept in git); the evaluation and the
 compress report to bench/results/real-given/NAME.json. A variant with its results is skipped.
@@ -16,13 +17,7 @@ import subprocess
 import sys
 import time
 
-from real import ASSETS, MODEL, ROOT, TEXT
-
-TASKS = ["--tasks", "piqa,arc_easy,hellaswag,winogrande", "--limit", "500", "--tasks-dir", str(ASSETS / "tasks")]
-PPL = ["--ppl", f"{TEXT / 'wikitext-2-raw/wiki.test.raw'},{TEXT / 'c4/c4_validation_2k.parquet'}",
-       "--ppl-windows", "64"]
-CALIBRATION = ["--calib", str(TEXT / "wikitext-2-raw/wiki.valid.raw"), "--nsamples", "128", "--seqlen", "256",
-               "--mi-samples", "8"]
+from real import CALIBRATION, MODEL, PPL, ROOT, TASKS
 
 
 def main() -> None:

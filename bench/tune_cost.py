@@ -20,7 +20,7 @@ from pathlib import Path
 from fusegpt import compress, load_model, preset
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
-MODELS = {  # name: (model, calibration text, blocks removed (the default fusegpt's choice))
+MODELS = {  # name: (model, calibration text, blocks removed: global-only fusegpt's on pydoc at 0.5, MI's on SmolLM2)
     "pydoc": ("models/pydoc-llama-12L", "text/pydoc/calib.txt", [6, 8, 3, 9, 4, 1]),
     "smollm2": ("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
                 "text/wikitext-2-raw/wiki.valid.raw", [17, 14, 13, 12, 16, 26, 18, 7]),
