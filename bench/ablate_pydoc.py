@@ -46,6 +46,7 @@ VARIANTS: dict[str, list[str]] = {
     # no seam map: with zero coefficients the fused model at selection time is the plain removed
     # one, so the criterion picks what it picks for removal (sleb-fuse: SLEB's own blocks)
     "e0g4-coef3e-3-noseam": [*_global(4, "3e-3"), "--no-seam-map"],
+    "e0g4-coef3e-3-noseam-seed1": [*_global(4, "3e-3"), "--no-seam-map", "--seed", "1"],
 }
 
 

@@ -146,14 +146,20 @@ def test_preset_paper_is_the_authors_settings_and_flags_override_it(tmp_path, mo
             "--nsamples", "4", "--seqlen", "32", "--mi-samples", "2", "--group-size", "2", "--rank", "4",
             "--lora-rank", "2", "--batch-size", "2"]
     assert main([*args, "--out", str(tmp_path / "paper"), "--preset", "paper", "--epochs", "1"]) == 0
-    tune = json.loads((tmp_path / "paper" / "fusegpt_report.json").read_text())["config"]["tune"]
+    paper = json.loads((tmp_path / "paper" / "fusegpt_report.json").read_text())
+    tune = paper["config"]["tune"]
+    assert paper["config"]["method"] == "fusegpt" and paper["steps"][0]["criterion"] == "macro_influence"
     assert tune == {"loss": "kl_batch", "epochs": 1, "batch_size": 2, "coef_lr": 1e-3, "lr": 9.65e-6,
                     "betas": [0.9, 0.95], "teacher": "group", "global_epochs": 0, "global_coef_lr": None,
                     "heal_epochs": None}
     assert main([*args, "--out", str(tmp_path / "ours"), "--epochs", "1"]) == 0
-    ours = json.loads((tmp_path / "ours" / "fusegpt_report.json").read_text())["config"]["tune"]
+    ours = json.loads((tmp_path / "ours" / "fusegpt_report.json").read_text())
     from fusegpt import TuneConfig
-    assert ours["loss"] == TuneConfig().loss and ours["coef_lr"] == TuneConfig().coef_lr
+    assert ours["config"]["method"] == "sleb-fuse" and ours["steps"][0]["criterion"] == "calibration_nll"
+    assert ours["config"]["tune"]["loss"] == TuneConfig().loss and ours["config"]["tune"]["coef_lr"] == TuneConfig().coef_lr
+    # --method overrides the preset's, as every other flag does
+    assert main([*args, "--out", str(tmp_path / "mi"), "--preset", "paper", "--method", "remove"]) == 0
+    assert json.loads((tmp_path / "mi" / "fusegpt_report.json").read_text())["config"]["method"] == "remove"
 
 
 def test_help_and_argument_errors_do_not_import_the_heavy_libraries():

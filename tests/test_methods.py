@@ -285,17 +285,18 @@ def test_fused_and_healed_runs_count_their_compute(tokenizer, text_file):
 
 
 def test_the_lora_budget_is_the_fewest_epochs_with_fusegpts_block_passes():
-    """SmolLM2's setting at the defaults: 30 blocks, 8 removed, G = 7, 128 windows, 1 epoch per
-    removal (7 neighbours each: 128 x 56 = 7,168 passes) and 1 global epoch over the 22 kept blocks
-    (2,816): 9,984 passes. LoRA over the 22 kept blocks needs ceil(9,984 / (128 x 22)) = 4 epochs
-    (11,264 passes). With no local tuning and 4 global epochs, both spend 11,264. `heal_epochs`
-    overrides."""
+    """SmolLM2's setting at the defaults: 30 blocks, 8 removed, G = 7, 128 windows, no local
+    tuning and 4 global epochs over the 22 kept blocks: 128 x 4 x 22 = 11,264 passes, which LoRA
+    over the same 22 blocks matches in exactly 4 epochs. The previous default, 1 epoch per removal
+    (7 neighbours each: 128 x 56 = 7,168) and 1 global epoch (2,816), spends 9,984, for which LoRA
+    needs ceil(9,984 / (128 x 22)) = 4 epochs too. `heal_epochs` overrides."""
     from fusegpt.config import TuneConfig
 
     tune = TuneConfig()
-    assert tune.fusion_block_passes(30, 8, 7, 128) == 9_984
+    assert tune.fusion_block_passes(30, 8, 7, 128) == 11_264
     assert tune.lora_epochs(30, 8, 7, 128) == 4
-    assert TuneConfig(epochs=0, global_epochs=4).fusion_block_passes(30, 8, 7, 128) == 11_264
+    assert TuneConfig(epochs=1, global_epochs=1).fusion_block_passes(30, 8, 7, 128) == 9_984
+    assert TuneConfig(epochs=1, global_epochs=1).lora_epochs(30, 8, 7, 128) == 4
     assert TuneConfig(epochs=10, global_epochs=0).lora_epochs(30, 8, 7, 32) == 26  # 17,920 / 704 = 25.5
     # near the end of a shallow model the window shrinks: depth 4, K = 3 -> 3, 2, 1 neighbours
     assert TuneConfig(epochs=1, global_epochs=2).fusion_block_passes(4, 3, 7, 1) == 6 + 2

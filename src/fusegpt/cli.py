@@ -50,8 +50,9 @@ def _compress_parser(sub) -> None:
 
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     """Calibration, scoring, fusion and tuning settings, shared by `compress` and `compare`."""
-    p.add_argument("--method", choices=METHODS, default=_DEFAULT.method,
-                   help="a selection x repair shortcut: " + "; ".join(f"{m} = {s} + {r}" for m, (s, r) in RECIPES.items()))
+    p.add_argument("--method", choices=METHODS,
+                   help="a selection x repair shortcut: " + "; ".join(f"{m} = {s} + {r}" for m, (s, r) in RECIPES.items())
+                        + f" (default: {preset().method}; --preset paper: {preset('paper').method})%(default).0s")
     p.add_argument("--selection", choices=SELECTION_NAMES,
                    help="override the method's criterion: mi (Macro Influence, iterative), bi (Block Influence, "
                         "once), nll (SLEB's calibration loss, iterative), last (the blocks before the final one), "
@@ -93,7 +94,7 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     _recipe(p, "--lora-rank", "fusion", "lora_rank", int, "LoRA rank on neighbours' own weights (0: off)")
     p.add_argument("--seam-map", dest="fusion.seam_map", action=argparse.BooleanOptionalAction, default=None,
                    help="fusegpt: fold ReplaceMe's least-squares map for the removed block into the block before it, "
-                        f"then tune (default: {preset().fusion.seam_map}; --preset paper: no)%(default).0s")
+                        "then tune (default: off; --preset paper: off; it fits the calibration corpus)%(default).0s")
     p.add_argument("--no-train-norms", dest="train_norms", action="store_false", default=None,
                    help="keep norm weights frozen%(default).0s")
     p.add_argument("--device", default=_DEFAULT.device, help="compute device: auto, cpu, cuda, cuda:1 ...")
@@ -178,7 +179,7 @@ def _config(args, **amount) -> CompressConfig:
                     hidden_cache=args.hidden_cache, offload=args.offload,
                     data_dir=args.data_dir)
     given = {key: value for key, value in vars(args).items() if value is not None}
-    for key in ("nsamples", "seqlen", "mi_samples"):
+    for key in ("method", "nsamples", "seqlen", "mi_samples"):
         setattr(config, key, given.get(key, getattr(config, key)))
     for section in ("tune", "fusion"):
         for key, value in given.items():
@@ -211,7 +212,7 @@ def _run_compress(args) -> None:
     from .paths import STATE, check_output, checkpoint_folder
 
     given = args.blocks is not None
-    config = _config(args, method=args.method, sparsity=None if args.num_remove or given else args.sparsity,
+    config = _config(args, sparsity=None if args.num_remove or given else args.sparsity,
                      num_remove=args.num_remove)
     _check_sources(args)
     if args.dry_run:

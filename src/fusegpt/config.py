@@ -51,8 +51,10 @@ class FusionConfig:
     lora_rank: int = 128  # LoRA on each neighbour's own weight; 0 disables
     train_norms: bool = True  # neighbours' norm weights train at the low learning rate
     # before tuning, fold ReplaceMe's least-squares map for the removed block into the block before
-    # it, so that tuning starts from the compensated model instead of the block-removed one
-    seam_map: bool = True  # paper: no such step
+    # it, so that tuning starts from the compensated model instead of the block-removed one. Off by
+    # default: fitted on the calibration windows, it fits that corpus (C4 and zero-shot got worse on
+    # SmolLM2) and it steers the selection criterion, which then scores a mapped model
+    seam_map: bool = False  # paper: no such step
 
 
 @dataclass
@@ -61,12 +63,12 @@ class TuneConfig:
     of every kept block at the end."""
 
     loss: LossName = "relative_mse"  # paper: kl_batch (see docs/BENCHMARKS.md for why not)
-    # epochs of tuning each fused group right after its removal (0: each removal only injects the
-    # block and folds its seam map; the global tune below then trains every coefficient). One pass
-    # over many windows beat more epochs over fewer at equal compute (bench/ablate_real.py)
-    epochs: int = 1  # paper: 20
+    # epochs of tuning each fused group right after its removal. 0: each removal only injects the
+    # block through zero coefficients, and the global tune below trains every coefficient at once;
+    # at equal block passes this beat local tuning and LoRA healing (docs/BENCHMARKS.md)
+    epochs: int = 0  # paper: 20
     batch_size: int = 8
-    coef_lr: float = 1e-2  # paper: 1e-3
+    coef_lr: float = 1e-2  # of local tuning and --fuse-eval trials; paper: 1e-3
     lr: float = 1e-3  # LoRA and norms; paper: 9.65e-6
     betas: tuple[float, float] = (0.9, 0.95)
     # what a group learns to reproduce when it is tuned locally: "group", its own output before
@@ -74,14 +76,13 @@ class TuneConfig:
     # which also undoes the error that earlier removals left at its input
     teacher: Literal["group", "dense"] = "dense"  # paper: group
     # after the last removal, epochs of tuning every kept block's coefficients, LoRA and norms
-    # together against the dense model's final hidden states: the local tunes alone fit the
-    # calibration corpus; this end-to-end pass is what carries to other text (0: the paper's)
-    global_epochs: int = 1
+    # together against the dense model's final hidden states: local tunes alone fit the
+    # calibration corpus; this end-to-end tune is what carries to other text (0: the paper's)
+    global_epochs: int = 4
     # learning rate of the fusion coefficients in that global tune (None: `lr`, like LoRA and
-    # norms). Without local tuning the coefficients start there at zero and need a higher one:
-    # --epochs 0 --global-epochs 4 --global-coef-lr 1e-2 beats LoRA healing at equal block passes
-    # on pydoc but fits the calibration corpus on SmolLM2 (docs/BENCHMARKS.md)
-    global_coef_lr: float | None = None
+    # norms). Starting at zero they need more than LoRA's 1e-3 to use the recycled weights; 1e-2
+    # fits the calibration corpus (SmolLM2's C4 and zero-shot got worse), 3e-2 diverges
+    global_coef_lr: float | None = 3e-3
     # epochs of LoRA healing (the lora repair); None: the fewest whose block passes reach those of
     # fusegpt with the same settings, the fair budget of the comparison (methods/lora.py)
     heal_epochs: int | None = None
@@ -104,7 +105,9 @@ class TuneConfig:
 class CompressConfig:
     """Everything `compress` needs besides the model and tokenizer."""
 
-    method: Method = "fusegpt"
+    # SLEB's criterion + fusion: on SmolLM2, MI's cosine of final hidden states picked a block whose
+    # loss no repair recovered (docs/BENCHMARKS.md); --preset paper: fusegpt (MI + fusion)
+    method: Method = "sleb-fuse"
     selection: SelectionName | None = None  # overrides the method's criterion
     blocks: list[int] | None = None  # original indices to remove, in order (selection "given"): compare repairs
     repair: RepairName | None = None  # overrides the method's repair
@@ -216,7 +219,7 @@ class CompressConfig:
 # The authors' settings (their code's defaults, ALGORITHM.md), one flag away from our recipe.
 PRESETS: dict[str, dict] = {
     "default": {},
-    "paper": {"nsamples": 128, "seqlen": 2048, "mi_samples": 32,
+    "paper": {"method": "fusegpt", "nsamples": 128, "seqlen": 2048, "mi_samples": 32,
               "fusion": {"group_size": 7, "coefficient": "lowrank", "rank": 128, "lora_rank": 128, "train_norms": True,
                          "seam_map": False},
               "tune": {"loss": "kl_batch", "epochs": 20, "batch_size": 8, "coef_lr": 1e-3, "lr": 9.65e-6,
