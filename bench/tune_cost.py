@@ -3,8 +3,8 @@ kept block's coefficients, LoRA and norms) against LoRA healing of the same bloc
 in turn in one process so that both see the same machine load.
 
 The same blocks are removed both ways (`--blocks`, no scoring), with one epoch of each tune on
-the same calibration windows; the fused run injects each block and folds its seam map first (not
-timed: only the tune is). Prints the median seconds per block pass of each and their ratio.
+the same calibration windows; the fused run injects each block first (not timed: only the tune
+is). Prints the median seconds per block pass of each and their ratio.
 
     python bench/tune_cost.py                 # pydoc-llama-12L, 6 of 12 blocks (sparsity 0.5)
     python bench/tune_cost.py smollm2         # SmolLM2-135M, 8 of 30 blocks

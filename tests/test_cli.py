@@ -156,7 +156,8 @@ def test_preset_paper_is_the_authors_settings_and_flags_override_it(tmp_path, mo
     ours = json.loads((tmp_path / "ours" / "fusegpt_report.json").read_text())
     from fusegpt import TuneConfig
     assert ours["config"]["method"] == "sleb-fuse" and ours["steps"][0]["criterion"] == "calibration_nll"
-    assert ours["config"]["tune"]["loss"] == TuneConfig().loss and ours["config"]["tune"]["coef_lr"] == TuneConfig().coef_lr
+    tune = ours["config"]["tune"]
+    assert tune["loss"] == TuneConfig().loss and tune["coef_lr"] == TuneConfig().coef_lr
     # --method overrides the preset's, as every other flag does
     assert main([*args, "--out", str(tmp_path / "mi"), "--preset", "paper", "--method", "remove"]) == 0
     assert json.loads((tmp_path / "mi" / "fusegpt_report.json").read_text())["config"]["method"] == "remove"

@@ -18,8 +18,8 @@ from fusegpt.models import adapter_for
 def _config(text_file, **overrides) -> CompressConfig:
     fusion = FusionConfig(group_size=3, rank=4, lora_rank=2)
     tune = TuneConfig(epochs=2, batch_size=4, loss="mse", global_epochs=0)  # the local loop; global tune tested apart
-    settings = dict(method="fusegpt", calib=str(text_file), nsamples=8, seqlen=32, mi_samples=4, num_remove=2, sparsity=None,
-                    fusion=fusion, tune=tune)
+    settings = dict(method="fusegpt", calib=str(text_file), nsamples=8, seqlen=32, mi_samples=4, num_remove=2,
+                    sparsity=None, fusion=fusion, tune=tune)
     settings.update(overrides)
     return CompressConfig(**settings)
 

@@ -51,7 +51,8 @@ def _compress_parser(sub) -> None:
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     """Calibration, scoring, fusion and tuning settings, shared by `compress` and `compare`."""
     p.add_argument("--method", choices=METHODS,
-                   help="a selection x repair shortcut: " + "; ".join(f"{m} = {s} + {r}" for m, (s, r) in RECIPES.items())
+                   help="a selection x repair shortcut: "
+                        + "; ".join(f"{m} = {s} + {r}" for m, (s, r) in RECIPES.items())
                         + f" (default: {preset().method}; --preset paper: {preset('paper').method})%(default).0s")
     p.add_argument("--selection", choices=SELECTION_NAMES,
                    help="override the method's criterion: mi (Macro Influence, iterative), bi (Block Influence, "

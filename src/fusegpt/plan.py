@@ -134,7 +134,7 @@ def _buffers(config: CompressConfig) -> int:
     seam map's input beside a group teacher); the dense output when healing needs it."""
     repair = config.recipe[1]
     if repair == "fuse":
-        if config.tune.epochs == 0:  # no local tuning: no group input or teacher, the seam map's input alone
+        if config.tune.epochs == 0:  # no local tuning: no group input or teacher
             return 2 + (config.tune.global_epochs > 0)
         group_teacher_and_map = config.tune.teacher == "group" and config.fusion.seam_map
         return 3 + group_teacher_and_map + (config.tune.global_epochs > 0)
