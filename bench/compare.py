@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
-METHODS = "dense,remove,shortgpt,sleb,last,replaceme,remove-linear,fusegpt,remove-lora,sleb-lora,sleb-fuse"
+METHODS = "dense,remove,shortgpt,sleb,last,replaceme,remove-linear,fusegpt,remove-lora,sleb-lora,sleb-fuse,kl-lora,kl-fuse"
 TUNING = ["--seqlen", "256"]
 RUNS = {
     "pydoc": ["models/pydoc-llama-12L", "--calib", "text/pydoc/calib.txt", "--ppl", "text/pydoc/eval.txt",

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
 MODEL = ASSETS / "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
-METHODS = "dense,sleb-fuse,fusegpt,sleb-lora,remove-lora,replaceme,remove,sleb,shortgpt,last"  # the default first
+METHODS = "dense,kl-fuse,sleb-fuse,fusegpt,kl-lora,sleb-lora,remove-lora,replaceme,remove,sleb,shortgpt,last"  # the default first
 TEXT = ASSETS / "text"
 # the protocol, in parts that bench/real_given.py shares
 CALIBRATION = ["--calib", str(TEXT / "wikitext-2-raw/wiki.valid.raw"), "--nsamples", "128", "--seqlen", "256",

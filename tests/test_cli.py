@@ -155,7 +155,7 @@ def test_preset_paper_is_the_authors_settings_and_flags_override_it(tmp_path, mo
     assert main([*args, "--out", str(tmp_path / "ours"), "--epochs", "1"]) == 0
     ours = json.loads((tmp_path / "ours" / "fusegpt_report.json").read_text())
     from fusegpt import TuneConfig
-    assert ours["config"]["method"] == "sleb-fuse" and ours["steps"][0]["criterion"] == "calibration_nll"
+    assert ours["config"]["method"] == "kl-fuse" and ours["steps"][0]["criterion"] == "output_divergence"
     tune = ours["config"]["tune"]
     assert tune["loss"] == TuneConfig().loss and tune["coef_lr"] == TuneConfig().coef_lr
     # --method overrides the preset's, as every other flag does

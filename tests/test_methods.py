@@ -18,7 +18,7 @@ from fusegpt.calibrate import BlockStack, capture_block_inputs
 from fusegpt.cli import main
 from fusegpt.config import METHODS
 from fusegpt.data import calibration_windows
-from fusegpt.importance import block_influence, calibration_nll, macro_influence
+from fusegpt.importance import block_influence, calibration_nll, macro_influence, output_divergence
 from fusegpt.methods import StepContext
 from fusegpt.methods.fuse import fusion_aware, trial_distance
 from fusegpt.models import adapter_for
@@ -51,13 +51,17 @@ def _trained_with_identity(tokenizer, text_file, index: int):
     return model.eval()
 
 
-@pytest.mark.parametrize("method", ["shortgpt", "remove", "sleb"])
-def test_an_identity_block_is_removed_first(method, tokenizer, text_file):
+@pytest.mark.parametrize(("method", "selection"), [("shortgpt", None), ("remove", None), ("sleb", None),
+                                                   ("remove", "kl")])
+def test_an_identity_block_is_removed_first(method, selection, tokenizer, text_file):
     model = _trained_with_identity(tokenizer, text_file, index=3)
-    report = compress(model, tokenizer, _config(text_file, method=method, num_remove=1), progress=False).report
+    config = _config(text_file, method=method, selection=selection, num_remove=1)
+    report = compress(model, tokenizer, config, progress=False).report
     assert report.removed == [3]
     scores = report.steps[0].scores
     assert min(scores, key=scores.get) == 3
+    if selection == "kl":  # without an identity the predictions are exactly the dense model's
+        assert scores[3] == pytest.approx(0.0, abs=1e-6) and min(v for k, v in scores.items() if k != 3) > 1e-4
 
 
 def test_shortgpt_scores_the_dense_model_once(tokenizer, text_file):
@@ -96,6 +100,24 @@ def test_sleb_scores_are_the_calibration_loss_of_the_model_without_the_block(tok
         with torch.no_grad():
             logits = pruned(input_ids=ids, use_cache=False).logits[:, :-1]
         expected = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).item()
+        assert scores[i] == pytest.approx(expected, rel=1e-5)
+
+
+def test_output_divergence_is_the_kl_from_the_dense_predictions_without_the_block(tokenizer, text_file):
+    model = tiny_llama(depth=4)
+    ids = _windows(tokenizer, text_file)[:4]
+    with torch.no_grad():
+        dense = F.log_softmax(model(input_ids=ids, use_cache=False).logits, dim=-1)
+    stack = _stack(model, tokenizer, text_file)
+    stack.delete(0)  # later steps still measure against the dense model, not the current one
+    stack.refresh(0)
+    scores = output_divergence(stack, adapter_for(model).head(model), samples=4)
+    for i in range(3):
+        pruned = copy.deepcopy(model)
+        del pruned.model.layers[i + 1], pruned.model.layers[0]
+        with torch.no_grad():
+            log_q = F.log_softmax(pruned(input_ids=ids, use_cache=False).logits, dim=-1)
+        expected = (dense.exp() * (dense - log_q)).sum(-1).mean().item()
         assert scores[i] == pytest.approx(expected, rel=1e-5)
 
 
@@ -178,7 +200,7 @@ def test_methods_are_validated_in_one_line():
     for method in METHODS:
         CompressConfig(method=method).validate()
     with pytest.raises(FuseGPTError, match="^--method must be one of fusegpt, remove, shortgpt, sleb, last, "
-                                           "remove-lora, sleb-lora, replaceme, remove-linear, sleb-fuse, got 'slab'$"):
+                                           "remove-lora, sleb-lora, replaceme, remove-linear, sleb-fuse, kl-fuse, kl-lora, got 'slab'$"):
         CompressConfig(method="slab").validate()
     with pytest.raises(FuseGPTError, match="^--fuse-eval trial-fuses candidates and needs a fusing method"):
         CompressConfig(method="sleb", fuse_eval_candidates=2).validate()

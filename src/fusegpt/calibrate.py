@@ -134,6 +134,7 @@ class BlockStack:
         # one pass over all windows, caching the boundaries; its output is the healing teacher
         final = self.run(0, len(blocks), embeddings, keep=True)
         self.dense_final = final if keep_dense_final else None
+        self.dense_scoring_final = self.boundaries[-1]  # the dense output on the cached windows
         # the dense boundaries by original index (refresh replaces tensors, never edits them)
         self.dense: list[torch.Tensor] | None = list(self.boundaries) if keep_all else None
 

@@ -56,7 +56,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
                         + f" (default: {preset().method}; --preset paper: {preset('paper').method})%(default).0s")
     p.add_argument("--selection", choices=SELECTION_NAMES,
                    help="override the method's criterion: mi (Macro Influence, iterative), bi (Block Influence, "
-                        "once), nll (SLEB's calibration loss, iterative), last (the blocks before the final one), "
+                        "once), nll (SLEB's calibration loss, iterative), kl (divergence from the dense model's "
+                        "predictions, iterative), last (the blocks before the final one), "
                         "span (ReplaceMe's most similar K-block span), given (--blocks)")
     p.add_argument("--repair", choices=REPAIR_NAMES,
                    help="override the method's repair: none (delete), fuse (FuseGPT), lora (LoRA-heal the kept "
@@ -70,9 +71,9 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     _recipe(p, "--nsamples", "", "nsamples", int, "calibration windows")
     _recipe(p, "--seqlen", "", "seqlen", int, "tokens per window (capped at the model's context)")
     _recipe(p, "--mi-samples", "", "mi_samples", int,
-            "windows used to score blocks (Macro Influence, Block Influence, calibration loss)")
+            "windows used to score blocks (Macro Influence, Block Influence, calibration loss, KL)")
     p.add_argument("--fuse-eval", dest="fuse_eval_candidates", type=int, default=_DEFAULT.fuse_eval_candidates,
-                   metavar="K", help="fusegpt, sleb-fuse: trial-fuse the K lowest-scored blocks and remove the one "
+                   metavar="K", help="fusing methods: trial-fuse the K lowest-scored blocks and remove the one "
                                      "whose output stays closest (0: the lowest-scored block)")
     p.add_argument("--fuse-eval-epochs", type=int, default=_DEFAULT.fuse_eval_epochs, metavar="E",
                    help="tuning epochs of each --fuse-eval trial")

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 Method = Literal["fusegpt", "remove", "shortgpt", "sleb", "last", "remove-lora", "sleb-lora", "replaceme",
-                 "remove-linear", "sleb-fuse"]
-SelectionName = Literal["mi", "bi", "nll", "last", "span", "given"]
+                 "remove-linear", "sleb-fuse", "kl-fuse", "kl-lora"]
+SelectionName = Literal["mi", "bi", "nll", "kl", "last", "span", "given"]
 RepairName = Literal["none", "fuse", "lora", "linear"]
 CoefficientForm = Literal["lowrank", "vector", "full"]
 LossName = Literal["kl_batch", "kl_hidden", "mse", "relative_mse", "cosine"]
@@ -20,9 +20,10 @@ RECIPES: dict[str, tuple[str, str]] = {
     "fusegpt": ("mi", "fuse"), "remove": ("mi", "none"), "shortgpt": ("bi", "none"), "sleb": ("nll", "none"),
     "last": ("last", "none"), "remove-lora": ("mi", "lora"), "sleb-lora": ("nll", "lora"),
     "replaceme": ("span", "linear"), "remove-linear": ("mi", "linear"), "sleb-fuse": ("nll", "fuse"),
+    "kl-fuse": ("kl", "fuse"), "kl-lora": ("kl", "lora"),
 }
 METHODS: tuple[str, ...] = tuple(RECIPES)
-SELECTION_NAMES: tuple[str, ...] = ("mi", "bi", "nll", "last", "span", "given")
+SELECTION_NAMES: tuple[str, ...] = ("mi", "bi", "nll", "kl", "last", "span", "given")
 REPAIR_NAMES: tuple[str, ...] = ("none", "fuse", "lora", "linear")
 COEFFICIENT_FORMS: tuple[str, ...] = ("lowrank", "vector", "full")
 LOSSES: tuple[str, ...] = ("kl_batch", "kl_hidden", "mse", "relative_mse", "cosine")
@@ -105,9 +106,11 @@ class TuneConfig:
 class CompressConfig:
     """Everything `compress` needs besides the model and tokenizer."""
 
-    # SLEB's criterion + fusion: on SmolLM2, MI's cosine of final hidden states picked a block whose
-    # loss no repair recovered (docs/BENCHMARKS.md); --preset paper: fusegpt (MI + fusion)
-    method: Method = "sleb-fuse"
+    # fusion on the blocks whose removal moves the predictions least from the dense model's (KL):
+    # MI's cosine of final hidden states picked a block on SmolLM2 whose loss no repair recovered,
+    # and SLEB's calibration loss, with one noisy label per token, changed its pick with the
+    # calibration seed on pydoc (docs/BENCHMARKS.md); --preset paper: fusegpt (MI + fusion)
+    method: Method = "kl-fuse"
     selection: SelectionName | None = None  # overrides the method's criterion
     blocks: list[int] | None = None  # original indices to remove, in order (selection "given"): compare repairs
     repair: RepairName | None = None  # overrides the method's repair
@@ -185,7 +188,7 @@ class CompressConfig:
             (self.repair is None or self.repair in REPAIR_NAMES,
              f"--repair must be one of {', '.join(REPAIR_NAMES)}, got {self.repair!r}"),
             (self.fuse_eval_candidates == 0 or self.method not in RECIPES or self.recipe[1] == "fuse",
-             f"--fuse-eval trial-fuses candidates and needs a fusing method (fusegpt, sleb-fuse or --repair fuse), "
+             f"--fuse-eval trial-fuses candidates and needs a fusing method (fusegpt, kl-fuse, sleb-fuse or --repair fuse), "
              f"got {self.method!r}"),
             (self.fuse_eval_epochs >= 1, f"--fuse-eval-epochs must be at least 1, got {self.fuse_eval_epochs}"),
             (self.seqlen >= 2, f"--seqlen must be at least 2, got {self.seqlen}"),

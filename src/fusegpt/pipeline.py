@@ -103,7 +103,7 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
         # score (a one-shot criterion once, on the dense model), choose
         scored = time.perf_counter()
         if step == 0 or not selection.one_shot:
-            if selection_name in ("mi", "nll"):  # the criteria that run blocks, split over the ranks
+            if selection_name in ("mi", "nll", "kl"):  # the criteria that run blocks, split over the ranks
                 for r in range(ranks):
                     report.shares["scored blocks"][r] += len(range(r, len(stack), ranks))
             computed = selection.score(ctx)

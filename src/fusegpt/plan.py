@@ -183,7 +183,7 @@ def plan(name: str, config: CompressConfig, shape: Shape | None = None) -> Plan:
     forward = shape.depth * n  # the first pass
     for step in range(k):
         depth = shape.depth - step
-        if selection in ("mi", "nll"):  # each candidate's input is cached; the blocks after it run
+        if selection in ("mi", "nll", "kl"):  # each candidate's input is cached; the blocks after it run
             forward += depth * (depth - 1) // 2 * m
         forward += depth * m  # refresh (at most)
         if repair in ("fuse", "linear") and config.hidden_cache != "all":

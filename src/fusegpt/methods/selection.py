@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..importance import block_influence, calibration_nll, macro_influence, span_distance
+from ..importance import block_influence, calibration_nll, macro_influence, output_divergence, span_distance
 from .step import StepContext
 
 Scores = dict[int, float]  # original index -> score
@@ -50,6 +50,9 @@ SELECTIONS: dict[str, Selection] = {
     # SLEB: the block without which the calibration loss is lowest (iterative)
     "nll": Selection("calibration_nll", lambda ctx: calibration_nll(
         ctx.stack, ctx.adapter.head(ctx.model), ctx.input_ids, ctx.config.mi_samples, ctx.progress)),
+    # SLEB's criterion against the dense model's predictions instead of the text's next tokens (iterative)
+    "kl": Selection("output_divergence", lambda ctx: output_divergence(
+        ctx.stack, ctx.adapter.head(ctx.model), ctx.config.mi_samples, ctx.progress)),
     # "Reassessing Layer Pruning": the blocks just before the final one
     "last": Selection("position", lambda ctx: [float(i) for i in ctx.stack.origin], first_of_the_tail, one_shot=True),
     # ReplaceMe / "Unreasonable Ineffectiveness of the Deeper Layers": the contiguous span of K
