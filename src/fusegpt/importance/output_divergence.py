@@ -4,10 +4,10 @@
 
 SLEB's criterion with the dense model's whole distribution as the target instead of the one
 next token of the text: on the few windows that scoring reads, one sampled token per position is
-a noisy label (on pydoc-llama-12L SLEB's third pick changed with the calibration seed; this one's
-did not), and the dense distribution is what a repair that distils from the dense model undoes.
-The input to block i comes from the cache, so only blocks after i, the final norm and the LM head
-are run."""
+a noisy label (on the 12-block pydoc model of docs/BENCHMARKS.md, SLEB's third pick changed
+with the calibration seed; this one's did not), and the dense distribution is what a repair that
+distils from the dense model undoes. The input to block i comes from the cache, so only blocks
+after i, the final norm and the LM head are run."""
 from __future__ import annotations
 
 import torch
