@@ -24,6 +24,8 @@ RECIPES: dict[str, tuple[str, str]] = {
 }
 METHODS: tuple[str, ...] = tuple(RECIPES)
 SELECTION_NAMES: tuple[str, ...] = ("mi", "bi", "nll", "kl", "last", "span", "given")
+# the iterative criteria that run the blocks after every candidate (the costly ones, split over ranks)
+BLOCK_RUNNING_SELECTIONS: tuple[str, ...] = ("mi", "nll", "kl")
 REPAIR_NAMES: tuple[str, ...] = ("none", "fuse", "lora", "linear")
 COEFFICIENT_FORMS: tuple[str, ...] = ("lowrank", "vector", "full")
 LOSSES: tuple[str, ...] = ("kl_batch", "kl_hidden", "mse", "relative_mse", "cosine")
@@ -188,8 +190,8 @@ class CompressConfig:
             (self.repair is None or self.repair in REPAIR_NAMES,
              f"--repair must be one of {', '.join(REPAIR_NAMES)}, got {self.repair!r}"),
             (self.fuse_eval_candidates == 0 or self.method not in RECIPES or self.recipe[1] == "fuse",
-             f"--fuse-eval trial-fuses candidates and needs a fusing method (fusegpt, kl-fuse, sleb-fuse or --repair fuse), "
-             f"got {self.method!r}"),
+             f"--fuse-eval trial-fuses candidates and needs a fusing method (fusegpt, kl-fuse, sleb-fuse or "
+             f"--repair fuse), got {self.method!r}"),
             (self.fuse_eval_epochs >= 1, f"--fuse-eval-epochs must be at least 1, got {self.fuse_eval_epochs}"),
             (self.seqlen >= 2, f"--seqlen must be at least 2, got {self.seqlen}"),
             (self.fusion.group_size >= 1, f"--group-size must be at least 1, got {self.fusion.group_size}"),

@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 from .calibrate import BlockStack, capture_block_inputs
 from . import distributed
 from .checkpoint import Checkpoint
-from .config import CompressConfig, torch_dtype
+from .config import BLOCK_RUNNING_SELECTIONS, CompressConfig, torch_dtype
 from .data import calibration_windows
 from .evaluation import HealRecord, Report, StepRecord
 from .fusion import merge_block
@@ -103,7 +103,7 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
         # score (a one-shot criterion once, on the dense model), choose
         scored = time.perf_counter()
         if step == 0 or not selection.one_shot:
-            if selection_name in ("mi", "nll", "kl"):  # the criteria that run blocks, split over the ranks
+            if selection_name in BLOCK_RUNNING_SELECTIONS:  # the criteria that run blocks, split over the ranks
                 for r in range(ranks):
                     report.shares["scored blocks"][r] += len(range(r, len(stack), ranks))
             computed = selection.score(ctx)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import CompressConfig
+from .config import BLOCK_RUNNING_SELECTIONS, CompressConfig
 from .errors import FuseGPTError
 
 RUNTIME = int(0.45 * 2**30)  # Python, torch, transformers and a tokenizer, resident before any model
@@ -183,7 +183,7 @@ def plan(name: str, config: CompressConfig, shape: Shape | None = None) -> Plan:
     forward = shape.depth * n  # the first pass
     for step in range(k):
         depth = shape.depth - step
-        if selection in ("mi", "nll", "kl"):  # each candidate's input is cached; the blocks after it run
+        if selection in BLOCK_RUNNING_SELECTIONS:  # each candidate's input is cached; the blocks after it run
             forward += depth * (depth - 1) // 2 * m
         forward += depth * m  # refresh (at most)
         if repair in ("fuse", "linear") and config.hidden_cache != "all":

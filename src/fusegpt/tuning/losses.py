@@ -25,7 +25,7 @@ def kl_batch(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def kl_hidden(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Softmax across the hidden dimension of each token."""
+    """Softmax across the last dimension of each token: its hidden units, or the vocabulary on logits."""
     return _kl(student, teacher, dim=-1)
 
 
