@@ -11,6 +11,8 @@ bench/results/memory.json; `--table` prints the Markdown table.
 
     python bench/memory.py            # every cell (about 10 minutes here)
     python bench/memory.py --table
+    python bench/memory.py --tune     # the global tune: depth, batch, micro-batch, checkpointing
+    python bench/memory.py --tune --table
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ OUT = ROOT / "bench" / "results" / "memory.json"
 HIDDEN, FFN, SEQLEN = 512, 1376, 256
 WINDOW_MIB = SEQLEN * HIDDEN * 4 / 2**20
 CELLS = [(12, 64), (24, 64), (48, 64), (12, 128), (12, 256)]  # (depth, calibration windows)
+# the global tune (every kept block at once, 16 windows, one epoch): (depth, batch, micro-batch, checkpointing)
+TUNE_CELLS = [(6, 4, 0, False), (6, 4, 0, True), (12, 4, 0, False), (12, 4, 0, True), (12, 8, 0, False),
+              (12, 8, 0, True), (12, 8, 1, True), (24, 4, 0, False), (24, 4, 0, True)]
 
 
 def _model(depth: int, vocab: int):
@@ -36,6 +41,17 @@ def _model(depth: int, vocab: int):
                                         max_position_embeddings=SEQLEN)).eval()
 
 
+def _tune_config(depth: int, batch: int, micro: int, checkpointed: bool):
+    """One removal (injected, untuned) and one global epoch over the kept blocks."""
+    from fusegpt import CompressConfig, FusionConfig, TuneConfig
+
+    return CompressConfig(calib=str(ASSETS / "text/wikitext-2-raw/wiki.valid.raw"), nsamples=16, seqlen=SEQLEN,
+                          mi_samples=8, blocks=[depth // 2], sparsity=None, device="cpu",
+                          fusion=FusionConfig(rank=32, lora_rank=32),
+                          tune=TuneConfig(epochs=0, global_epochs=1, batch_size=batch, micro_batch=micro or None,
+                                          checkpoint_activations=checkpointed, optimizer_on_host=False))
+
+
 def _config(depth: int, nsamples: int, cache: str):
     from fusegpt import CompressConfig, FusionConfig, TuneConfig
 
@@ -44,7 +60,7 @@ def _config(depth: int, nsamples: int, cache: str):
                           device="cpu", fusion=FusionConfig(rank=32, lora_rank=32), tune=TuneConfig(epochs=1, global_epochs=0))
 
 
-def estimate_mib(depth: int, nsamples: int, cache: str) -> float:
+def estimate_mib(depth: int, nsamples: int, cache: str, config=None) -> float:
     """`--dry-run`'s peak estimate for the cell (the model built on the meta device)."""
     import torch
 
@@ -52,10 +68,10 @@ def estimate_mib(depth: int, nsamples: int, cache: str) -> float:
 
     with torch.device("meta"):
         model = _model(depth, 512)
-    return plan("bench", _config(depth, nsamples, cache), shape_of(model)).peak_host / 2**20
+    return plan("bench", config or _config(depth, nsamples, cache), shape_of(model)).peak_host / 2**20
 
 
-def cell(depth: int, nsamples: int, cache: str) -> dict:
+def cell(depth: int, nsamples: int, cache: str, config=None) -> dict:
     """One compress in this process; memory in MiB."""
     import torch
     from transformers import AutoTokenizer
@@ -68,7 +84,7 @@ def cell(depth: int, nsamples: int, cache: str) -> dict:
     model = _model(depth, len(tokenizer))
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     baseline = current_rss() / 2**20
-    compress(model, tokenizer, _config(depth, nsamples, cache), progress=False)
+    compress(model, tokenizer, config or _config(depth, nsamples, cache), progress=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     return {"depth": depth, "nsamples": nsamples, "cache": cache, "weights_mib": round(weights, 1),
             "baseline_mib": round(baseline, 1), "peak_mib": round(peak, 1), "beyond_mib": round(peak - baseline, 1)}
@@ -89,9 +105,49 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def tune_cell(depth: int, batch: int, micro: int, checkpointed: bool) -> dict:
+    row = cell(depth, 16, "scoring", _tune_config(depth, batch, micro, checkpointed))
+    return {**row, "batch": batch, "micro": micro, "checkpointed": checkpointed,
+            "estimate_mib": round(estimate_mib(depth, 16, "scoring", _tune_config(depth, batch, micro, checkpointed)))}
+
+
+def tune_table(rows: list[dict]) -> str:
+    lines = ["| depth | batch | micro-batch | checkpointing | beyond the model MiB | peak MiB | `--dry-run` estimate MiB |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['depth']} | {r['batch']} | {r['micro'] or 'batch'} | {'yes' if r['checkpointed'] else 'no'} | "
+                     f"{r['beyond_mib']} | {r['peak_mib']} | {r['estimate_mib']} |")
+    return "\n".join(lines)
+
+
+def tune_main() -> None:
+    path = OUT.with_name("memory_tune.json")
+    rows = json.loads(path.read_text()) if path.exists() else []
+    if sys.argv[2:] == ["--table"]:
+        print(tune_table(rows))
+        return
+    done = {(r["depth"], r["batch"], r["micro"], r["checkpointed"]) for r in rows}
+    for key in TUNE_CELLS:
+        if key in done:
+            continue
+        out = subprocess.run([sys.executable, __file__, "--tune-cell", *map(str, key)], check=True,
+                             capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+        path.write_text(json.dumps(rows, indent=1) + "\n")
+    print(tune_table(rows))
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--cell"]:
         print(json.dumps(cell(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])))
+        return
+    if sys.argv[1:2] == ["--tune-cell"]:
+        depth, batch, micro, checkpointed = sys.argv[2:6]
+        print(json.dumps(tune_cell(int(depth), int(batch), int(micro), checkpointed == "True")))
+        return
+    if sys.argv[1:2] == ["--tune"]:
+        tune_main()
         return
     rows = json.loads(OUT.read_text()) if OUT.exists() else []
     if sys.argv[1:] == ["--table"]:

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install --quiet torch==2.13.0
-.venv/bin/pip install --quiet -e ".[test]"
+# the test extra builds llama.cpp (llama-cpp-python) from source: ~8 minutes on 2 cores, once
+CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" .venv/bin/pip install --quiet -e ".[test]"
 .venv/bin/fusegpt --help > /dev/null
 echo "fusegpt installed in $(pwd)/.venv"

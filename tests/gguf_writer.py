@@ -12,6 +12,7 @@ gguf = pytest.importorskip("gguf", reason="GGUF tests need the gguf package (a f
 
 HIDDEN, FFN, HEADS, KV_HEADS, DEPTH, CONTEXT = 32, 64, 4, 2, 6, 128
 MERGES = ["Ġ t", "h e", "Ġt he", "i n", "a n"]
+PER_BLOCK_KEY = "llama.fusegpt_test.per_block"  # block i's value is 10 + i
 
 
 def _byte_tokens() -> list[str]:
@@ -47,6 +48,7 @@ def write_tiny_gguf(path: Path, seed: int = 0, quantize_ffn: bool = True) -> Pat
     writer.add_token_list(tokens)
     writer.add_token_types([gguf.TokenType.NORMAL] * (len(tokens) - 1) + [gguf.TokenType.CONTROL])
     writer.add_token_merges(MERGES)
+    writer.add_array(PER_BLOCK_KEY, [10 + i for i in range(DEPTH)])  # a per-block setting, as some families have
     writer.add_bos_token_id(len(tokens) - 1)
     writer.add_eos_token_id(len(tokens) - 1)
 

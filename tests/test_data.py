@@ -161,6 +161,23 @@ def test_calibration_windows_are_seeded_contiguous_slices(tokenizer, tmp_path: P
         assert (all_slices == window).all(dim=1).any()
 
 
+def test_a_calibration_mix_interleaves_equal_shares_of_each_source(tokenizer, tmp_path: Path) -> None:
+    letters, digits = tmp_path / "letters.txt", tmp_path / "digits.txt"
+    letters.write_text("abcdefghij" * 20)
+    digits.write_text("0123456789" * 20)
+    windows = calibration_windows(tokenizer, f"{letters},{digits}", 5, 8, seed=0)
+    assert windows.shape == (5, 8)
+    text = [tokenizer.decode(w) for w in windows]
+    # 3 windows of the first source and 2 of the second, alternating from the first window on
+    assert [t.replace(" ", "").isalpha() for t in text] == [True, False, True, False, True]
+    assert [t.replace(" ", "").isdigit() for t in text] == [False, True, False, True, False]
+    # one source alone draws exactly the windows it drew before mixes existed: the same generator calls
+    ids = perplexity_ids(tokenizer, str(letters), 8)
+    starts = torch.randint(0, ids.numel() - 8 + 1, (4,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(calibration_windows(tokenizer, str(letters), 4, 8, seed=0),
+                       torch.stack([ids[s:s + 8] for s in starts.tolist()]))
+
+
 def test_too_short_text_raises(tokenizer, tmp_path: Path) -> None:
     path = tmp_path / "short.txt"
     path.write_text("abcdefgh")  # 8 character tokens

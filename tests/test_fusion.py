@@ -106,7 +106,6 @@ def test_low_rank_coefficient_has_rank_and_zero_p():
     c = fused.coefficients[0]
     assert c.P.shape == (12, 4) and c.Q.shape == (4, 10)
     assert torch.count_nonzero(c.P) == 0 and torch.count_nonzero(c.Q) > 0
-    assert FusedLinear(_linear(), "lowrank", rank=128).rank == 128  # capped per layer when injected
     capped = FusedLinear(_linear(), "lowrank", rank=128)
     capped.inject(_linear(seed=1).weight)
     assert capped.coefficients[0].P.shape == (12, 10)

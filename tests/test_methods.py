@@ -111,14 +111,91 @@ def test_output_divergence_is_the_kl_from_the_dense_predictions_without_the_bloc
     stack = _stack(model, tokenizer, text_file)
     stack.delete(0)  # later steps still measure against the dense model, not the current one
     stack.refresh(0)
-    scores = output_divergence(stack, adapter_for(model).head(model), samples=4)
+    scores = output_divergence(stack, adapter_for(model).head(model), samples=4, top_k=0, stride=1)
     for i in range(3):
         pruned = copy.deepcopy(model)
         del pruned.model.layers[i + 1], pruned.model.layers[0]
         with torch.no_grad():
             log_q = F.log_softmax(pruned(input_ids=ids, use_cache=False).logits, dim=-1)
         expected = (dense.exp() * (dense - log_q)).sum(-1).mean().item()
-        assert scores[i] == pytest.approx(expected, rel=1e-5)
+        assert scores[i + 1] == pytest.approx(expected, rel=1e-5)
+
+
+def _full_kl_per_position(model, ids, removed: list[int]) -> torch.Tensor:
+    """KL(dense || model without `removed`) at every position of every window, by hand."""
+    pruned = copy.deepcopy(model)
+    for i in sorted(removed, reverse=True):
+        del pruned.model.layers[i]
+    with torch.no_grad():
+        log_p = F.log_softmax(model(input_ids=ids, use_cache=False).logits, dim=-1)
+        log_q = F.log_softmax(pruned(input_ids=ids, use_cache=False).logits, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def test_a_top_k_dense_side_is_exact_with_one_token_left_and_a_lower_bound_with_fewer(tokenizer, text_file):
+    """Coarsening both distributions to k tokens + the rest can only lower a KL (data processing);
+    with k = V - 1 the rest is one token, so nothing is coarsened."""
+    model = tiny_llama(depth=4)
+    ids, head = _windows(tokenizer, text_file)[:4], adapter_for(model).head(model)
+    stack = _stack(model, tokenizer, text_file)
+    vocabulary = model.config.vocab_size
+    exact = [_full_kl_per_position(model, ids, [i]).mean().item() for i in range(4)]
+    one_left = output_divergence(stack, head, samples=4, top_k=vocabulary - 1, stride=1)
+    assert [one_left[i] for i in range(4)] == pytest.approx(exact, rel=1e-4)
+    # top-3's bins are a coarsening of top-20's (the dense side ranks both), which coarsen the full vocabulary
+    coarse = output_divergence(stack, head, samples=4, top_k=3, stride=1)
+    finer = output_divergence(stack, head, samples=4, top_k=20, stride=1)
+    assert all(0 < coarse[i] <= finer[i] * (1 + 1e-5) and finer[i] <= exact[i] * (1 + 1e-5) for i in range(4))
+
+
+def test_a_strided_kl_scores_every_nth_position_in_chunks_of_any_size(tokenizer, text_file):
+    from fusegpt.importance.output_divergence import dense_targets, divergence_from
+
+    model = tiny_llama(depth=4)
+    ids, head = _windows(tokenizer, text_file)[:4], adapter_for(model).head(model)
+    stack = _stack(model, tokenizer, text_file)
+    per_position = _full_kl_per_position(model, ids, [2])
+    expected = per_position[:, 4::5].mean().item()  # positions 4, 9, ..., 29 of 32: every 5th
+    hidden = stack.run(3, 4, stack.boundaries[2][:4])
+    for max_elements in (1, 200, 10**6):  # a position per chunk, a few, all of them
+        targets = dense_targets(head, stack.dense_scoring_final[:4], 0, 5, torch.device("cpu"), max_elements)
+        assert targets.positions.tolist() == list(range(4, 32, 5))
+        assert divergence_from(head, hidden, targets, torch.device("cpu"), max_elements) == pytest.approx(
+            expected, rel=1e-4)
+
+
+def test_the_automatic_stride_scores_fewer_positions_only_when_the_head_outweighs_the_blocks():
+    from fusegpt.importance.output_divergence import automatic_stride
+
+    class Stack(list):
+        blocks = property(lambda self: self)
+
+    head = _Head(vocabulary=1000, hidden=8)
+    # 18 blocks of 100 parameters: a candidate runs ~9 (900) against the head's 8,000: every 9th position
+    assert automatic_stride(Stack(torch.nn.Linear(10, 10) for _ in range(18)), head) == round(8000 / 990)
+    # blocks as large as the head: every position
+    assert automatic_stride(Stack(torch.nn.Linear(80, 100, bias=False) for _ in range(4)), head) == 1
+
+
+class _Head(torch.nn.Module):
+    def __init__(self, vocabulary: int, hidden: int):
+        super().__init__()
+        self.lm_head = torch.nn.Linear(hidden, vocabulary, bias=False)
+
+
+def test_rescoring_scores_only_the_previous_steps_best_and_removes_one_of_them(tokenizer, text_file):
+    model = tiny_llama(depth=6)
+    config = _config(text_file, method="kl-fuse", num_remove=3, rescore=2, kl_top_k=0)
+    report = compress(model, tokenizer, config, progress=False).report
+    first, *later = report.steps
+    assert len(first.scores) == 6
+    latest, gone = dict(first.scores), {first.removed}
+    for step in later:  # the 2 remaining blocks with the lowest most recent scores, whichever step gave them
+        best = sorted((o for o in latest if o not in gone), key=latest.get)[:2]
+        assert sorted(step.scores) == sorted(best) and step.removed == min(step.scores, key=step.scores.get)
+        latest.update(step.scores)
+        gone.add(step.removed)
+    assert report.shares["scored blocks"] == [6 + 2 + 2]
 
 
 HEADS = {name: (case.auto, case.config(False)) for name, case in CASES.items()}
@@ -172,7 +249,7 @@ def test_fusion_aware_trials_leave_no_trace(tokenizer, text_file):
     config = _config(text_file, fuse_eval_candidates=3)
     ctx = StepContext(model, stack, adapter_for(model), config, _windows(tokenizer, text_file), to_remove=K,
                       progress=False)
-    scores = dict(zip(stack.origin, macro_influence(stack, samples=4)))
+    scores = macro_influence(stack, samples=4)
     state, boundaries, rng = copy.deepcopy(model.state_dict()), list(stack.boundaries), torch.get_rng_state()
 
     chosen = fusion_aware(ctx, scores)

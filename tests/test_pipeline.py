@@ -57,7 +57,7 @@ def test_macro_influence_is_zero_for_an_identity_block_and_picks_it_first(tokeni
     _make_identity(model, 3)
     scores = macro_influence(_stack(model, tokenizer, text_file), samples=4)
     assert abs(scores[3]) < 1e-6
-    assert all(s > 1e-4 for i, s in enumerate(scores) if i != 3)
+    assert all(s > 1e-4 for i, s in scores.items() if i != 3)
     result = compress(model, tokenizer, _config(text_file, method="remove", num_remove=1), progress=False)
     assert result.report.removed == [3]
 

@@ -127,3 +127,69 @@ def test_a_bf16_trainable_learns_updates_below_bf16_resolution():
                TuneConfig(loss="mse", epochs=20, batch_size=2, coef_lr=1e-3), seed=0, progress=False)
     assert block.w.dtype == torch.bfloat16
     assert block.w.float().mean().item() > 1.0 + 2 * 2**-8  # moved at least two bf16 steps towards 1.02
+
+
+def test_learning_rate_ramps_up_then_decays_on_a_cosine():
+    from fusegpt.tuning.trainer import learning_rate_factor
+
+    # 10 steps, warm-up over 20% of them: 1/2, 2/2, then cos from the peak over the other 8
+    factors = [learning_rate_factor(s, 10, 0.2) for s in range(10)]
+    assert factors[:2] == [0.5, 1.0]
+    assert factors[2:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)])
+    # no warm-up: the plain cosine of every step
+    assert [learning_rate_factor(s, 4, 0.0) for s in range(4)] == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466])
+
+
+class _Head(torch.nn.Module):
+    """An OutputHead stand-in: a norm-free LM head over a vocabulary of 11."""
+
+    def __init__(self):
+        super().__init__()
+        self.lm_head = torch.nn.Linear(6, 11, bias=False)
+
+    def forward(self, x):
+        return self.lm_head(x)
+
+
+@pytest.mark.parametrize("max_elements", [11, 33, 10**6])  # a position per chunk, 3 per chunk, all at once
+def test_logit_distillation_is_the_vocabulary_kl_whatever_the_chunking(max_elements):
+    from fusegpt.tuning.losses import LogitDistillation
+
+    torch.manual_seed(0)
+    head = _Head().requires_grad_(False)
+    student, teacher = torch.randn(2, 5, 6, requires_grad=True), torch.randn(2, 5, 6)
+    loss = LogitDistillation(head, max_elements=max_elements)(student, teacher)
+    expected = _kl_by_hand(head(student.detach()), head(teacher), -1)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    reference = student.detach().clone().requires_grad_(True)
+    log_p, log_q = torch.log_softmax(head(teacher), -1), torch.log_softmax(head(reference), -1)
+    (log_p.exp() * (log_p - log_q)).sum(-1).mean().backward()
+    assert torch.allclose(student.grad, reference.grad, atol=1e-6)
+    assert LogitDistillation(head)(teacher, teacher).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("memory", [dict(checkpoint_activations=True), dict(micro_batch=1),
+                                    dict(micro_batch=3, checkpoint_activations=True), dict(optimizer_on_host=True),
+                                    dict(micro_batch=1, checkpoint_activations=True, optimizer_on_host=True)])
+def test_checkpointed_and_micro_batched_global_tunes_equal_the_plain_one(tokenizer, text_file, memory):
+    """Recomputing each block's activations in backward, and accumulating a batch's gradient over
+    micro-batches (3 + 1 windows of a batch of 4), and stepping fp32 master copies held on the host,
+    change the memory, not the weights."""
+    from dataclasses import replace
+
+    from conftest import tiny_llama
+    from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress
+
+    config = CompressConfig(method="kl-fuse", calib=str(text_file), nsamples=8, seqlen=32, mi_samples=4, num_remove=2,
+                            sparsity=None, fusion=FusionConfig(group_size=3, rank=4, lora_rank=2),
+                            tune=TuneConfig(epochs=0, global_epochs=2, batch_size=4, checkpoint_activations=False))
+    plain = compress(tiny_llama(), tokenizer, config, progress=False).model.state_dict()
+    other = compress(tiny_llama(), tokenizer, replace(config, tune=replace(config.tune, **memory)),
+                     progress=False).model.state_dict()
+    start = tiny_llama().state_dict()
+    moved = [k for k in plain if "layers" in k and k in start and plain[k].shape == start[k].shape
+             and not torch.allclose(plain[k], start[k])]
+    assert moved  # the tune changed the kept blocks
+    assert plain.keys() == other.keys()
+    assert all(torch.allclose(plain[k], other[k], atol=1e-5, rtol=0) for k in plain)

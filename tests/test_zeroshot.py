@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import ASSETS, asset, char_tokenizer, tiny_llama
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
@@ -193,7 +194,8 @@ PROMPTS = {
     "lambada": ("In my palm is a clear stone, and inside it is a small ivory statuette.", " signs"),
     "hellaswag": ("Roof shingle removal: A man is sitting on a roof. he", " is using wrap to wrap a pair of skis."),
 }
-PROMPT_ENDS = {"boolq": "\nQuestion: does ethanol take more energy make that produces?\nAnswer:",
+PROMPT_ENDS = {"piqa": "\nAnswer:", "arc_easy": "\nAnswer:",
+               "boolq": "\nQuestion: does ethanol take more energy make that produces?\nAnswer:",
                "arc_challenge": "\nAnswer:", "lambada": "I don't care about",
                "openbookqa": "they decide the best way to save money is to"}
 
@@ -206,8 +208,9 @@ def test_local_files_give_lm_eval_prompts(task):
     context, continuation = lm_task.instances[0].args
     start, first = PROMPTS[task]
     assert context.startswith(start) and continuation.startswith(first)
-    assert context.endswith(PROMPT_ENDS.get(task, context[-10:]))
-    if task == "hellaswag":
+    if task in PROMPT_ENDS:
+        assert context.endswith(PROMPT_ENDS[task])
+    else:  # the context is the opening itself (a partial-scoring prefix, hellaswag's activity: context)
         assert context == start
 
 
@@ -217,8 +220,20 @@ def test_stories260k_piqa_is_deterministic():
     model, tokenizer = load_model(str(ASSETS / "models/stories260K"))
     first, second = (evaluate_zero_shot(model, tokenizer, ["piqa"], limit=20, data_dir=str(ASSETS / "tasks"),
                                         progress=False) for _ in range(2))
-    assert first == second
-    assert 0.0 <= first["piqa"]["acc"] <= 1.0 and first["piqa"]["value"] == first["piqa"]["acc"]
+    assert first == second and first["piqa"]["value"] == first["piqa"]["acc"]
+    # by hand: lm-eval's piqa prompt, each solution's summed log-likelihood, the better one chosen
+    items = [json.loads(line) for line in (ASSETS / "tasks/piqa/validation.jsonl").read_text().splitlines()[:20]]
+    correct = 0
+    for item in items:
+        context = f"Question: {item['goal']}\nAnswer:"
+        scores = []
+        for solution in (item["sol1"], item["sol2"]):
+            whole, head = tokenizer.encode(context + " " + solution), tokenizer.encode(context)
+            with torch.no_grad():
+                log_probs = F.log_softmax(model(input_ids=torch.tensor([whole[:-1]])).logits[0].float(), dim=-1)
+            scores.append(sum(log_probs[i - 1, whole[i]].item() for i in range(len(head), len(whole))))
+        correct += int(scores.index(max(scores)) == item["label"])
+    assert first["piqa"]["acc"] == pytest.approx(correct / 20)
     assert set(first) == {"piqa", "mean"}
 
 
@@ -276,5 +291,7 @@ def test_data_dir_from_the_environment(model, tmp_path, monkeypatch):
     write_jsonl(tmp_path / "icl/reading_comprehension/boolq.jsonl",
                 [{"query": "Passage: Snow is cold.\nQuestion: is snow cold?", "choices": ["no", "yes"], "gold": 1}])
     monkeypatch.setenv("FUSEGPT_TASKS", str(tmp_path))
-    scores = evaluate_zero_shot(model, char_tokenizer(), ["boolq"], progress=False)
-    assert scores["boolq"]["acc"] in (0.0, 1.0)
+    from_environment = evaluate_zero_shot(model, char_tokenizer(), ["boolq"], progress=False)
+    monkeypatch.delenv("FUSEGPT_TASKS")
+    given = evaluate_zero_shot(model, char_tokenizer(), ["boolq"], data_dir=str(tmp_path), progress=False)
+    assert json.dumps(from_environment) == json.dumps(given) and set(given) == {"boolq", "mean"}  # NaN stderr of 1 item

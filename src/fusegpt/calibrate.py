@@ -205,6 +205,11 @@ class BlockStack:
             for (p, _), data in zip(self.dense_norms, current):
                 p.data = data
 
+    def release_boundaries(self) -> None:
+        """Free the cached hidden states between blocks once nothing will read them (before a final
+        tune, which runs from the embeddings): that tune's working set takes their place."""
+        self.boundaries, self.dense = [], None
+
     def delete(self, index: int) -> nn.Module:
         """Drop block `index`; cached boundaries after it are stale until `refresh(index)`."""
         del self.origin[index], self.block_kwargs[index], self.boundaries[index + 1]

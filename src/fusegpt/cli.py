@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import (COEFFICIENT_FORMS, DTYPES, HIDDEN_CACHES, LOSSES, METHODS, OFFLOADS, PRESETS, RECIPES,
+from .config import (COEFFICIENT_FORMS, DISTILLS, DTYPES, HIDDEN_CACHES, LOSSES, METHODS, OFFLOADS, PRESETS, RECIPES,
                      REPAIR_NAMES, SELECTION_NAMES, TASKS, TEACHERS, CompressConfig, preset)
 from .errors import FuseGPTError
 
@@ -42,6 +42,10 @@ def _compress_parser(sub) -> None:
     amount.add_argument("--sparsity", type=float, default=_DEFAULT.sparsity,
                         help="fraction of blocks to remove; K = ceil(depth * S)")
     amount.add_argument("--num-remove", type=int, help="number of blocks to remove (instead of --sparsity)")
+    p.add_argument("--gguf", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write the result as OUT/<input name>.gguf for llama.cpp (default: for a GGUF input)")
+    p.add_argument("--gguf-type", help="the GGUF's type: F32, F16, Q8_0, Q4_K_M, ... (default: the input's; "
+                                       "quantised types need llama-cpp-python)")
     p.add_argument("--ppl", default="", help="also evaluate the result on these comma-separated sources")
     p.add_argument("--ppl-windows", type=int, help="perplexity on the first N protocol windows (default: all)")
     p.add_argument("--ppl-seqlen", type=int, help="perplexity window length (default: --seqlen, the calibration one)")
@@ -67,11 +71,18 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=PRESETS, default="default",
                    help="settings to start from: default (our best measured recipe) or paper (the authors'); "
                         "the flags below override single settings")
-    p.add_argument("--calib", default=_DEFAULT.calib, help="calibration text: wikitext2, c4, ptb or a .txt/.raw/.jsonl/.parquet file")
+    p.add_argument("--calib", default=_DEFAULT.calib, help="calibration text: wikitext2, c4, ptb or a .txt/.raw/.jsonl/.parquet file, or a comma-separated "
+                        "mix of them (equal numbers of windows from each)")
     _recipe(p, "--nsamples", "", "nsamples", int, "calibration windows")
     _recipe(p, "--seqlen", "", "seqlen", int, "tokens per window (capped at the model's context)")
     _recipe(p, "--mi-samples", "", "mi_samples", int,
             "windows used to score blocks (Macro Influence, Block Influence, calibration loss, KL)")
+    _recipe(p, "--kl-top-k", "", "kl_top_k", int, "kl criterion: the dense model's k most likely tokens per "
+            "position, and the rest's mass, are the target (0: the whole vocabulary)")
+    _recipe(p, "--kl-stride", "", "kl_stride", int, "kl criterion: score every N-th position (the blocks still "
+            "run on all; 0: every position unless the LM head outweighs the blocks)")
+    _recipe(p, "--rescore", "", "rescore", int, "iterative criteria: after the first step, score only the "
+            "previous step's N best candidates (0: every block every step)")
     p.add_argument("--fuse-eval", dest="fuse_eval_candidates", type=int, default=_DEFAULT.fuse_eval_candidates,
                    metavar="K", help="fusing methods: trial-fuse the K lowest-scored blocks and remove the one "
                                      "whose output stays closest (0: the lowest-scored block)")
@@ -82,6 +93,11 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
             "block against the dense model's output (the LoRA baselines get as many more)")
     _recipe(p, "--global-coef-lr", "tune", "global_coef_lr", float, "fusegpt: learning rate of the fusion "
             "coefficients in that global tune (None: --lr)")
+    _recipe(p, "--distill", "tune", "distill", str, "what the global tune and LoRA healing match: the dense "
+            "model's final hidden states (by --loss) or its next-token distributions (KL over the vocabulary)",
+            choices=DISTILLS)
+    _recipe(p, "--warmup", "tune", "warmup", float, "share of each tune's steps over which the learning rates "
+            "ramp up linearly before their cosine decay")
     _recipe(p, "--heal-epochs", "tune", "heal_epochs", int, "remove-lora, sleb-lora: LoRA epochs over every kept "
             "block (None: the fewest whose block passes reach fusegpt's with these settings)")
     _recipe(p, "--batch-size", "tune", "batch_size", int, "windows per tuning step")
@@ -100,6 +116,17 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-train-norms", dest="train_norms", action="store_false", default=None,
                    help="keep norm weights frozen%(default).0s")
     p.add_argument("--device", default=_DEFAULT.device, help="compute device: auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--device-memory", dest="device_memory_gib", type=float, metavar="GIB",
+                   help="GPU memory to fit the tune into, in GiB (default: the GPU's free memory); with --dry-run, "
+                        "plans for a GPU this machine does not have")
+    _recipe(p, "--micro-batch", "tune", "micro_batch", int, "windows per forward/backward pass, gradients "
+            "accumulated over each --batch-size batch (None: chosen from the memory the tune has)")
+    p.add_argument("--checkpoint-activations", dest="tune.checkpoint_activations", action=argparse.BooleanOptionalAction,
+                   default=None, help="recompute each block's activations in backward instead of keeping them "
+                                      "(default: when the tune would not fit otherwise)")
+    p.add_argument("--optimizer-on-host", dest="tune.optimizer_on_host", action=argparse.BooleanOptionalAction,
+                   default=None, help="GPU runs: keep Adam's state and fp32 master copies in host memory "
+                                      "(default: when the tune would not fit on the GPU otherwise)")
     _add_offload(p)
     p.add_argument("--hidden-cache", choices=HIDDEN_CACHES, default=_DEFAULT.hidden_cache,
                    help="hidden states kept in memory: scoring (every block's on the --mi-samples windows; the rest "
@@ -178,10 +205,11 @@ def _config(args, **amount) -> CompressConfig:
     config = preset(args.preset, **amount, selection=args.selection, repair=args.repair, blocks=args.blocks,
                     calib=args.calib, fuse_eval_candidates=args.fuse_eval_candidates,
                     fuse_eval_epochs=args.fuse_eval_epochs, dtype=args.dtype, device=args.device, seed=args.seed,
+                    device_memory_gib=args.device_memory_gib,
                     hidden_cache=args.hidden_cache, offload=args.offload,
                     data_dir=args.data_dir)
     given = {key: value for key, value in vars(args).items() if value is not None}
-    for key in ("method", "nsamples", "seqlen", "mi_samples"):
+    for key in ("method", "nsamples", "seqlen", "mi_samples", "kl_top_k", "kl_stride", "rescore"):
         setattr(config, key, given.get(key, getattr(config, key)))
     for section in ("tune", "fusion"):
         for key, value in given.items():
@@ -196,9 +224,11 @@ def _config(args, **amount) -> CompressConfig:
 def _check_sources(args) -> None:
     """Every text the run will read exists, before any weight is loaded."""
     from .data.sources import check_source
+    from .data.windows import calibration_sources
 
     if getattr(args, "calib", None):
-        check_source(args.calib, "--calib")
+        for source in calibration_sources(args.calib):
+            check_source(source, "--calib")
     for source in _sources(args.ppl):
         check_source(source, "--ppl")
     unknown = [task for task in _sources(getattr(args, "tasks", "")) if task not in TASKS]
@@ -211,8 +241,6 @@ def _check_sources(args) -> None:
 
 
 def _run_compress(args) -> None:
-    from .paths import STATE, check_output, checkpoint_folder
-
     given = args.blocks is not None
     config = _config(args, sparsity=None if args.num_remove or given else args.sparsity,
                      num_remove=args.num_remove)
@@ -224,62 +252,20 @@ def _run_compress(args) -> None:
         print(planned.render())
         planned.check()
         return
-    out = check_output(args.out, args.overwrite, protect=args.model)
-    folder = checkpoint_folder(out)
-    if (folder / STATE).exists() and not args.resume:
-        raise FuseGPTError(f"found the checkpoint of an interrupted run in {folder}; pass --resume to continue it, "
-                           "or delete that folder to start over")
-    if args.resume and not (folder / STATE).exists():
-        raise FuseGPTError(f"--resume: no checkpoint in {folder}; run without --resume")
+    from .workflow import Job, run
 
-    from . import compress, distributed, evaluate_perplexity, load_model, save_compressed
-    from .checkpoint import Checkpoint
-    from .io import REPORT_NAME, model_source
-
-    source = model_source(args.model)
-    checkpoint = Checkpoint(folder, config.to_dict(), str(Path(args.model).expanduser().resolve())
-                            if Path(args.model).expanduser().exists() else args.model)
-    model, tokenizer = load_model(args.model, args.dtype)
-    try:
-        result = compress(model, tokenizer, config, progress=not args.quiet, model_name=args.model,
-                          checkpoint=checkpoint)
-    except KeyboardInterrupt:
-        if checkpoint.exists():
-            raise KeyboardInterrupt(f"interrupted; every finished step is kept in {folder}: rerun the same command "
-                                    "with --resume to continue") from None
-        raise
-    result.report.source = source
-    if not distributed.is_main():  # under torchrun, rank 0 writes and evaluates; the others are done
-        return
-    try:
-        save_compressed(result.model, tokenizer, result.report, out, args.overwrite)  # before any evaluation
-    except FuseGPTError as error:
-        raise FuseGPTError(f"{error}; every step is kept in {folder}: rerun with --resume to save without "
-                           "recomputing") from error
-    if not args.keep_checkpoints:
-        checkpoint.remove()
-    if args.ppl:
-        from .pipeline import resolve_device
-        from .placement import place_for_inference
-
-        place_for_inference(result.model, resolve_device(config.device), config.offload)
-        try:
-            result.report.perplexity = evaluate_perplexity(
-                result.model, tokenizer, _sources(args.ppl), args.ppl_seqlen or result.report.seqlen, args.data_dir,
-                progress=not args.quiet, windows=args.ppl_windows)
-        except FuseGPTError as error:
-            raise FuseGPTError(f"{error} (the compressed model is saved in {out})") from error
-        result.report.perplexity_windows = args.ppl_windows
-        result.report.write(out / REPORT_NAME)
-    print(result.report.summary())
-    print(f"saved to {out}")
+    result = run(Job(args.model, config, args.out, overwrite=args.overwrite, resume=args.resume,
+                     keep_checkpoints=args.keep_checkpoints, ppl=_sources(args.ppl), ppl_windows=args.ppl_windows,
+                     ppl_seqlen=args.ppl_seqlen, gguf=args.gguf, gguf_type=args.gguf_type, progress=not args.quiet))
+    if result is not None:
+        print(result.report.summary())
+        print(f"saved to {Path(args.out).expanduser().resolve()}")
 
 
 def _run_eval(args) -> None:
     from . import evaluate_perplexity, load_model
     from .evaluation.zeroshot import evaluate_zero_shot
-    from .pipeline import context_length, resolve_device
-    from .placement import place_for_inference
+    from .placement import context_length, place_for_inference, resolve_device
 
     if not args.ppl and not args.tasks:
         raise FuseGPTError("nothing to evaluate; pass --ppl SOURCES and/or --tasks TASKS")

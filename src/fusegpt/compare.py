@@ -17,7 +17,11 @@ SPEED_PROTOCOL = "interleaved with a dense copy, medians of 5 rounds"  # cells t
 # fusion's tuning settings added after cells were cached, with the value that reproduces what ran
 # before: left out of the fingerprint at that value (and for repairs that do not fuse), so that
 # adding a knob does not invalidate every cell
-NEUTRAL_TUNE = {"global_coef_lr": None}
+NEUTRAL_TUNE = {"global_coef_lr": None, "distill": "hidden", "warmup": 0.0,
+                # how a tune holds its memory, never what it computes
+                "micro_batch": None, "checkpoint_activations": None, "optimizer_on_host": None}
+FUSION_ONLY_TUNE = ("global_coef_lr",)  # shapes fusing repairs only
+MEMORY_TUNE = ("micro_batch", "checkpoint_activations", "optimizer_on_host")  # results equal up to rounding
 
 
 def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list[str], limit: int | None,
@@ -28,9 +32,15 @@ def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list
     settings = config.to_dict()
     repair = None if method == DENSE else replace(config, method=method).recipe[1]
     for name, value in NEUTRAL_TUNE.items():
-        if settings["tune"][name] == value or repair != "fuse":  # fusion's alone do not shape other repairs
+        if settings["tune"][name] == value or (name in FUSION_ONLY_TUNE and repair != "fuse") or name in MEMORY_TUNE:
             del settings["tune"][name]
-    settings = {**settings, "method": None, "sparsity": None, "num_remove": None, "device": None,
+    selection = None if method == DENSE else replace(config, method=method).recipe[0]
+    for name in ("kl_top_k", "kl_stride"):  # the kl criterion's alone
+        if selection != "kl":
+            del settings[name]
+    if not settings["rescore"]:  # added after cells were cached; 0 is what ran before
+        del settings["rescore"]
+    settings = {**settings, "method": None, "sparsity": None, "num_remove": None, "device": None, "device_memory_gib": None,
                 "hidden_cache": None, "offload": None, "ppl": ppl, "tasks": tasks,
                 "limit": limit, "ppl_windows": ppl_windows, "ppl_seqlen": ppl_seqlen, "speed": SPEED_PROTOCOL}
     if method == DENSE:
@@ -47,25 +57,26 @@ def run_cell(model_name: str | Path, method: str, sparsity: float, config: Compr
              ppl_windows: int | None = None, speed: bool = True, ppl_seqlen: int | None = None) -> Cell:
     """Load a fresh copy of the model, compress it (unless dense), measure it and evaluate it.
     Inference speed is measured on the dense model and on the output in the same run."""
-    from . import compress, evaluate_perplexity, load_model
+    from . import evaluate_perplexity, load_model
     from .evaluation.cost import PeakRSS, inference_speed, parameter_count
     from .evaluation.zeroshot import evaluate_zero_shot
-    from .pipeline import context_length, resolve_device
-    from .placement import place_for_inference
+    from .placement import context_length, place_for_inference, resolve_device
+    from .workflow import load_and_compress
 
     started, model_name = time.perf_counter(), str(model_name)
     device = resolve_device(config.device)
     with PeakRSS() as memory:
-        model, tokenizer = load_model(model_name, config.dtype)
         cell = Cell(method=method, sparsity=sparsity, ppl_windows=ppl_windows)
-        seqlen = min(ppl_seqlen or config.seqlen, context_length(model))
-        if method != DENSE:
-            result = compress(model, tokenizer, replace(config, method=method, sparsity=sparsity, num_remove=None),
-                              progress=progress, model_name=model_name)
-            report = result.report
+        if method == DENSE:
+            model, tokenizer = load_model(model_name, config.dtype)
+        else:
+            result, tokenizer = load_and_compress(
+                model_name, replace(config, method=method, sparsity=sparsity, num_remove=None), progress)
+            model, report = result.model, result.report
             cell.removed, cell.block_passes, cell.tune_seconds = report.removed, report.block_passes, report.tune_seconds
             first = report.steps[0]
             cell.criterion, cell.scores = first.criterion, {str(k): v for k, v in first.scores.items()}
+    seqlen = min(ppl_seqlen or config.seqlen, context_length(model))
     cell.seconds, cell.peak_rss_gib = (time.perf_counter() - started) * (method != DENSE), round(memory.gib, 3)
     place_for_inference(model, device, config.offload)
     cell.parameters = parameter_count(model)

@@ -14,6 +14,7 @@ CoefficientForm = Literal["lowrank", "vector", "full"]
 LossName = Literal["kl_batch", "kl_hidden", "mse", "relative_mse", "cosine"]
 DType = Literal["float32", "bfloat16"]
 HiddenCache = Literal["scoring", "all"]
+Distill = Literal["hidden", "logits"]
 
 # method shortcuts: (selection criterion, repair); see methods/ for what each means
 RECIPES: dict[str, tuple[str, str]] = {
@@ -30,6 +31,7 @@ REPAIR_NAMES: tuple[str, ...] = ("none", "fuse", "lora", "linear")
 COEFFICIENT_FORMS: tuple[str, ...] = ("lowrank", "vector", "full")
 LOSSES: tuple[str, ...] = ("kl_batch", "kl_hidden", "mse", "relative_mse", "cosine")
 TEACHERS: tuple[str, ...] = ("group", "dense")
+DISTILLS: tuple[str, ...] = ("hidden", "logits")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 HIDDEN_CACHES: tuple[str, ...] = ("scoring", "all")
 OFFLOADS: tuple[str, ...] = ("auto", "never", "always")
@@ -86,6 +88,18 @@ class TuneConfig:
     # norms). Starting at zero they need more than LoRA's 1e-3 to use the recycled weights; 1e-2
     # fits the calibration corpus (SmolLM2's C4 and zero-shot got worse), 3e-2 diverges
     global_coef_lr: float | None = 3e-3
+    # what the global tune and LoRA healing match: the dense model's final hidden states (by
+    # `loss`), or its next-token distributions through the model's own head (KL over the
+    # vocabulary, a chunk of positions at a time)
+    distill: Distill = "hidden"
+    warmup: float = 0.0  # share of a tune's optimiser steps over which the rates ramp up (then cosine decay)
+    # memory of the tunes, without changing what they compute (up to float rounding): windows per
+    # forward/backward pass, gradients accumulated over a batch (None: the whole batch), and
+    # recomputing each block's activations in backward instead of keeping them. `compress` sets
+    # both from the plan when the working set would not fit (None here: decide then)
+    micro_batch: int | None = None
+    checkpoint_activations: bool | None = None
+    optimizer_on_host: bool | None = None  # Adam's state and fp32 masters in host memory (a GPU run's trainables)
     # epochs of LoRA healing (the lora repair); None: the fewest whose block passes reach those of
     # fusegpt with the same settings, the fair budget of the comparison (methods/lora.py)
     heal_epochs: int | None = None
@@ -121,13 +135,22 @@ class CompressConfig:
     calib: str = "wikitext2"
     nsamples: int = 128
     seqlen: int = 2048  # capped at the model's context
-    mi_samples: int = 32  # calibration windows used to score blocks (MI, BI, NLL, fusion trials)
+    mi_samples: int = 32  # calibration windows used to score blocks (MI, BI, NLL, KL, fusion trials)
+    # the kl criterion's dense side: each scored position's top-k tokens and the rest's mass (0: the
+    # whole vocabulary), and every kl_stride-th position scored (0: only where the LM head would cost
+    # a candidate more than its blocks); both keep a large vocabulary cheap
+    kl_top_k: int = 64
+    kl_stride: int = 0
+    # after the first step, an iterative criterion rescores only the previous step's `rescore` best
+    # candidates (0: every block every step)
+    rescore: int = 0
     # fusion-aware choice (fusing methods only; the authors' --fuse-eval): trial-fuse each of the k
     # lowest-scored blocks with a short tune and remove the one that keeps the output closest; 0 is off
     fuse_eval_candidates: int = 0
     fuse_eval_epochs: int = 1  # tuning epochs of each trial
     dtype: DType = "float32"
     device: str = "auto"
+    device_memory_gib: float | None = None  # the GPU memory to plan the tune for (None: its free memory)
     # which hidden states stay in host memory: "scoring", every block's on the mi_samples windows
     # only (the rest recomputed when a step needs them; memory flat in depth x data), or "all",
     # every block's on every window (no recomputation; O(depth x nsamples) memory). Same results.
@@ -184,6 +207,11 @@ class CompressConfig:
              f"--hidden-cache must be one of {', '.join(HIDDEN_CACHES)}, got {self.hidden_cache!r}"),
             (self.nsamples >= 1, f"--nsamples must be at least 1, got {self.nsamples}"),
             (self.mi_samples >= 1, f"--mi-samples must be at least 1, got {self.mi_samples}"),
+            (self.device_memory_gib is None or self.device_memory_gib > 0,
+             f"--device-memory must be a positive number of GiB, got {self.device_memory_gib}"),
+            (self.kl_top_k >= 0, f"--kl-top-k must be 0 (the whole vocabulary) or more, got {self.kl_top_k}"),
+            (self.kl_stride >= 0, f"--kl-stride must be 0 (automatic) or more, got {self.kl_stride}"),
+            (self.rescore >= 0, f"--rescore must be 0 (every block) or more, got {self.rescore}"),
             (self.fuse_eval_candidates >= 0, f"--fuse-eval must be 0 (off) or more, got {self.fuse_eval_candidates}"),
             (self.selection is None or self.selection in SELECTION_NAMES,
              f"--selection must be one of {', '.join(SELECTION_NAMES)}, got {self.selection!r}"),
@@ -207,6 +235,14 @@ class CompressConfig:
             (self.tune.coef_lr > 0 and self.tune.lr >= 0, "--coef-lr must be positive and --lr non-negative"),
             (self.tune.global_coef_lr is None or self.tune.global_coef_lr > 0,
              f"--global-coef-lr must be positive, got {self.tune.global_coef_lr}"),
+            (self.tune.distill in DISTILLS,
+             f"--distill must be one of {', '.join(DISTILLS)}, got {self.tune.distill!r}"),
+            (0 <= self.tune.warmup < 1, f"--warmup is a share of the tuning steps in [0, 1), got {self.tune.warmup}"),
+            (self.tune.micro_batch is None or self.tune.micro_batch >= 1,
+             f"--micro-batch must be at least 1, got {self.tune.micro_batch}"),
+            (self.tune.micro_batch is None or self.tune.micro_batch >= self.tune.batch_size
+             or self.tune.loss not in ("kl_batch",),
+             "--loss kl_batch compares the windows of a whole batch and cannot be split into --micro-batch"),
             (self.tune.teacher in TEACHERS, f"--teacher must be one of {', '.join(TEACHERS)}, got {self.tune.teacher!r}"),
             ((not self.blocks or self.selection in (None, "given")) and (self.selection != "given" or self.blocks),
              "--selection given needs --blocks, and --blocks works only with --selection given"),
@@ -224,12 +260,13 @@ class CompressConfig:
 # The authors' settings (their code's defaults, ALGORITHM.md), one flag away from our recipe.
 PRESETS: dict[str, dict] = {
     "default": {},
-    "paper": {"method": "fusegpt", "nsamples": 128, "seqlen": 2048, "mi_samples": 32,
+    "paper": {"method": "fusegpt", "nsamples": 128, "seqlen": 2048, "mi_samples": 32, "rescore": 0,
               "fusion": {"group_size": 7, "coefficient": "lowrank", "rank": 128, "lora_rank": 128, "train_norms": True,
                          "seam_map": False},
               "tune": {"loss": "kl_batch", "epochs": 20, "batch_size": 8, "coef_lr": 1e-3, "lr": 9.65e-6,
                        "betas": (0.9, 0.95), "teacher": "group", "global_epochs": 0, "global_coef_lr": None,
-                       "heal_epochs": None}},
+                       "distill": "hidden", "warmup": 0.0, "heal_epochs": None, "micro_batch": None,
+                       "checkpoint_activations": None, "optimizer_on_host": None}},
 }
 
 

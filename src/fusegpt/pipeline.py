@@ -22,7 +22,7 @@ from .methods.fuse import fusion_aware
 from .errors import FuseGPTError
 from .models import adapter_for
 from .tuning.losses import BATCH_LOSSES
-from .placement import place
+from .placement import context_length, place, resolve_device
 from .plan import plan, shape_of
 
 
@@ -32,15 +32,24 @@ class CompressResult:
     report: Report
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def with_tuning_memory(config: CompressConfig, planned) -> CompressConfig:
+    """The config with the plan's choice of how the tune holds memory, where the user left it open."""
+    chosen = planned.tuning
+    if chosen is None:
+        return config
+    tune = config.tune
+    return replace(config, tune=replace(
+        tune, checkpoint_activations=chosen.checkpointed if tune.checkpoint_activations is None else tune.checkpoint_activations,
+        micro_batch=tune.micro_batch or (chosen.micro_batch if chosen.micro_batch < tune.batch_size else None),
+        optimizer_on_host=chosen.optimizer_on_host if tune.optimizer_on_host is None else tune.optimizer_on_host))
 
 
-def context_length(model: PreTrainedModel) -> int:
-    config = model.config.get_text_config()  # a multimodal model's context is its language model's
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+def rescored(stack: BlockStack, latest: dict[int, float], best: int) -> list[int] | None:
+    """The current indices of the `best` remaining blocks with the lowest latest scores (None: all):
+    a removal reorders the scores of the blocks that were close to it, rarely the far ones."""
+    if not best or best >= len(stack) or any(o not in latest for o in stack.origin):
+        return None
+    return sorted(sorted(range(len(stack)), key=lambda i: latest[stack.origin[i]])[:best])
 
 
 def _count_passes(report: Report, outcome) -> None:
@@ -78,7 +87,9 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     model.eval().requires_grad_(False).to(torch_dtype(config.dtype))
     # the whole model on the compute device when it fits there with the tuning's working set;
     # else it stays on the host and blocks are onloaded as they run. Hidden states stay on the host.
-    place(model, device, config.offload, working=sum(plan(model_name or "", config, shape_of(model)).device.values()))
+    planned = plan(model_name or "", config, shape_of(model))
+    config = with_tuning_memory(config, planned)
+    place(model, device, config.offload, working=sum(planned.device.values()))
     selection_name, repair_name = config.recipe
     embeddings, block_kwargs = capture_block_inputs(model, adapter, windows, config.tune.batch_size)
     blocks = list(adapter.blocks(model))
@@ -94,20 +105,24 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     selection, repair = SELECTIONS[selection_name], REPAIRS[repair_name]
     choose = fusion_aware if repair_name == "fuse" and config.fuse_eval_candidates else selection.choose
     ctx = StepContext(model, stack, adapter, config, windows, to_remove, progress=progress)
-    scores: dict[int, float] = {}
+    latest: dict[int, float] = {}  # every block's most recent score (what rescoring ranks by)
     if checkpoint is not None and checkpoint.exists():
-        scores = checkpoint.restore(stack, report)
+        latest = checkpoint.restore(stack, report)
+    scores = latest
     for step in tqdm(range(len(report.steps), to_remove), desc=config.method, unit="block", disable=not progress,
                      initial=len(report.steps), total=to_remove):
-        ctx = replace(ctx, step=step)
-        # score (a one-shot criterion once, on the dense model), choose
+        # score (a one-shot criterion once, on the dense model; an iterative one, after the first
+        # step, on the previous step's `rescore` best candidates when set), choose
+        ctx = replace(ctx, step=step, candidates=rescored(stack, latest, config.rescore) if step else None)
         scored = time.perf_counter()
         if step == 0 or not selection.one_shot:
             if selection_name in BLOCK_RUNNING_SELECTIONS:  # the criteria that run blocks, split over the ranks
+                count = len(stack) if ctx.candidates is None else len(ctx.candidates)
                 for r in range(ranks):
-                    report.shares["scored blocks"][r] += len(range(r, len(stack), ranks))
+                    report.shares["scored blocks"][r] += len(range(r, count, ranks))
             computed = selection.score(ctx)
             scores = computed if isinstance(computed, dict) else dict(zip(stack.origin, computed))
+            latest = {**latest, **scores}
         chosen = choose(ctx, scores)
         removed, score_seconds = stack.origin[chosen], time.perf_counter() - scored
         # group, fuse, tune (or delete, or fit a map)
@@ -118,9 +133,11 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
                                        optimizer_steps=outcome.optimizer_steps, block_passes=outcome.block_passes))
         _count_passes(report, outcome)
         if checkpoint is not None and distributed.is_main():
-            checkpoint.save(stack, report, scores)
+            checkpoint.save(stack, report, latest)
 
     # heal: the repairs that tune the pruned model once, after the last removal, instead of fusing
+    if repair.heal:
+        stack.release_boundaries()
     outcome = repair.heal(ctx) if repair.heal else None
     if outcome:
         _count_passes(report, outcome)
@@ -128,8 +145,10 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
                                  seconds=outcome.seconds, block_passes=outcome.block_passes)
 
     # merge: fold every fused linear back into a plain one; install the kept blocks
+    merging = time.perf_counter()
     for block in stack.blocks:
         merge_block(adapter, block)
     adapter.set_blocks(model, stack.blocks, stack.origin)
+    report.seconds["merge"] = time.perf_counter() - merging
     report.seconds["total"] = time.perf_counter() - started
     return CompressResult(model=model, report=report)

@@ -9,6 +9,20 @@ import torch
 from transformers import PreTrainedModel
 
 
+def resolve_device(device: str) -> torch.device:
+    """`auto`: the GPU when there is one, else the CPU; anything else as torch names it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def context_length(model: PreTrainedModel) -> int:
+    """The longest window the model takes (a multimodal model's: its language model's)."""
+    config = model.config.get_text_config()
+    return next((getattr(config, key) for key in ("max_position_embeddings", "n_positions", "n_ctx")
+                 if getattr(config, key, None)), 2048)
+
+
 def model_bytes(model: PreTrainedModel) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 

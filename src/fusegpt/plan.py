@@ -52,6 +52,7 @@ class Shape:
     parameters: int
     block_parameters: int  # one block's
     context: int  # the longest window it takes (calibration windows are capped at it)
+    linears: tuple[tuple[int, int], ...] = ()  # (in, out) of each role linear of a block
 
 
 def model_shape(name: str) -> Shape:
@@ -67,16 +68,20 @@ def model_shape(name: str) -> Shape:
 
 def shape_of(model) -> Shape:
     """The shape of a model built from its config (loaded or on the meta device)."""
+    from .fusion.layer import linear_weights
     from .models import adapter_for
-    from .pipeline import context_length
+    from .placement import context_length
 
-    blocks = adapter_for(model).blocks(model)
+    adapter = adapter_for(model)
+    blocks = adapter.blocks(model)
     text = model.config.get_text_config()
     hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd")
     ffn = getattr(text, "intermediate_size", None) or getattr(text, "ffn_dim", None) or 4 * hidden
+    linears = tuple(tuple(linear_weights(layer)[0].shape[::-1]) for layer in adapter.linears(blocks[0]).values())
     return Shape(depth=len(blocks), hidden=hidden, ffn=ffn,
                  parameters=sum(p.numel() for p in model.parameters()),
-                 block_parameters=sum(p.numel() for p in blocks[0].parameters()), context=context_length(model))
+                 block_parameters=sum(p.numel() for p in blocks[0].parameters()), context=context_length(model),
+                 linears=linears)
 
 
 @dataclass
@@ -90,6 +95,7 @@ class Plan:
     tuning_passes: int = 0  # forward + backward of one block on one window
     forward_passes: int = 0  # forward only (scoring, refreshing, recomputing), block x window
     available: int = 0
+    tuning: "TuningMemory | None" = None  # how the tune holds its working set
 
     @property
     def peak_host(self) -> int:
@@ -107,6 +113,11 @@ class Plan:
         if self.device:
             lines.append(f"  peak device memory ~{sum(self.device.values()) / GIB:.1f} GiB: "
                          + ", ".join(f"{k} {v / GIB:.1f}" for k, v in self.device.items()))
+        if self.tuning:
+            t = self.tuning
+            lines.append(f"  tuning: micro-batches of {t.micro_batch} window(s), activations "
+                         f"{'recomputed in backward' if t.checkpointed else 'kept'}, optimizer on the "
+                         f"{'host' if t.optimizer_on_host else 'device' if self.device else 'host (CPU run)'}")
         lines.append(f"  compute: {self.tuning_passes:,} tuning block passes (forward + backward), "
                      f"~{self.forward_passes:,} forward-only block passes")
         if self.available:
@@ -114,7 +125,14 @@ class Plan:
         return "\n".join(lines)
 
     def check(self) -> None:
-        """Refuse, in one line, a run that cannot fit in the memory this machine has now."""
+        """Refuse, in one line, a run that cannot fit in the memory this machine has now, or on the
+        GPU it plans for."""
+        budget = device_memory(self.config) if self.device else None
+        if budget and sum(self.device.values()) > budget:
+            raise FuseGPTError(f"this run needs ~{sum(self.device.values()) / GIB:.1f} GiB of GPU memory even with "
+                               f"checkpointed activations, micro-batches of 1 and the optimizer on the host, and "
+                               f"{budget / GIB:.1f} GiB are available; try --offload always, a lower --rank or "
+                               "--lora-rank, or a larger GPU")
         if self.available and self.peak_host > self.available:
             fixes = ["lower --nsamples, --seqlen or --mi-samples"]
             if self.config.hidden_cache == "all":
@@ -141,9 +159,120 @@ def _buffers(config: CompressConfig) -> int:
     return 2
 
 
+GPU_TEMPORARIES = 4  # one block's fp32 effective weights and their gradients, in P_block x 4 bytes (estimated)
+CPU_SLACK = 13  # the host's: the same temporaries and the allocator's slack around them, measured (bench/memory.py --tune)
+
+
+@dataclass
+class TuningMemory:
+    """How a tune holds its working set, and what that takes where (bytes by part)."""
+
+    checkpointed: bool  # each block's activations recomputed in backward
+    micro_batch: int  # windows per forward/backward
+    optimizer_on_host: bool  # Adam's moments and fp32 masters in host memory
+    device: dict[str, int] = field(default_factory=dict)
+    host: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.device.values()) + sum(self.host.values())
+
+
+def device_memory(config: CompressConfig) -> int | None:
+    """The device memory a GPU run may plan for: `device_memory_gib`, else the GPU's free memory
+    (None: no GPU here and none given, so the plan is not bounded)."""
+    if config.device_memory_gib:
+        return int(config.device_memory_gib * GIB)
+    from .placement import free_memory, resolve_device
+
+    device = resolve_device(config.device)
+    return free_memory(device) if device.type == "cuda" and _cuda_available() else None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def trainable_count(shape: Shape, config: CompressConfig, tuned: int, injections: int) -> int:
+    """Parameters a tune trains: LoRA on every role linear of the tuned blocks, the coefficients
+    of every injection into them (one per removed block and neighbour), and the norms."""
+    rank, lora = config.fusion.rank, config.fusion.lora_rank or config.fusion.rank
+    form = config.fusion.coefficient
+    per_lora = sum(min(lora, i, o) * (i + o) for i, o in shape.linears)
+    per_injection = sum({"lowrank": min(rank, i, o) * (i + o), "vector": o, "full": i * o}[form] + o
+                        for i, o in shape.linears)
+    norms = shape.block_parameters - sum(i * o for i, o in shape.linears)
+    return tuned * (per_lora + max(norms, 0)) + injections * per_injection
+
+
+def tuning_memory(shape: Shape, config: CompressConfig, tuned: int, k: int, on_gpu: bool, checkpointed: bool,
+                  micro: int, on_host: bool) -> TuningMemory:
+    """The working set of tuning `tuned` blocks together (b bytes per model value):
+
+        activations     tuned x m x T x (7 H + 4 F) b, or with checkpointing the hidden states
+                        between blocks tuned x m x T x H b plus one block's m x T x (7 H + 4 F) b
+        kept weights    the effective weights autograd keeps for backward: tuned (1 with
+                        checkpointing) x P_block x b
+        trainables      16 bytes per trained parameter (fp32 value, gradient, Adam's moments);
+                        with the optimizer on the host, 4 on the device (the value) and 16 on the
+                        host (master, gradient, moments)
+        temporaries     one block's fp32 effective weights and gradients: 4 P_block x 4 on a GPU;
+                        on the host, measured with the allocator's slack: 13 P_block x 4
+        on a GPU also   the tuned blocks and the removed blocks injected into them, in b bytes
+    """
+    b = 2 if config.dtype == "bfloat16" else 4
+    t, h, f, p = min(config.seqlen, shape.context), shape.hidden, shape.ffn, shape.block_parameters
+    repair = config.recipe[1]
+    injections = (sum(min(config.fusion.group_size, shape.depth - step - 1) for step in range(k))
+                  if repair == "fuse" and tuned > min(config.fusion.group_size, shape.depth - 1)
+                  else min(tuned, config.fusion.group_size) if repair == "fuse" else 0)
+    block_activations = micro * t * (7 * h + 4 * f) * b
+    activations = (tuned * micro * t * h * b + block_activations) if checkpointed else tuned * block_activations
+    kept = (1 if checkpointed else tuned) * p * b
+    trained = trainable_count(shape, config, tuned, injections)
+    memory = TuningMemory(checkpointed, micro, on_host)
+    working = {"activations": activations, "kept weights": kept}
+    if on_gpu:
+        memory.device.update(working)
+        memory.device["trainables"] = trained * (4 if on_host else 16)
+        memory.device["temporaries"] = GPU_TEMPORARIES * p * 4
+        memory.device["blocks onloaded"] = tuned * p * b + (k * p * b if repair == "fuse" else 0)
+        if on_host:
+            memory.host["optimizer"] = trained * 16
+    else:
+        memory.host.update(working)
+        memory.host["trainables"] = trained * 16
+        memory.host["temporaries"] = CPU_SLACK * p * 4
+    return memory
+
+
+def choose_tuning_memory(shape: Shape, config: CompressConfig, tuned: int, k: int, on_gpu: bool,
+                         budget: int | None) -> TuningMemory:
+    """The fastest way to hold the tune that fits `budget` (device memory on a GPU, the host's
+    otherwise; None: unbounded): whole batches without checkpointing first, then checkpointing,
+    then smaller micro-batches, then (on a GPU) the optimizer on the host. Settings the config
+    fixes are kept; when nothing fits, the smallest."""
+    tune = config.tune
+    batch = min(tune.batch_size, config.nsamples)
+    micros = [batch] + [m for m in (8, 4, 2, 1) if m < batch]
+    options = [(c, m, o) for o in (False, True) if on_gpu or not o for c in (False, True) for m in micros
+               if c or m == batch]
+    options = [(c, m, o) for c, m, o in options
+               if (tune.checkpoint_activations is None or c == tune.checkpoint_activations)
+               and (tune.micro_batch is None or m == min(tune.micro_batch, batch))
+               and (tune.optimizer_on_host is None or o == tune.optimizer_on_host)]
+    if not options:  # the config fixes all three
+        options = [(bool(tune.checkpoint_activations), min(tune.micro_batch or batch, batch), bool(tune.optimizer_on_host))]
+    plans = [tuning_memory(shape, config, tuned, k, on_gpu, *option) for option in options]
+    fitting = [m for m in plans if budget is None or (sum(m.device.values()) if on_gpu else m.total) <= budget]
+    return fitting[0] if fitting else min(plans, key=lambda m: sum(m.device.values()) if on_gpu else m.total)
+
+
 def plan(name: str, config: CompressConfig, shape: Shape | None = None) -> Plan:
     """The plan of `compress` for the model `name` with `config`, without loading its weights."""
-    from .pipeline import resolve_device
+    from .placement import resolve_device
 
     config.validate()
     shape = shape or model_shape(name)
@@ -162,17 +291,25 @@ def plan(name: str, config: CompressConfig, shape: Shape | None = None) -> Plan:
         result.host["hidden states"] = (shape.depth + 1) * m * window + _buffers(config) * n * window
 
     tuned = {"fuse": min(config.fusion.group_size, shape.depth - 1), "lora": shape.depth - k}.get(repair, 0)
-    if repair == "fuse" and config.tune.global_epochs:
+    final = repair == "lora" or (repair == "fuse" and config.tune.global_epochs > 0)  # a tune after the last step
+    if final:
         tuned = shape.depth - k
     if tuned:
-        batch = min(config.tune.batch_size, n)
-        activations = tuned * batch * t * (7 * h + 4 * shape.ffn) * b
         on_gpu = resolve_device(config.device).type != "cpu"
-        weights = (tuned * shape.block_parameters * b + 4 * shape.block_parameters * 4 if on_gpu
-                   else 8 * tuned * shape.block_parameters * 4)
-        (result.device if on_gpu else result.host)["tuning"] = activations + weights
-        if on_gpu:
-            result.device["blocks onloaded"] = tuned * shape.block_parameters * b
+        scoring_cache = 0 if config.hidden_cache == "all" else (shape.depth + 1) * m * window
+        # the host holds all else beside the tune; a final tune runs after the scoring cache is freed
+        beside = result.peak_host - (scoring_cache if final and config.tune.epochs == 0 else 0)
+        # 90% of the device, as placement leaves for the allocator's fragmentation; the host's available rest
+        gpu = device_memory(config) if on_gpu else None
+        budget = (int(0.9 * gpu) if gpu else None) if on_gpu else (result.available - beside if result.available else None)
+        memory = choose_tuning_memory(shape, config, tuned, k, on_gpu, budget)
+        result.tuning = memory
+        result.device.update(memory.device)
+        host = sum(memory.host.values())
+        if final and config.tune.epochs == 0:  # what the tune adds to the peak of choosing
+            host = max(0, host - scoring_cache)
+        if host:
+            result.host["tuning"] = host
 
     # compute: tuning passes (block x window, forward + backward), as the run counts them, and forward-only passes
     args = (shape.depth, k, config.fusion.group_size, n)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from fusegpt.data.sources import named_corpus, protocol_text
@@ -25,21 +27,37 @@ def tokenize_text(tokenizer, text: str) -> torch.LongTensor:
     return ids.to(torch.long)
 
 
+def calibration_sources(source: str) -> list[str]:
+    """The sources of a `--calib` value: one file or corpus, or a comma-separated mix of them
+    (an existing file whose name has a comma is one source)."""
+    if Path(source).expanduser().is_file():
+        return [source]
+    return [s.strip() for s in source.split(",") if s.strip()]
+
+
 def calibration_windows(
     tokenizer, source: str, nsamples: int, seqlen: int, seed: int, data_dir: str | None = None
 ) -> torch.LongTensor:
-    """`nsamples` seeded random (possibly overlapping) windows of `seqlen` tokens from the train text."""
+    """`nsamples` seeded random (possibly overlapping) windows of `seqlen` tokens from the train text.
+    A mix of k sources takes nsamples / k windows from each (the first sources one more when it
+    does not divide), interleaved, so that the first windows (which scoring reads) mix them too."""
     if nsamples < 1 or seqlen < 1:
         raise FuseGPTError(f"need nsamples >= 1 and seqlen >= 1, got {nsamples} and {seqlen}; pass positive values")
-    ids = tokenize_text(tokenizer, protocol_text(source, "train", data_dir))
-    if ids.numel() < seqlen + 1:
-        raise FuseGPTError(
-            f"calibration text '{source}' has {ids.numel()} tokens, fewer than one window of {seqlen}; "
-            "use a longer text or a smaller --seqlen"
-        )
+    sources = calibration_sources(source)
     generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seqlen + 1, (nsamples,), generator=generator)
-    return torch.stack([ids[start : start + seqlen] for start in starts.tolist()])
+    parts = []
+    for k, name in enumerate(sources):
+        ids = tokenize_text(tokenizer, protocol_text(name, "train", data_dir))
+        if ids.numel() < seqlen + 1:
+            raise FuseGPTError(
+                f"calibration text '{name}' has {ids.numel()} tokens, fewer than one window of {seqlen}; "
+                "use a longer text or a smaller --seqlen"
+            )
+        count = nsamples // len(sources) + (k < nsamples % len(sources))
+        starts = torch.randint(0, ids.numel() - seqlen + 1, (count,), generator=generator)
+        parts.append([ids[start : start + seqlen] for start in starts.tolist()])
+    interleaved = [part[i] for i in range(max(map(len, parts))) for part in parts if i < len(part)]
+    return torch.stack(interleaved)
 
 
 def perplexity_ids(tokenizer, source: str, seqlen: int, data_dir: str | None = None) -> torch.LongTensor:

@@ -43,6 +43,7 @@ class Report:
     perplexity: dict[str, float] = field(default_factory=dict)
     perplexity_windows: int | None = None  # None: every protocol window
     source: dict = field(default_factory=dict)  # how the input was stored (HF folder / Hub id, or GGUF and its type)
+    gguf: dict = field(default_factory=dict)  # the GGUF written beside the model: file, type, bytes, tensor types
     world_size: int = 1  # processes that shared the work (torchrun)
     shares: dict[str, list[int]] = field(default_factory=dict)  # each rank's part of the work, by kind
 
@@ -71,9 +72,25 @@ class Report:
         equal block passes cost the methods about equal time. Scoring and refreshes are left out."""
         return sum(s.seconds.get("tune", 0.0) for s in self.steps) + (self.heal.seconds["tune"] if self.heal else 0.0)
 
+    @property
+    def stage_seconds(self) -> dict[str, float]:
+        """Where the time went, by stage of the loop, in its order: calibrate, score, tune (fusion
+        steps and the final tune), fit (linear maps), refresh (recomputed hidden states), merge,
+        then save, gguf and evaluate when `compress` recorded them; stages that did not run are left out."""
+        stages = {"calibrate": self.seconds.get("calibrate", 0.0)}
+        for step in self.steps:
+            for stage, seconds in step.seconds.items():
+                stages[stage] = stages.get(stage, 0.0) + seconds
+        if self.heal:
+            stages["tune"] = stages.get("tune", 0.0) + self.heal.seconds.get("tune", 0.0)
+        order = ("calibrate", "score", "tune", "fit", "refresh", "merge", "save", "gguf", "evaluate")
+        stages.update({k: self.seconds[k] for k in ("merge", "save", "gguf", "evaluate") if k in self.seconds})
+        return {k: stages[k] for k in order if k in stages}
+
     def to_dict(self) -> dict:
         return {**asdict(self), "removed": self.removed, "kept": self.kept, "optimizer_steps": self.optimizer_steps,
-                "block_passes": self.block_passes, "tune_seconds": self.tune_seconds}
+                "block_passes": self.block_passes, "tune_seconds": self.tune_seconds,
+                "stage_seconds": self.stage_seconds}
 
     def write(self, path: str | Path) -> None:
         """Written beside and renamed into place, so a reader never sees half a report."""
@@ -95,6 +112,11 @@ class Report:
             lines.append(f"healed {len(self.heal.blocks)} blocks: loss {_losses(self.heal.losses)}")
         lines.append(f"kept blocks: {self.kept}; optimiser steps: {self.optimizer_steps}; "
                      f"tuning block passes: {self.block_passes} ({self.tune_seconds:.0f} s)")
+        lines.append("time: " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in self.stage_seconds.items())
+                     + f" (compress {self.seconds.get('total', 0):.0f} s)")
+        if self.gguf:
+            lines.append(f"GGUF: {self.gguf['file']} ({self.gguf['file_type']}, {self.gguf['bytes'] / 2**20:.1f} MiB; "
+                         f"{self.gguf['copied']} tensors copied as they were, {self.gguf['quantised']} written anew)")
         lines += [f"perplexity {name}: {value:.3f}" for name, value in self.perplexity.items()]
         return "\n".join(lines)
 

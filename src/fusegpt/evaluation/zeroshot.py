@@ -28,7 +28,7 @@ from transformers import PreTrainedModel
 from ..data.tasks import local_docs, local_paths, tasks_root
 from ..config import TASKS
 from ..errors import FuseGPTError
-from ..placement import execution_device
+from ..placement import context_length, execution_device
 
 # The metric each task is customarily reported with (lm-eval numbers as in the FuseGPT and SLEB papers).
 METRIC = {"piqa": "acc", "hellaswag": "acc_norm", "winogrande": "acc", "arc_easy": "acc", "arc_challenge": "acc_norm",
@@ -44,9 +44,7 @@ class InMemoryLM(TemplateLM):
     def __init__(self, model: PreTrainedModel, tokenizer, batch_size: int = 8, progress: bool = True):
         super().__init__()
         self.model, self.tokenizer, self.batch_size, self.progress = model, tokenizer, batch_size, progress
-        config = model.config.get_text_config()
-        self.max_length = next((getattr(config, key) for key in ("max_position_embeddings", "n_positions", "n_ctx")
-                                if getattr(config, key, None)), 2048)
+        self.max_length = context_length(model)
 
     @property
     def eot_token_id(self) -> int:

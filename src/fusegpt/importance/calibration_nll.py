@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..calibrate import BlockStack, onloaded
-from ..distributed import map_shared
+from .candidates import score_each
 
 
 @torch.no_grad()
@@ -26,13 +26,14 @@ def _next_token_nll(head: nn.Module, hidden: torch.Tensor, input_ids: torch.Tens
 
 
 def calibration_nll(stack: BlockStack, head: nn.Module, input_ids: torch.Tensor, samples: int,
-                    progress: bool = False) -> list[float]:
-    """NLL without each current block, on the first `samples` calibration windows. `head` maps the
-    last block's output to logits (DecoderAdapter.head)."""
+                    candidates: list[int] | None = None, progress: bool = False) -> dict[int, float]:
+    """NLL without each candidate (current index; default every block) by original index, on the
+    first `samples` calibration windows. `head` maps the last block's output to logits
+    (DecoderAdapter.head)."""
     ids = input_ids[:samples]
 
     def score(i: int) -> float:
         return _next_token_nll(head, stack.run(i + 1, len(stack), stack.boundaries[i][:samples]), ids, stack)
 
     with onloaded([head], stack.device):
-        return map_shared(score, len(stack), "calibration nll", progress)
+        return score_each(stack, score, candidates, "calibration nll", progress)

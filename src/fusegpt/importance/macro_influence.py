@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..calibrate import BlockStack
-from ..distributed import map_shared
+from .candidates import score_each
 
 
 def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -17,12 +17,13 @@ def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return F.cosine_similarity(a.float(), b.float(), dim=-1).mean().item()
 
 
-def macro_influence(stack: BlockStack, samples: int, progress: bool = False) -> list[float]:
-    """MI of every current block, on the first `samples` calibration windows (under torchrun,
-    each rank scores its share of the blocks)."""
+def macro_influence(stack: BlockStack, samples: int, candidates: list[int] | None = None,
+                    progress: bool = False) -> dict[int, float]:
+    """MI of each candidate (current index; default every block) by original index, on the first
+    `samples` calibration windows."""
     reference = stack.final[:samples]
 
     def score(i: int) -> float:
         return 1.0 - mean_cosine(reference, stack.run(i + 1, len(stack), stack.boundaries[i][:samples]))
 
-    return map_shared(score, len(stack), "macro influence", progress)
+    return score_each(stack, score, candidates, "macro influence", progress)

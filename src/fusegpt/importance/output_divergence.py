@@ -1,40 +1,114 @@
 """Output divergence: how far the next-token predictions move from the dense model's without a block.
 
-    KL(i) = mean over windows and tokens of KL(p_dense || p_without B_i)
+    KL(i) = mean over scored positions of KL(p_dense || p_without B_i)
 
 SLEB's criterion with the dense model's whole distribution as the target instead of the one
 next token of the text: on the few windows that scoring reads, one sampled token per position is
 a noisy label (on the 12-block pydoc model of docs/BENCHMARKS.md, SLEB's third pick changed
 with the calibration seed; this one's did not), and the dense distribution is what a repair that
 distils from the dense model undoes. The input to block i comes from the cache, so only blocks
-after i, the final norm and the LM head are run."""
+after i, the final norm and the LM head are run.
+
+Kept cheap on large vocabularies (262k or 128k tokens in current families), where the LM head,
+not the blocks, is most of a candidate's cost:
+- the dense side is computed once per step, and kept small: each scored position's `top_k` most
+  likely tokens and the mass of all the others (the KL between these (k + 1)-bin distributions
+  is a lower bound of the full KL, equal to it once k reaches the vocabulary less one);
+- only every `stride`-th position is scored (the blocks still run on every position: attention
+  needs them); by default only where the head outweighs the blocks (`automatic_stride`);
+- logits exist for a chunk of positions at a time (`max_elements` floats), so memory does not grow
+  with the vocabulary beyond the head's own weights."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..calibrate import BlockStack, onloaded
-from ..distributed import map_shared
-from ..tuning.losses import kl_hidden
+from .candidates import score_each
+
+MAX_ELEMENTS = 2**24  # logits held at once: 64 MiB in fp32, whatever the vocabulary
+
+
+@dataclass
+class DenseTargets:
+    """The dense model's predictions at the scored positions of every scoring window."""
+
+    positions: torch.Tensor  # (P,) token positions scored in each window
+    ids: torch.Tensor  # (M, P, k) the k most likely tokens
+    log_p: torch.Tensor  # (M, P, k) their log-probabilities
+    log_rest: torch.Tensor  # (M, P) log of the probability of every other token
+
+
+def _chunks(hidden: torch.Tensor, head: nn.Module, max_elements: int):
+    """(slice, fp32 log-probabilities) of the head over `hidden` (positions x H), a chunk of positions at a time."""
+    size = max(1, max_elements // head.lm_head.weight.shape[0])
+    for start in range(0, hidden.shape[0], size):
+        yield slice(start, start + size), F.log_softmax(head(hidden[start:start + size]).float(), dim=-1)
+
+
+def _log_rest(log_top: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum of the top probabilities), floored at log(1e-6): fp32 sums of nearly all the
+    mass round to 1, and a rest of zero on one side would make the KL infinite."""
+    return torch.log1p(-log_top.exp().sum(-1).clamp(max=1 - 1e-6))
 
 
 @torch.no_grad()
-def _mean_kl(head: nn.Module, hidden: torch.Tensor, dense: torch.Tensor, device: torch.device) -> float:
-    """Mean over windows and tokens of KL(softmax(head(dense)) || softmax(head(hidden))), a window at
-    a time: vocabulary-wide tensors of a whole batch would not fit beside a large model. The dense
-    logits are recomputed for every candidate rather than kept: on the scoring windows of a 7B model
-    with a 32k vocabulary they would take 32 x 2048 x 32,000 floats (8 GiB)."""
-    total = sum(kl_hidden(head(h[None].to(device)), head(d[None].to(device))).item() for h, d in zip(hidden, dense))
-    return total / hidden.shape[0]
+def dense_targets(head: nn.Module, dense: torch.Tensor, top_k: int, stride: int, device: torch.device,
+                  max_elements: int = MAX_ELEMENTS) -> DenseTargets:
+    """The dense predictions at every `stride`-th position of `dense` (M x T x H final hidden states)."""
+    positions = torch.arange(stride - 1, dense.shape[1], stride)
+    vocabulary = head.lm_head.weight.shape[0]
+    k = min(top_k or vocabulary, vocabulary)
+    ids, log_p = [], []
+    for window in dense:
+        hidden = window[positions].to(device)
+        for _, log_probs in _chunks(hidden, head, max_elements):
+            top = log_probs.topk(k, dim=-1)
+            ids.append(top.indices.cpu()), log_p.append(top.values.cpu())
+    m = dense.shape[0]
+    ids, log_p = torch.cat(ids).view(m, len(positions), k), torch.cat(log_p).view(m, len(positions), k)
+    return DenseTargets(positions, ids, log_p, _log_rest(log_p))
 
 
-def output_divergence(stack: BlockStack, head: nn.Module, samples: int, progress: bool = False) -> list[float]:
-    """KL from the dense model's predictions without each current block, on the first `samples`
-    calibration windows (under torchrun, each rank scores its share of the blocks)."""
-    dense = stack.dense_scoring_final[:samples]
+@torch.no_grad()
+def divergence_from(head: nn.Module, hidden: torch.Tensor, targets: DenseTargets, device: torch.device,
+                    max_elements: int = MAX_ELEMENTS) -> float:
+    """Mean over the scored positions of KL(dense || head(hidden)) between the (k + 1)-bin distributions."""
+    total, count = 0.0, 0
+    for window, ids, log_p, log_rest in zip(hidden, targets.ids, targets.log_p, targets.log_rest):
+        scored = window[targets.positions].to(device)
+        for part, log_q in _chunks(scored, head, max_elements):
+            p_ids, p_log, p_rest = ids[part].to(device), log_p[part].to(device), log_rest[part].to(device)
+            q_log = log_q.gather(-1, p_ids)
+            top = (p_log.exp() * (p_log - q_log)).sum(-1)
+            rest = p_rest.exp() * (p_rest - _log_rest(q_log))
+            total += (top + rest).sum().item()
+            count += q_log.shape[0]
+    return total / count
 
-    def score(i: int) -> float:
-        return _mean_kl(head, stack.run(i + 1, len(stack), stack.boundaries[i][:samples]), dense, stack.device)
 
+def automatic_stride(stack: BlockStack, head: nn.Module) -> int:
+    """Every how many positions to score so that the LM head costs a candidate about as much as the
+    blocks it runs (half the stack on average): 1 unless the head outweighs them, as a large
+    vocabulary on a small model does (a 262k x 640 head against 18 blocks of 5.6M: every 3rd)."""
+    head_cost = head.lm_head.weight.numel()
+    block_cost = sum(p.numel() for p in stack.blocks[0].parameters()) * max(1, len(stack) // 2)
+    return max(1, round(head_cost / block_cost))
+
+
+def output_divergence(stack: BlockStack, head: nn.Module, samples: int, top_k: int, stride: int,
+                      candidates: list[int] | None = None, progress: bool = False) -> dict[int, float]:
+    """KL from the dense model's predictions without each candidate (current index; default every
+    block) by original index, on the first `samples` calibration windows (stride 0: automatic)."""
+    stride = stride or automatic_stride(stack, head)
     with onloaded([head], stack.device):
-        return map_shared(score, len(stack), "output divergence", progress)
+        targets = dense_targets(head, stack.dense_scoring_final[:samples], top_k, stride, stack.device)
+
+        def score(i: int) -> float:
+            hidden = stack.run(i + 1, len(stack), stack.boundaries[i][:samples])
+            return divergence_from(head, hidden, targets, stack.device)
+
+        return score_each(stack, score, candidates, "output divergence", progress)

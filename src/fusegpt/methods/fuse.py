@@ -18,7 +18,7 @@ from ..fusion import group_window, inject, trainable_parameters
 from ..importance import mean_cosine
 from ..tuning import TuneResult, tune_group
 from .linear import fold_seam_map
-from .selection import Scores
+from .selection import Scores, scored
 from .step import StepContext, StepOutcome
 
 
@@ -89,5 +89,5 @@ def trial_distance(ctx: StepContext, index: int) -> float:
 
 def fusion_aware(ctx: StepContext, scores: Scores) -> int:
     """The best trial fusion among the `fuse_eval_candidates` lowest-scored blocks."""
-    candidates = sorted(range(len(ctx.stack)), key=lambda i: scores[ctx.stack.origin[i]])
+    candidates = sorted(scored(ctx, scores), key=lambda i: scores[ctx.stack.origin[i]])
     return min(candidates[:ctx.config.fuse_eval_candidates], key=lambda i: trial_distance(ctx, i))

@@ -16,8 +16,10 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from ..calibrate import onloaded
 from ..fusion import FusedLinear
 from ..tuning import tune_group
+from ..tuning.losses import LogitDistillation
 from .step import StepContext, StepOutcome
 
 
@@ -40,8 +42,11 @@ def heal_globally(ctx: StepContext, epochs: int) -> StepOutcome:
         if config.fusion.train_norms:
             others += adapter.norm_parameters(block)
     tune = replace(config.tune, epochs=epochs, coef_lr=config.tune.global_coef_lr or config.tune.lr)
-    tuned = tune_group(stack, 0, len(stack), stack.embeddings, stack.dense_final, coefficients, others, tune,
-                       seed=config.seed, progress=ctx.progress)
+    head = adapter.head(ctx.model)
+    objective = LogitDistillation(head) if config.tune.distill == "logits" else None
+    with onloaded([head] if objective else [], stack.device):
+        tuned = tune_group(stack, 0, len(stack), stack.embeddings, stack.dense_final, coefficients, others, tune,
+                           seed=config.seed, progress=ctx.progress, objective=objective)
     return StepOutcome(group=list(stack.origin), losses=tuned.losses, optimizer_steps=tuned.optimizer_steps,
                        block_passes=tuned.block_passes, passes_by_rank=tuned.passes_by_rank,
                        seconds={"tune": time.perf_counter() - started})

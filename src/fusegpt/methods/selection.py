@@ -12,8 +12,13 @@ Scores = dict[int, float]  # original index -> score
 
 
 def lowest(ctx: StepContext, scores: Scores) -> int:
-    """The current block with the lowest score (the earliest one on a tie)."""
-    return min(range(len(ctx.stack)), key=lambda i: scores[ctx.stack.origin[i]])
+    """The current block with the lowest score (the earliest one on a tie) among those scored."""
+    return min(scored(ctx, scores), key=lambda i: scores[ctx.stack.origin[i]])
+
+
+def scored(ctx: StepContext, scores: Scores) -> list[int]:
+    """The current indices of the blocks that have a score this step."""
+    return [i for i, o in enumerate(ctx.stack.origin) if o in scores]
 
 
 def first_of_the_tail(ctx: StepContext, scores: Scores) -> int:
@@ -44,15 +49,17 @@ class Selection:
 
 SELECTIONS: dict[str, Selection] = {
     # FuseGPT: the block without which the final hidden states change least (iterative)
-    "mi": Selection("macro_influence", lambda ctx: macro_influence(ctx.stack, ctx.config.mi_samples, ctx.progress)),
+    "mi": Selection("macro_influence", lambda ctx: macro_influence(ctx.stack, ctx.config.mi_samples, ctx.candidates,
+                                                                   ctx.progress)),
     # ShortGPT: the block that changes its own input least, scored once
     "bi": Selection("block_influence", lambda ctx: block_influence(ctx.stack, ctx.config.mi_samples), one_shot=True),
     # SLEB: the block without which the calibration loss is lowest (iterative)
     "nll": Selection("calibration_nll", lambda ctx: calibration_nll(
-        ctx.stack, ctx.adapter.head(ctx.model), ctx.input_ids, ctx.config.mi_samples, ctx.progress)),
+        ctx.stack, ctx.adapter.head(ctx.model), ctx.input_ids, ctx.config.mi_samples, ctx.candidates, ctx.progress)),
     # SLEB's criterion against the dense model's predictions instead of the text's next tokens (iterative)
     "kl": Selection("output_divergence", lambda ctx: output_divergence(
-        ctx.stack, ctx.adapter.head(ctx.model), ctx.config.mi_samples, ctx.progress)),
+        ctx.stack, ctx.adapter.head(ctx.model), ctx.config.mi_samples, ctx.config.kl_top_k, ctx.config.kl_stride,
+        ctx.candidates, ctx.progress)),
     # "Reassessing Layer Pruning": the blocks just before the final one
     "last": Selection("position", lambda ctx: [float(i) for i in ctx.stack.origin], first_of_the_tail, one_shot=True),
     # ReplaceMe / "Unreasonable Ineffectiveness of the Deeper Layers": the contiguous span of K

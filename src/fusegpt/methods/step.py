@@ -21,6 +21,7 @@ class StepContext:
     to_remove: int  # K, the blocks this run removes
     step: int = 0
     progress: bool = True
+    candidates: list[int] | None = None  # current indices an iterative criterion scores this step (None: all)
 
 
 @dataclass

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from ..calibrate import BlockStack, onloaded
 from .. import distributed
 from ..config import TuneConfig
-from .losses import BATCH_LOSSES, LOSSES
+from .losses import BATCH_LOSSES, LOSSES, Loss
 
 
 @dataclass
@@ -31,13 +33,62 @@ def window_batches(order: torch.Tensor, batch_size: int, no_single: bool) -> lis
     return chunks
 
 
+def learning_rate_factor(step: int, total: int, warmup: float) -> float:
+    """The rate of optimiser step `step` (0-based) of `total`, relative to the peak: a linear ramp
+    over the first `warmup` share of the steps (ending at the peak), then a cosine from the peak to 0."""
+    ramp = math.ceil(warmup * total)
+    if step < ramp:
+        return (step + 1) / ramp
+    return 0.5 * (1 + math.cos(math.pi * (step - ramp) / max(1, total - ramp)))
+
+
+def _gradient_to_master(master: torch.Tensor, p: nn.Parameter) -> None:
+    """Add p's new gradient to its host master's, and free it on the device."""
+    gradient = p.grad.float().to(master.device)
+    master.grad = gradient if master.grad is None else master.grad + gradient
+    p.grad = None
+
+
+class _Forward:
+    """Blocks start..end-1 on a batch's windows and the loss against the teacher, in micro-batches
+    of `micro` windows whose gradients accumulate (each weighted by its share of the batch, so the
+    sum is the batch's gradient; None: the whole batch at once), each block optionally under activation checkpointing (only the
+    hidden states between blocks are kept for backward; a block's inside is recomputed there)."""
+
+    def __init__(self, stack: BlockStack, start: int, end: int, inputs: torch.Tensor, teacher: torch.Tensor,
+                 loss_fn: Loss, micro: int | None, checkpointed: bool):
+        self.stack, self.start, self.end, self.inputs, self.teacher = stack, start, end, inputs, teacher
+        self.loss_fn, self.micro, self.checkpointed = loss_fn, micro, checkpointed
+
+    def _block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpointed and torch.is_grad_enabled():
+            return checkpoint(self.stack.forward_block, index, x, use_reentrant=False)
+        return self.stack.forward_block(index, x)
+
+    def loss(self, windows: torch.Tensor, batch: int, divisor: float | None = None) -> torch.Tensor:
+        """The loss of `windows` weighted by their share of a batch of `batch` windows (detached);
+        with `divisor`, each micro-batch's loss over it is backpropagated as it is computed."""
+        device = self.stack.device
+        total = torch.zeros((), device=device)
+        for part in windows.split(self.micro or max(1, len(windows))):
+            x = self.inputs[part].to(device)
+            for index in range(self.start, self.end):
+                x = self._block(index, x)
+            loss = self.loss_fn(x, self.teacher[part].to(device)) * (len(part) / batch)
+            if divisor is not None:
+                (loss / divisor).backward()
+            total = total + loss.detach().float()
+        return total
+
+
 def tune_group(stack: BlockStack, start: int, end: int, inputs: torch.Tensor, teacher: torch.Tensor,
                primary: list[nn.Parameter], secondary: list[nn.Parameter], config: TuneConfig,
-               seed: int, progress: bool = True) -> TuneResult:
+               seed: int, progress: bool = True, objective: Loss | None = None) -> TuneResult:
     """Train the trainables so blocks start..end-1 of the stack map `inputs` (what enters block
     `start`, on every window) onto `teacher`. `primary` (fusion coefficients) learn at `coef_lr`, `secondary` (LoRA and
     norms beside them) at `lr`. The model is frozen; the trainables get gradients only while this
-    runs.
+    runs. `objective` replaces `config.loss` (the global tune's distillation through the head). The rates
+    warm up linearly over the first `warmup` share of the steps, then decay on a cosine to zero.
 
     The loss is divided by its value on the first batch: Adam is blind to a loss's scale except
     through its eps, so without this a loss averaged over many tokens and channels (a 7B model's
@@ -45,27 +96,36 @@ def tune_group(stack: BlockStack, start: int, end: int, inputs: torch.Tensor, te
 
     A trainable held in bf16 (the norms of a bf16 model) is stepped on an fp32 master copy and
     rounded back after each step: an update below bf16's resolution (1e-3 on a weight of 1 is
-    a quarter of it) would otherwise be lost every step."""
+    a quarter of it) would otherwise be lost every step. With `optimizer_on_host`, every trainable
+    has its master copy, gradient and Adam's moments in host memory (each gradient goes there as
+    backward produces it, updated values come back after the step): the device holds only the
+    trainables themselves."""
     blocks = stack.blocks[start:end]
-    loss_fn = LOSSES[config.loss]
+    loss_fn = objective or LOSSES[config.loss]
     groups = [{"params": primary, "lr": config.coef_lr}]
     if secondary and config.lr > 0:
         groups.append({"params": secondary, "lr": config.lr})
     trainables = [p for g in groups for p in g["params"]]
     for p in trainables:
         p.requires_grad_(True)
-    masters = {p: p.detach().float() for p in trainables if p.dtype != torch.float32}
+    on_host = bool(config.optimizer_on_host)
+    masters = {p: p.detach().float().to("cpu" if on_host else p.device) for p in trainables
+               if on_host or p.dtype != torch.float32}
     for group in groups:
         group["params"] = [masters.get(p, p) for p in group["params"]]
+    # on the host, each gradient leaves the device as soon as backward has it (summed over micro-batches there)
+    hooks = [p.register_post_accumulate_grad_hook(partial(_gradient_to_master, masters[p])) for p in trainables] \
+        if on_host else []
 
     optimizer = torch.optim.Adam(groups, betas=config.betas)
     no_single = config.loss in BATCH_LOSSES
     steps_per_epoch = len(window_batches(torch.arange(inputs.shape[0]), config.batch_size, no_single))
     total = max(1, config.epochs * steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, total, config.warmup))
     order = torch.Generator().manual_seed(seed)
     ranks = distributed.world_size()  # a loss across the batch cannot be split: compress refuses it
     result = TuneResult(losses=[], optimizer_steps=0, passes_by_rank=[0] * ranks)
+    run = _Forward(stack, start, end, inputs, teacher, loss_fn, config.micro_batch, config.checkpoint_activations)
     reference = None
     try:
         with onloaded(blocks, stack.device), torch.enable_grad():
@@ -76,26 +136,25 @@ def tune_group(stack: BlockStack, start: int, end: int, inputs: torch.Tensor, te
                     # this rank's share of the batch; its mean loss weighted by its share, so that
                     # the losses and gradients summed over ranks are the whole batch's
                     mine = chunk[distributed.rank()::ranks]
+                    if reference is None:  # the first batch's loss, before any step
+                        with torch.no_grad():
+                            first = run.loss(mine, len(chunk)).reshape(1)
+                        distributed.sum_across([first])
+                        reference = first.item() if first.item() > 0 else 1.0
                     optimizer.zero_grad(set_to_none=True)
-                    loss = torch.zeros((), device=stack.device)
-                    if len(mine):
-                        x = inputs[mine].to(stack.device)
-                        for index in range(start, end):
-                            x = stack.forward_block(index, x)
-                        loss = loss_fn(x, teacher[mine].to(stack.device)) * (len(mine) / len(chunk))
-                    value = loss.detach().float().reshape(1)
+                    for p in masters:  # the optimizer holds their masters: their own gradients are reset here
+                        p.grad = None
+                    value = run.loss(mine, len(chunk), divisor=reference).reshape(1)
                     distributed.sum_across([value])
-                    if reference is None:
-                        reference = value.item() if value.item() > 0 else 1.0
-                    if len(mine):
-                        (loss / reference).backward()
+                    stepped = [masters[p] if on_host else p for p in trainables]  # where the gradients are
                     if ranks > 1:
-                        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trainables]
+                        grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in stepped]
                         distributed.sum_across(grads)
-                        for p, g in zip(trainables, grads):
-                            p.grad = g
-                    for p, master in masters.items():
-                        master.grad = None if p.grad is None else p.grad.float()
+                        for q, g in zip(stepped, grads):
+                            q.grad = g
+                    if not on_host:
+                        for p, master in masters.items():
+                            master.grad = None if p.grad is None else p.grad.float()
                     optimizer.step()
                     with torch.no_grad():
                         for p, master in masters.items():
@@ -108,6 +167,8 @@ def tune_group(stack: BlockStack, start: int, end: int, inputs: torch.Tensor, te
                     epoch_loss += value.item() * len(chunk)
                 result.losses.append(epoch_loss / inputs.shape[0])
     finally:
+        for hook in hooks:
+            hook.remove()
         for p in trainables:
             p.requires_grad_(False)
     return result

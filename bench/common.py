@@ -1,0 +1,193 @@
+"""What every benchmark shares: the assets, the dev/test splits, each model's protocol, the pinned
+recipe, and running one cached cell (compress with pinned flags, then evaluate on dev and test).
+
+Choices are made on **dev** and reported on **test**, and no text is in two roles:
+
+- SmolLM2 calibrates on the first ~75% of WikiText-2 valid (cut at an article), and its dev text is
+  the rest of that file and C4 documents 1,000-1,999 of the C4 file; its test text is WikiText-2
+  test and the start of the C4 file (the first 64 windows of 512 tokens reach about document 80).
+- pydoc calibrates on the first ~80% of `calib.txt` (cut at a document) and its dev text is the
+  rest; its test text is `eval.txt`.
+
+The split files are derived from ../shared/assets into bench/out/data/ (not kept in git) the first
+time they are needed. Every cell pins every setting (`RECIPE` plus the variant's flags), so a cell
+gives the same number after a default changes; a finished cell is cached in
+bench/results/<suite>/<name>.json and a rerun skips it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+TEXT, TASKS_DIR = ASSETS / "text", ASSETS / "tasks"
+DATA = ROOT / "bench" / "out" / "data"  # derived split files
+RESULTS, OUTPUTS = ROOT / "bench" / "results", ROOT / "bench" / "out"
+MODELS = {
+    "smollm2": ASSETS / "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
+    "pydoc": ASSETS / "models/pydoc-llama-12L",
+    "stories": ASSETS / "models/stories260K",
+}
+
+# today's default recipe, every setting spelled out: a cell states what it ran, whatever the defaults
+RECIPE: dict[str, str | None] = {
+    "--method": "kl-fuse", "--epochs": "0", "--global-epochs": "4", "--global-coef-lr": "3e-3",
+    "--coef-lr": "1e-2", "--lr": "1e-3", "--loss": "relative_mse", "--teacher": "dense", "--batch-size": "8",
+    "--group-size": "7", "--coef": "lowrank", "--rank": "128", "--lora-rank": "128", "--no-seam-map": None,
+    "--fuse-eval": "0", "--seed": "0", "--dtype": "float32",
+}
+
+
+def require_assets() -> None:
+    if not ASSETS.exists():
+        sys.exit(f"needs ../shared/assets beside the repository ({ASSETS} not found)")
+
+
+def _cut(lines: list[str], fraction: float, starts_document) -> int:
+    """The index of the document start nearest `fraction` of the text's characters."""
+    total, seen, best = sum(map(len, lines)), 0, None
+    for i, line in enumerate(lines):
+        if starts_document(lines, i) and (best is None or abs(seen - fraction * total) < abs(best[1] - fraction * total)):
+            best = (i, seen)
+        seen += len(line)
+    return best[0]
+
+
+def _wiki_article(lines: list[str], i: int) -> bool:
+    line = lines[i]
+    return line.startswith(" = ") and not line.startswith(" = = ")
+
+
+def _rst_document(lines: list[str], i: int) -> bool:
+    """An overlined title: a line of = or *, a title, the same line again."""
+    line = lines[i].rstrip("\n")
+    return (len(line) >= 3 and set(line) in ({"="}, {"*"}) and i + 2 < len(lines)
+            and lines[i + 2].rstrip("\n") == line and (i == 0 or not lines[i - 1].strip()))
+
+
+def _split(source: Path, first: Path, rest: Path, fraction: float, starts_document) -> None:
+    with open(source, encoding="utf-8", newline="") as f:
+        lines = f.readlines()
+    cut = _cut(lines, fraction, starts_document)
+    first.write_text("".join(lines[:cut]), encoding="utf-8", newline="")
+    rest.write_text("".join(lines[cut:]), encoding="utf-8", newline="")
+
+
+def splits() -> dict[str, Path]:
+    """The derived calibration and dev files (written once, deterministically)."""
+    files = {"wiki-calib": DATA / "wiki.valid.calib.raw", "wiki-dev": DATA / "wiki.valid.dev.raw",
+             "pydoc-calib": DATA / "pydoc.calib.train.txt", "pydoc-dev": DATA / "pydoc.calib.dev.txt",
+             "c4-dev": DATA / "c4.dev.parquet", "c4-calib": DATA / "c4.calib.parquet"}
+    if all(p.exists() for p in files.values()):
+        return files
+    require_assets()
+    DATA.mkdir(parents=True, exist_ok=True)
+    _split(TEXT / "wikitext-2-raw/wiki.valid.raw", files["wiki-calib"], files["wiki-dev"], 0.75, _wiki_article)
+    _split(TEXT / "pydoc/calib.txt", files["pydoc-calib"], files["pydoc-dev"], 0.8, _rst_document)
+    import pyarrow.parquet as pq
+
+    c4 = pq.read_table(TEXT / "c4/c4_validation_2k.parquet", columns=["text"])
+    pq.write_table(c4.slice(1000, 1000), files["c4-dev"])  # far from the test windows at the file's start
+    pq.write_table(c4.slice(300, 700), files["c4-calib"])  # for calibration mixes: neither dev nor test
+    return files
+
+
+@dataclass
+class Protocol:
+    """How one model is calibrated and evaluated."""
+
+    model: Path
+    calib: list[str]  # compress flags
+    dev: list[str]  # perplexity sources
+    test: list[str]
+    ppl: list[str]  # eval flags (windows, seqlen)
+    tasks: list[str] = field(default_factory=list)  # eval flags for zero-shot (test only)
+
+
+def protocol(name: str) -> Protocol:
+    data = splits()
+    if name == "smollm2":
+        return Protocol(MODELS["smollm2"],
+                        ["--calib", str(data["wiki-calib"]), "--nsamples", "128", "--seqlen", "256", "--mi-samples", "8"],
+                        dev=[str(data["wiki-dev"]), str(data["c4-dev"])],
+                        test=[str(TEXT / "wikitext-2-raw/wiki.test.raw"), str(TEXT / "c4/c4_validation_2k.parquet")],
+                        ppl=["--ppl-windows", "64", "--seqlen", "512"],
+                        tasks=["--tasks", "piqa,arc_easy,hellaswag,winogrande", "--limit", "500",
+                               "--tasks-dir", str(TASKS_DIR)])
+    if name == "pydoc":
+        return Protocol(MODELS["pydoc"],
+                        ["--calib", str(data["pydoc-calib"]), "--nsamples", "128", "--seqlen", "256", "--mi-samples", "32"],
+                        dev=[str(data["pydoc-dev"])], test=[str(TEXT / "pydoc/eval.txt")], ppl=["--seqlen", "256"])
+    raise SystemExit(f"unknown protocol {name!r}; one of smollm2, pydoc")
+
+
+def flags_of(settings: dict[str, str | None]) -> list[str]:
+    return [item for flag, value in settings.items() for item in ((flag,) if value is None else (flag, value))]
+
+
+def pinned(**overrides: str | None) -> dict[str, str | None]:
+    """RECIPE with overrides, by flag name without dashes (`global_epochs="8"`); `seam_map=None` turns the
+    map on (the flag pair --seam-map / --no-seam-map)."""
+    settings = dict(RECIPE)
+    for name, value in overrides.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "seam_map":
+            settings.pop("--no-seam-map", None)
+            flag = "--seam-map"
+        settings[flag] = value
+    return settings
+
+
+def _stage_seconds(report: dict) -> dict[str, float]:
+    """Seconds by stage, summed over steps: calibrate, score, tune, refresh, heal, total."""
+    stages = {"calibrate": report["seconds"].get("calibrate", 0.0)}
+    for step in report["steps"]:
+        for stage, seconds in step["seconds"].items():
+            stages[stage] = stages.get(stage, 0.0) + seconds
+    if report.get("heal"):
+        stages["heal"] = sum(report["heal"]["seconds"].values())
+    stages["total"] = report["seconds"].get("total", 0.0)
+    return {k: round(v, 1) for k, v in stages.items()}
+
+
+def run_cell(suite: str, name: str, model: str, settings: dict[str, str | None], extra: list[str] = (),
+             zero_shot: bool = False) -> dict:
+    """Compress `model` (a protocol name) with `settings` and `extra` flags, evaluate dev and test
+    perplexity (and zero-shot on test), cache the result; a cached cell is returned as it is."""
+    result = RESULTS / suite / f"{name}.json"
+    if result.exists():
+        return json.loads(result.read_text())
+    proto = protocol(model)
+    out = OUTPUTS / suite / name
+    flags = [*proto.calib, *flags_of(settings), *extra]
+    resume = ["--resume"] if (out.parent / f".{out.name}.checkpoint").exists() else []  # an interrupted cell
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "fusegpt", "compress", str(proto.model), "--out", str(out), "--overwrite",
+                    *flags, *resume, "--quiet"], check=True)
+    compress_seconds = time.perf_counter() - started
+    evaluation = out / "evaluation.json"
+    evaluated = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "fusegpt", "eval", str(out), "--ppl", ",".join(proto.dev + proto.test),
+                    *proto.ppl, *(proto.tasks if zero_shot else []), "--json", str(evaluation), "--quiet"], check=True)
+    scores = json.loads(evaluation.read_text())
+    report = json.loads((out / "fusegpt_report.json").read_text())
+    cell = {"name": name, "model": model, "settings": settings, "flags": flags, "threads": os.environ.get("OMP_NUM_THREADS"),
+            "removed": [s["removed"] for s in report["steps"]], "block_passes": report.get("block_passes"),
+            "compress_seconds": round(compress_seconds, 1), "eval_seconds": round(time.perf_counter() - evaluated, 1),
+            "stages": _stage_seconds(report),
+            "dev": {Path(s).name: scores["ppl"][s] for s in proto.dev},
+            "test": {Path(s).name: scores["ppl"][s] for s in proto.test},
+            "zero_shot": scores.get("zero_shot"), "heal_losses": (report.get("heal") or {}).get("losses")}
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps(cell, indent=2) + "\n")
+    return cell
+
+
+def cached(suite: str, name: str) -> dict | None:
+    path = RESULTS / suite / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None

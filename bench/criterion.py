@@ -1,0 +1,114 @@
+"""What choosing costs, and whether the cheap kl criterion chooses what the exact one does.
+
+    python bench/criterion.py timing        # one removal step of a Gemma-3-270M-shaped model (random
+                                            # weights, 262,144-token vocabulary), 8 x 256 scoring tokens:
+                                            # score seconds and peak RSS, exact and cheap, and at a
+                                            # 32,768-token vocabulary (memory beyond the head)
+    python bench/criterion.py blocks [NAMES] # the blocks chosen by each variant (default: exact and the
+                                            # default's): pydoc seeds 0-4 at 0.25 and 0.5, SmolLM2 at 0.25
+
+"Exact" is --kl-top-k 0 --kl-stride 1 --rescore 0 (the whole vocabulary at every position, every
+block every step); the cheap variants are in VARIANTS, CHEAP the default's. Selection only: --repair none, which removes
+what kl-fuse removes (its injections start at zero coefficients and change nothing before the
+global tune). Results in bench/results/criterion.json (cached per entry)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from common import MODELS, OUTPUTS, RESULTS, protocol, require_assets
+
+EXACT = ["--kl-top-k", "0", "--kl-stride", "1", "--rescore", "0"]
+# the cheap variants measured, by name: top-k dense side, position stride (0: automatic), rescoring
+VARIANTS = {
+    "exact": EXACT,
+    "top64-s4-r6": ["--kl-top-k", "64", "--kl-stride", "4", "--rescore", "6"],
+    "top64": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "0"],
+    "top64-r6": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "6"],
+    "top64-r4": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4"],
+}
+CHEAP = "top64-r6"  # the default's settings
+RESULT = RESULTS / "criterion.json"
+SELECT = ["--selection", "kl", "--repair", "none", "--seed"]
+
+
+def _load() -> dict:
+    return json.loads(RESULT.read_text()) if RESULT.exists() else {}
+
+
+def _save(results: dict) -> None:
+    RESULT.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+def _compress(model: str, out: Path, flags: list[str]) -> dict:
+    """Run compress under /usr/bin/time; its report's removed blocks and score seconds, and the peak RSS."""
+    run = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M", sys.executable, "-m", "fusegpt", "compress", model,
+                          "--out", str(out), "--overwrite", *flags, "--quiet"], capture_output=True, text=True)
+    if run.returncode:
+        sys.exit(run.stderr[-2000:])
+    report = json.loads((out / "fusegpt_report.json").read_text())
+    rss = next(int(line.split()[1]) for line in run.stderr.splitlines() if line.startswith("MAXRSS"))
+    return {"removed": report["removed"], "score_seconds": round(sum(s["seconds"]["score"] for s in report["steps"]), 1),
+            "peak_rss_gib": round(rss / 2**20, 2)}
+
+
+def _gemma_shaped(vocabulary: int) -> Path:
+    """A random model with Gemma-3-270M's shapes (and the pydoc tokenizer, whose ids fit any vocabulary)."""
+    path = OUTPUTS / f"gemma3-270m-shape-v{vocabulary}"
+    if (path / "config.json").exists():
+        return path
+    import torch
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=vocabulary, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512,
+                              max_position_embeddings=32768, query_pre_attn_scalar=256)
+    Gemma3ForCausalLM(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(MODELS["pydoc"]).save_pretrained(path)
+    return path
+
+
+def timing() -> None:
+    results = _load()
+    calib = protocol("smollm2").calib[:2]
+    for vocabulary in (262144, 32768):
+        model = _gemma_shaped(vocabulary)
+        for name in ("exact", CHEAP):
+            flags = VARIANTS[name]
+            key = f"timing v{vocabulary} {name}"
+            if key in results:
+                continue
+            if vocabulary != 262144 and name == "exact":
+                continue
+            results[key] = _compress(str(model), OUTPUTS / "criterion" / "timing",
+                                     [*calib, "--nsamples", "8", "--mi-samples", "8", "--seqlen", "256",
+                                      "--num-remove", "1", *SELECT, "0", *flags])
+            _save(results)
+            print(key, results[key], flush=True)
+
+
+def blocks(names: list[str]) -> None:
+    results = _load()
+    runs = [("pydoc", sparsity, seed) for sparsity in ("0.25", "0.5") for seed in range(5)] + [("smollm2", "0.25", 0)]
+    for model, sparsity, seed in runs:
+        proto = protocol(model)
+        for name in names:
+            flags = VARIANTS[name]
+            key = f"blocks {model} {sparsity} seed{seed} {name}"
+            if key in results:
+                continue
+            results[key] = _compress(str(proto.model), OUTPUTS / "criterion" / "blocks",
+                                     [*proto.calib, "--sparsity", sparsity, *SELECT, str(seed), *flags])
+            _save(results)
+            print(key, results[key], flush=True)
+
+
+if __name__ == "__main__":
+    require_assets()
+    if sys.argv[1:2] == ["timing"]:
+        timing()
+    else:
+        blocks(sys.argv[2].split(",") if len(sys.argv) > 2 else ["exact", CHEAP])

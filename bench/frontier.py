@@ -1,0 +1,199 @@
+"""Fusion against LoRA healing on the same blocks: equal tuning effort (one learning-rate grid for
+both, chosen on dev), quality against compute (1x, 2x, 4x, 8x the default's tuning block passes),
+and what pushes the frontier down. bench/common.py has the protocols (dev/test splits) and the
+pinned recipe; every cell is cached in bench/results/frontier-<model>/, so a grid resumes.
+
+    python bench/frontier.py pydoc                      # every cell of the plan, in order
+    python bench/frontier.py smollm2 s25-default,s25-lora-lr3e-3
+    python bench/frontier.py pydoc --table              # what is cached, dev and test
+    python bench/frontier.py --plot                     # docs/frontier.png from the cached cells
+
+Cell names: s<sparsity>-default (the default recipe, choosing its own blocks), then on those
+blocks: s..-lora-lr<X> (LoRA healing at lr X), s..-fuse-c<X>-lr<Y> (fusion, coefficients at X in
+the global tune, LoRA and norms at Y), a suffix -x<N> for N times the default's passes (more global
+epochs; LoRA's budget follows), and the variants of `push` on each repair's best setting."""
+from __future__ import annotations
+
+import json
+import sys
+
+from common import RESULTS, ROOT, cached, pinned, require_assets, run_cell, splits
+
+SPARSITIES = {"pydoc": ("0.25", "0.5"), "smollm2": ("0.25",)}
+LORA_LRS = ("1e-3", "3e-3", "1e-2")
+FUSE_GRID = {"pydoc": [(c, lr) for c in ("1e-3", "3e-3", "1e-2") for lr in ("1e-3", "3e-3", "1e-2")],
+             # (3e-3, 1e-3) is the default's own recipe: its cell is s25-default (on pydoc both are run, a check
+             # that given blocks reproduce the default's model)
+             "smollm2": [("3e-3", "3e-3"), ("1e-2", "3e-3"), ("1e-3", "3e-3"), ("1e-2", "1e-3")]}
+BUDGETS = {"pydoc": (2, 4, 8), "smollm2": (2, 4)}
+SEEDS = {"pydoc": (), "smollm2": (1, 2)}
+DEFAULT_EPOCHS = 4  # the default's global epochs: budget 1x
+
+
+def push(model: str) -> list[tuple[str, dict, list[str]]]:
+    """What might push the frontier down at the same block passes: (suffix, changed settings, extra flags).
+    logits: distil the dense next-token distributions instead of the final hidden states; warm: 10%
+    warm-up before the cosine; n256e2: twice the windows for half the epochs; mix (SmolLM2): half
+    the calibration windows from C4 (documents kept out of dev and test)."""
+    variants = [("logits", {"--distill": "logits"}, []), ("warm", {"--warmup": "0.1"}, []),
+                ("n256e2", {"--global-epochs": "2"}, ["--nsamples", "256"])]
+    if model == "smollm2":
+        data = splits()
+        variants.append(("mix", {}, ["--calib", f"{data['wiki-calib']},{data['c4-calib']}"]))
+    return variants
+
+
+def tag(sparsity: str) -> str:
+    return "s" + sparsity.split(".")[1].ljust(2, "0")
+
+
+def _given(model: str, sparsity: str) -> str | None:
+    """The default's blocks at this sparsity, in its order (from its cached cell)."""
+    cell = cached(f"frontier-{model}", f"{tag(sparsity)}-default")
+    return ",".join(map(str, cell["removed"])) if cell else None
+
+
+def best(model: str, sparsity: str, repair: str) -> dict | None:
+    """The lowest mean dev perplexity (the geometric mean over the dev sources) among the 1x cells of a repair."""
+    names = grid_names(model, sparsity)[repair]
+    cells = [c for c in (cached(f"frontier-{model}", n) for n in names) if c is not None]
+    return min(cells, key=lambda c: _mean(c["dev"]), default=None)
+
+
+def grid_names(model: str, sparsity: str) -> dict[str, list[str]]:
+    """The 1x learning-rate grid's cell names, by repair."""
+    s = tag(sparsity)
+    return {"lora": [f"{s}-lora-lr{lr}" for lr in LORA_LRS],
+            "fuse": [f"{s}-default", *(f"{s}-fuse-c{coef}-lr{lr}" for coef, lr in FUSE_GRID[model])]}
+
+
+def _mean(ppl: dict[str, float]) -> float:
+    values = list(ppl.values())
+    product = 1.0
+    for v in values:
+        product *= v
+    return product ** (1 / len(values))
+
+
+def _cells(model: str, suite: str | None = None) -> list[dict]:
+    folder = RESULTS / (suite or f"frontier-{model}")
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+
+
+def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
+    """Every cell that can be named now, in the order they should run: name -> (pinned settings,
+    extra flags, zero-shot). The defaults first (they give the blocks), then the learning-rate
+    grids on those blocks; once a repair's grid is complete, its best dev setting gets the `push`
+    variants and the larger budgets; the other seeds last."""
+    zero_shot = model == "smollm2"
+    defaults, grids, later, seeds = {}, {}, {}, {}
+    for sparsity in SPARSITIES[model]:
+        s = tag(sparsity)
+        defaults[f"{s}-default"] = (pinned(sparsity=sparsity), [], zero_shot)
+        for seed in SEEDS[model]:
+            seeds[f"{s}-default-seed{seed}"] = (pinned(sparsity=sparsity, seed=str(seed)), [], zero_shot)
+        blocks = _given(model, sparsity)
+        if blocks is None:
+            continue
+        for lr in LORA_LRS:
+            grids[f"{s}-lora-lr{lr}"] = (pinned(method="kl-lora", blocks=blocks, lr=lr), [], False)
+        for coef, lr in FUSE_GRID[model]:
+            grids[f"{s}-fuse-c{coef}-lr{lr}"] = (pinned(blocks=blocks, global_coef_lr=coef, lr=lr), [], False)
+        for repair, names in grid_names(model, sparsity).items():
+            chosen = best(model, sparsity, repair)
+            if any(cached(f"frontier-{model}", n) is None for n in names):
+                continue  # the best setting is known once the whole grid is
+            base = dict(chosen["settings"])
+            base.pop("--sparsity", None)  # on the default's blocks, without choosing them again
+            base["--blocks"] = blocks
+            for suffix, change, extra in push(model):
+                later[f"{chosen['name']}-{suffix}"] = ({**base, **change}, extra, zero_shot)
+            for factor in BUDGETS[model]:
+                later[f"{chosen['name']}-x{factor}"] = ({**base, "--global-epochs": str(DEFAULT_EPOCHS * factor)}, [],
+                                                        zero_shot)
+    return {**defaults, **grids, **later, **seeds}
+
+
+def table(model: str, suite: str | None = None) -> str:
+    rows = ["| cell | removed | passes | dev PPL | test PPL | zero-shot | compress s (tune) |", "|---|---|---|---|---|---|---|"]
+    for c in _cells(model, suite):
+        z = c.get("zero_shot")
+        mean = f"{sum(t['value'] for t in z.values()) / len(z):.4f}" if z else "-"
+        rows.append(f"| {c['name']} | {' '.join(map(str, c['removed']))} | {c['block_passes']:,} | "
+                    + " / ".join(f"{v:.3f}" for v in c["dev"].values()) + " | "
+                    + " / ".join(f"{v:.3f}" for v in c["test"].values())
+                    + f" | {mean} | {c['compress_seconds']:.0f} ({c['stages'].get('heal', 0):.0f}) |")
+    return "\n".join(rows)
+
+
+def curve(model: str, sparsity: str, repair: str) -> list[dict]:
+    """The cells of one repair at its best 1x dev setting, then at each larger budget."""
+    chosen = best(model, sparsity, repair)
+    if chosen is None:
+        return []
+    more = [cached(f"frontier-{model}", f"{chosen['name']}-x{f}") for f in BUDGETS[model]]
+    return [chosen, *(c for c in more if c is not None)]
+
+
+def plot(path) -> str:
+    """Test perplexity against tuning block passes, fusion and LoRA, a panel per model x sparsity x
+    test source."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(m, sp, i) for m in SPARSITIES for sp in SPARSITIES[m] for i in range(2 if m == "smollm2" else 1)]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    for ax, (model, sparsity, source) in zip(axes, panels):
+        for repair, style in (("fuse", "o-"), ("lora", "s--")):
+            cells = curve(model, sparsity, repair)
+            if not cells:
+                continue
+            name = list(cells[0]["test"])[source]
+            ax.plot([c["block_passes"] for c in cells], [c["test"][name] for c in cells], style,
+                    label=f"{'fusion' if repair == 'fuse' else 'LoRA'} ({_rates(cells[0])})")
+            ax.set_title(f"{model} {sparsity}: {name}", fontsize=9)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("tuning block passes")
+        ax.set_ylabel("test perplexity")
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return str(path)
+
+
+def _rates(cell: dict) -> str:
+    settings = cell["settings"]
+    lr = f"lr {settings['--lr']}"
+    return lr if settings["--method"].endswith("lora") else f"coef {settings['--global-coef-lr']}, {lr}"
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args == ["--plot"]:
+        print(plot(ROOT / "docs" / "frontier.png"))
+        return
+    if not args or args[0] not in SPARSITIES:
+        sys.exit(__doc__)
+    model = args[0]
+    if args[1:] == ["--table"]:
+        print(table(model))
+        return
+    require_assets()
+    wanted = args[1].split(",") if len(args) > 1 else None
+    while True:  # the plan grows as cells finish (the default's blocks, then the best learning rates)
+        cells = plan(model)
+        todo = [n for n in (wanted or cells) if cached(f"frontier-{model}", n) is None]
+        runnable = [n for n in todo if n in cells]
+        if not runnable:
+            if todo:
+                sys.exit(f"cannot name {', '.join(todo)} (unknown, or the cells it builds on are missing)")
+            break
+        settings, extra, zero_shot = cells[runnable[0]]
+        cell = run_cell(f"frontier-{model}", runnable[0], model, settings, extra, zero_shot)
+        print(f"{cell['name']}: dev {cell['dev']} test {cell['test']} ({cell['compress_seconds']:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

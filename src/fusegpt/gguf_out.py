@@ -1,0 +1,213 @@
+"""GGUF out: the compressed model as a GGUF file that llama.cpp (and Ollama, LM Studio) runs.
+
+For a GGUF input, the output is that file with the removed blocks gone: the same metadata (the
+tokenizer, the chat template, every setting) with `block_count` and every per-block array cut to
+the kept blocks; block tensors renumbered blk.0.. without gaps; every tensor the compression did
+not change copied byte for byte in its original type; the changed ones (the tuned blocks' weights)
+quantised by llama.cpp's own quantiser (`llama_model_quantize`, from the `llama-cpp-python`
+package) to the input's file type, or to `gguf_type`.
+
+The tensors are laid out as GGUF stores them, which is what transformers' GGUF loader undoes when
+it reads one (a per-family permutation of the query and key rows, an offset on some norms):
+`_to_gguf` inverts that loader's transform numerically, so no family's layout is written here."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FuseGPTError
+
+QUANTISER_HINT = ("install llama-cpp-python (pip install llama-cpp-python; it builds llama.cpp from source "
+                  "with gcc and cmake), or pass --gguf-type F16 or F32")
+UNQUANTISED = ("F32", "F16")  # written without llama.cpp
+
+
+class MissingQuantiser(FuseGPTError):
+    """llama-cpp-python is not installed and the GGUF needs quantised tensors."""
+
+
+@dataclass
+class GGUFExport:
+    """What was written, for the report."""
+
+    file: str
+    file_type: str  # e.g. Q4_1, F16
+    bytes: int
+    tensor_types: dict[str, int] = field(default_factory=dict)  # type -> number of tensors
+    copied: int = 0  # tensors copied byte for byte from the input
+    quantised: int = 0  # tensors written anew
+
+
+def _file_type(name: str):
+    import gguf
+
+    key = name.upper()
+    for prefix in ("MOSTLY_", "ALL_"):
+        if hasattr(gguf.LlamaFileType, prefix + key):
+            return getattr(gguf.LlamaFileType, prefix + key)
+    choices = [t.name.removeprefix("MOSTLY_").removeprefix("ALL_") for t in gguf.LlamaFileType if t.name != "GUESSED"]
+    raise FuseGPTError(f"--gguf-type {name} is not a llama.cpp file type; choose one of {', '.join(choices)}")
+
+
+def check_gguf_type(name: str | None) -> None:
+    """Refuse an unknown --gguf-type before any work."""
+    if name is not None:
+        _file_type(name)
+
+
+def _processor(arch: str, config: dict):
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
+
+    return TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=config)
+
+
+def _from_gguf(processor, weights: np.ndarray, name: str) -> np.ndarray:
+    return processor.process(weights=weights, name=name, tensor_key_mapping={}, parsed_parameters={}).weights
+
+
+def _to_gguf(processor, hf: np.ndarray, name: str) -> np.ndarray:
+    """The GGUF layout of an HF tensor: the inverse of the loader's transform, found by applying it
+    to zeros (its offset) and to the element indices (its permutation)."""
+    offset = _from_gguf(processor, np.zeros(hf.shape, np.float64), name)
+    order = _from_gguf(processor, np.arange(hf.size, dtype=np.float64).reshape(hf.shape), name) - offset
+    out = np.empty(hf.size, np.float64)
+    out[order.reshape(-1).astype(np.int64)] = (hf.astype(np.float64) - offset).reshape(-1)
+    result = out.reshape(hf.shape).astype(np.float32)
+    if not np.array_equal(_from_gguf(processor, result, name).astype(np.float32), hf.astype(np.float32)):
+        raise NotImplementedError(f"GGUF out: the loader's transform of {name} is not a permutation plus an offset")
+    return result
+
+
+def _copy_metadata(reader, writer, depth: int, kept: list[int]) -> None:
+    """Every key of the input, with the depth and each per-block array cut to the kept blocks."""
+    import gguf
+
+    arch = writer.arch
+    for item in reader.fields.values():
+        if item.name.startswith("GGUF.") or item.name in (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE):
+            continue  # the writer's own, and the output's type
+        kind = item.types[0]
+        value = item.contents()
+        sub = item.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        if item.name == f"{arch}.block_count":
+            value = len(kept)
+        elif kind == gguf.GGUFValueType.ARRAY and item.name.startswith(f"{arch}.") and len(value) == depth:
+            value = [value[i] for i in kept]
+        writer.add_key_value(item.name, value, kind, sub_type=sub)
+
+
+def _renamed(name: str, kept: list[int]) -> str | None:
+    """blk.<o>.x -> blk.<new index>.x for a kept block (None for a removed one); others unchanged."""
+    if not name.startswith("blk."):
+        return name
+    _, index, rest = name.split(".", 2)
+    return f"blk.{kept.index(int(index))}.{rest}" if int(index) in kept else None
+
+
+def _quantise(tensors: dict[str, np.ndarray], reader, writer_args, file_type) -> dict[str, tuple[np.ndarray, object]]:
+    """llama.cpp's quantisation of `tensors` (GGUF names and layout, fp32): a model file with every
+    tensor (the others dequantised) goes through llama_model_quantize; its bytes for these come back."""
+    try:
+        import llama_cpp
+    except ImportError as error:
+        raise MissingQuantiser(f"GGUF out needs llama.cpp's quantiser for {file_type.name} tensors: {QUANTISER_HINT}") \
+            from error
+    import gguf
+
+    with tempfile.TemporaryDirectory(prefix="fusegpt-gguf-") as scratch:
+        source, target = Path(scratch) / "f32.gguf", Path(scratch) / "quantised.gguf"
+        writer = gguf.GGUFWriter(str(source), *writer_args["arch"])
+        writer_args["metadata"](writer)
+        writer.add_key_value(gguf.Keys.General.FILE_TYPE, int(gguf.LlamaFileType.ALL_F32), gguf.GGUFValueType.UINT32)
+        for name, data in writer_args["all_tensors"]():
+            writer.add_tensor(name, tensors.get(name, data))
+        writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file()
+        writer.close()
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = int(file_type)
+        params.nthread = os.cpu_count() or 1
+        if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
+            raise FuseGPTError(f"llama.cpp could not quantise the model to {file_type.name}; try another --gguf-type")
+        quantised = gguf.GGUFReader(target)
+        return {t.name: (np.array(t.data), t.tensor_type) for t in quantised.tensors if t.name in tensors}
+
+
+def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str | None = None) -> GGUFExport:
+    """Write the compressed `model` (its blocks the original ones at `kept`) as GGUF to `out`, from
+    the GGUF file it was loaded from; atomically (written beside, then renamed)."""
+    import gguf
+
+    reader = gguf.GGUFReader(source)
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    depth_field = reader.fields.get(f"{arch}.block_count")
+    depth = depth_field.contents() if depth_field else len(kept)
+    processor = _processor(arch, model.config.to_dict())
+    from transformers.modeling_gguf_pytorch_utils import get_gguf_hf_weights_map
+
+    names = get_gguf_hf_weights_map(model, processor)  # new GGUF name -> HF name
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    input_type = gguf.LlamaFileType(int(reader.fields["general.file_type"].contents())) \
+        if "general.file_type" in reader.fields else gguf.LlamaFileType.ALL_F32
+    target_type = _file_type(gguf_type) if gguf_type else input_type
+
+    changed: dict[str, np.ndarray] = {}  # new name -> fp32 in GGUF layout
+    plan: list[tuple[str, object]] = []  # (new name, the input tensor)
+    for tensor in reader.tensors:
+        new = _renamed(tensor.name, kept)
+        if new is None:
+            continue
+        plan.append((new, tensor))
+        hf_name = names.get(new)
+        if hf_name is None:  # a tensor transformers does not load (e.g. rope factors): kept as it is
+            continue
+        original = _from_gguf(processor, gguf.dequantize(tensor.data, tensor.tensor_type), tensor.name)
+        current = state[hf_name].numpy()
+        if gguf_type or not np.array_equal(original.astype(np.float32), current):
+            changed[new] = _to_gguf(processor, current, new)
+
+    def metadata(writer) -> None:
+        _copy_metadata(reader, writer, depth, kept)
+
+    def all_tensors():
+        for new, tensor in plan:
+            yield new, changed.get(new, gguf.dequantize(tensor.data, tensor.tensor_type).astype(np.float32))
+
+    def unquantised(data: np.ndarray):
+        if target_type == gguf.LlamaFileType.MOSTLY_F16 and data.ndim > 1:
+            return data.astype(np.float16), gguf.GGMLQuantizationType.F16
+        return data.astype(np.float32), gguf.GGMLQuantizationType.F32
+
+    if target_type.name.removeprefix("ALL_").removeprefix("MOSTLY_") in UNQUANTISED:
+        written = {name: unquantised(data) for name, data in changed.items()}
+    else:
+        written = _quantise(changed, reader, {"arch": (arch,), "metadata": metadata, "all_tensors": all_tensors},
+                            target_type) if changed else {}
+    partial = out.with_name(out.name + ".partial")
+    writer = gguf.GGUFWriter(str(partial), arch)
+    metadata(writer)
+    writer.add_key_value(gguf.Keys.General.FILE_TYPE, int(target_type), gguf.GGUFValueType.UINT32)
+    export = GGUFExport(file=str(out), file_type=target_type.name.removeprefix("MOSTLY_").removeprefix("ALL_"), bytes=0)
+    for new, tensor in plan:
+        if new in written:
+            data, kind = written[new]
+            export.quantised += 1
+        else:
+            data, kind = np.array(tensor.data), tensor.tensor_type
+            export.copied += 1
+        writer.add_tensor(new, data, raw_dtype=kind)  # a quantised tensor's shape comes from its byte rows
+        export.tensor_types[gguf.GGMLQuantizationType(kind).name] = \
+            export.tensor_types.get(gguf.GGMLQuantizationType(kind).name, 0) + 1
+    try:
+        writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file()
+        writer.close()
+        os.replace(partial, out)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise FuseGPTError(f"could not write '{out}': {error.strerror or error}; free space or choose another --out") \
+            from error
+    export.bytes = out.stat().st_size
+    return export

@@ -1,0 +1,126 @@
+"""One compression job end to end, as `fusegpt compress` runs it: check the output, load, compress
+(checkpointed after every step), save the HF model atomically, write its GGUF, evaluate. The CLI
+parses arguments into a `Job`; `compare` runs the same load-and-compress part for each cell."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import CompressConfig
+from .errors import FuseGPTError
+
+
+@dataclass
+class Job:
+    model: str  # a HF folder, a .gguf file (or a folder holding one), or a Hub id
+    config: CompressConfig
+    out: str | Path
+    overwrite: bool = False
+    resume: bool = False
+    keep_checkpoints: bool = False
+    ppl: list[str] = field(default_factory=list)  # perplexity sources evaluated after saving
+    ppl_windows: int | None = None
+    ppl_seqlen: int | None = None
+    # GGUF out: None writes it for a GGUF input only; True asks for it, False never; its type
+    # (None: the input's) and llama.cpp's quantiser for quantised types
+    gguf: bool | None = None
+    gguf_type: str | None = None
+    progress: bool = True
+
+
+def checked_output(job: Job) -> tuple[Path, Path]:
+    """The output folder and checkpoint folder, refused at once when they cannot be used as asked."""
+    from .paths import STATE, check_output, checkpoint_folder, gguf_file
+
+    out = check_output(job.out, job.overwrite, protect=job.model)
+    folder = checkpoint_folder(out)
+    if (folder / STATE).exists() and not job.resume:
+        raise FuseGPTError(f"found the checkpoint of an interrupted run in {folder}; pass --resume to continue it, "
+                           "or delete that folder to start over")
+    if job.resume and not (folder / STATE).exists():
+        raise FuseGPTError(f"--resume: no checkpoint in {folder}; run without --resume")
+    if job.gguf and gguf_file(job.model) is None:
+        raise FuseGPTError("--gguf from a HuggingFace model is not supported yet (GGUF out needs a GGUF input, whose "
+                           "tokenizer and settings it keeps); convert the result with llama.cpp's "
+                           "convert_hf_to_gguf.py, or start from the model's GGUF")
+    from .gguf_out import check_gguf_type
+
+    check_gguf_type(job.gguf_type)
+    return out, folder
+
+
+def load_and_compress(model_name: str, config: CompressConfig, progress: bool = True, checkpoint=None):
+    """(compress result, tokenizer) of a freshly loaded model, its source recorded in the report."""
+    from .io import load_model, model_source
+    from .pipeline import compress
+
+    source = model_source(model_name)
+    model, tokenizer = load_model(model_name, config.dtype)
+    result = compress(model, tokenizer, config, progress=progress, model_name=model_name, checkpoint=checkpoint)
+    result.report.source = source
+    return result, tokenizer
+
+
+def run(job: Job):
+    """Compress, save, write GGUF, evaluate; returns the compress result (rank 0's under torchrun,
+    None on the other ranks). Every failure after saving keeps the saved model and says so."""
+    from . import distributed
+    from .checkpoint import Checkpoint
+    from .io import REPORT_NAME, save_compressed
+    from .paths import gguf_file
+
+    out, folder = checked_output(job)
+    model_path = Path(job.model).expanduser()
+    checkpoint = Checkpoint(folder, job.config.to_dict(), str(model_path.resolve()) if model_path.exists() else job.model)
+    try:
+        result, tokenizer = load_and_compress(job.model, job.config, job.progress, checkpoint)
+    except KeyboardInterrupt:
+        if checkpoint.exists():
+            raise KeyboardInterrupt(f"interrupted; every finished step is kept in {folder}: rerun the same command "
+                                    "with --resume to continue") from None
+        raise
+    if not distributed.is_main():  # under torchrun, rank 0 writes and evaluates; the others are done
+        return None
+    report = result.report
+    saving = time.perf_counter()
+    try:
+        save_compressed(result.model, tokenizer, report, out, job.overwrite)  # before any evaluation
+    except FuseGPTError as error:
+        raise FuseGPTError(f"{error}; every step is kept in {folder}: rerun with --resume to save without "
+                           "recomputing") from error
+    report.seconds["save"] = time.perf_counter() - saving
+    if not job.keep_checkpoints:
+        checkpoint.remove()
+    source = gguf_file(job.model)
+    try:
+        if source is not None and job.gguf is not False:
+            from dataclasses import asdict
+
+            from .gguf_out import MissingQuantiser, write_gguf
+
+            writing = time.perf_counter()
+            try:
+                report.gguf = asdict(write_gguf(result.model, report.kept, source, out / source.name, job.gguf_type))
+                report.seconds["gguf"] = time.perf_counter() - writing
+            except MissingQuantiser as missing:
+                if job.gguf or job.gguf_type:  # asked for: an error; by default, the HF model alone and a warning
+                    raise
+                print(f"fusegpt: warning: no GGUF written: {missing}", file=sys.stderr)
+        if job.ppl:
+            from .evaluation.ppl import evaluate_perplexity
+            from .placement import place_for_inference, resolve_device
+
+            evaluating = time.perf_counter()
+            place_for_inference(result.model, resolve_device(job.config.device), job.config.offload)
+            report.perplexity = evaluate_perplexity(result.model, tokenizer, job.ppl, job.ppl_seqlen or report.seqlen,
+                                                    job.config.data_dir, progress=job.progress,
+                                                    windows=job.ppl_windows)
+            report.perplexity_windows = job.ppl_windows
+            report.seconds["evaluate"] = time.perf_counter() - evaluating
+    except FuseGPTError as error:
+        raise FuseGPTError(f"{error} (the compressed model is saved in {out})") from error
+    finally:
+        report.write(out / REPORT_NAME)
+    return result

@@ -1,0 +1,134 @@
+"""GGUF out: a compressed GGUF input comes back as a GGUF file with the kept blocks renumbered, its
+metadata cut to them, untouched tensors byte for byte, and (with llama.cpp installed) the same
+logits in llama.cpp as the HF output in transformers."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress, load_model
+from fusegpt.cli import main
+from fusegpt.gguf_out import write_gguf
+from gguf_writer import DEPTH, PER_BLOCK_KEY, write_tiny_gguf
+from test_cli import _compress, _one_line_error
+
+gguf = pytest.importorskip("gguf")
+IDS = [261, 72, 101, 108, 108, 111, 32, 116, 104, 101, 32, 99, 97, 116]  # BOS then "Hello the cat" as bytes
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    """The tiny Q8_0 GGUF with blocks 4 and 1 removed: fused into their neighbours, then a global tune."""
+    folder = tmp_path_factory.mktemp("gguf-out")
+    source = write_tiny_gguf(folder / "tiny.Q8_0.gguf")
+    text = folder / "calib.txt"
+    text.write_text("the cat in the hat sat on the mat and then the cat ran in " * 60)
+    model, tokenizer = load_model(str(source))
+    config = CompressConfig(blocks=[4, 1], sparsity=None, calib=str(text), nsamples=8, seqlen=32, mi_samples=4,
+                            fusion=FusionConfig(group_size=2, rank=4, lora_rank=2),
+                            tune=TuneConfig(epochs=0, global_epochs=1, batch_size=4))
+    return source, compress(model, tokenizer, config, progress=False), folder
+
+
+def _tensors(path) -> dict:
+    return {t.name: t for t in gguf.GGUFReader(path).tensors}
+
+
+def test_the_gguf_keeps_the_metadata_and_renumbers_the_kept_blocks(compressed):
+    source, result, folder = compressed
+    out = folder / "f32.gguf"
+    exported = write_gguf(result.model, result.report.kept, source, out, "F32")
+    reader, original = gguf.GGUFReader(out), gguf.GGUFReader(source)
+    kept = result.report.kept
+    assert kept == [0, 2, 3, 5]
+    assert reader.fields["llama.block_count"].contents() == 4
+    assert reader.fields[PER_BLOCK_KEY].contents() == [10, 12, 13, 15]  # block i's entry travels with it
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "llama.rope.freq_base", "llama.context_length"):
+        assert reader.fields[key].contents() == original.fields[key].contents()
+    names = _tensors(out)
+    assert sorted({int(n.split(".")[1]) for n in names if n.startswith("blk.")}) == [0, 1, 2, 3]
+    per_block = {n.split(".", 2)[2] for n in _tensors(source) if n.startswith("blk.0.")}
+    assert all(f"blk.{i}.{rest}" in names for i in range(4) for rest in per_block)
+    assert len(names) == len(_tensors(source)) - 2 * len(per_block)
+    assert exported.file_type == "F32" and exported.bytes == out.stat().st_size
+
+
+def test_untouched_tensors_are_copied_byte_for_byte_and_changed_ones_round_trip(compressed):
+    """At the input's own type (Q8_0), the embeddings and the final norm (never tuned) are the input's
+    bytes; at F32 every tensor, read back by transformers' loader, is the compressed model's."""
+    source, result, folder = compressed
+    exported = write_gguf(result.model, result.report.kept, source, folder / "same.gguf") \
+        if _has_llama_cpp() else None
+    original = _tensors(source)
+    if exported is not None:
+        out = _tensors(folder / "same.gguf")
+        for name in ("token_embd.weight", "output_norm.weight"):
+            assert out[name].tensor_type == original[name].tensor_type
+            assert np.array_equal(np.asarray(out[name].data), np.asarray(original[name].data))
+        assert exported.copied == 2 and exported.file_type == "Q8_0"
+    write_gguf(result.model, result.report.kept, source, folder / "exact.gguf", "F32")
+    reloaded, tokenizer = load_model(str(folder / "exact.gguf"))
+    ids = torch.tensor([IDS])
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, result.model(input_ids=ids).logits)
+
+
+def _has_llama_cpp() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("kind,tolerance", [("F32", 1e-4), ("F16", 5e-3)])
+def test_llama_cpp_computes_what_transformers_computes(compressed, kind, tolerance):
+    """llama.cpp's logits of the GGUF out against transformers' of the compressed model: equal up to
+    the arithmetic (F32) and to half precision's rounding of the weights (F16), relative to the
+    largest logit."""
+    if not _has_llama_cpp():
+        pytest.skip("llama-cpp-python is not installed (it is in the test extra: pip install -e '.[test]')")
+    import llama_cpp
+
+    source, result, folder = compressed
+    out = folder / f"{kind}.gguf"
+    write_gguf(result.model, result.report.kept, source, out, kind)
+    llm = llama_cpp.Llama(model_path=str(out), logits_all=True, n_ctx=64, verbose=False)
+    try:
+        llm.eval(IDS)
+        ours = np.array(llm.scores[:len(IDS)])
+    finally:
+        llm.close()
+    with torch.no_grad():
+        theirs = result.model(input_ids=torch.tensor([IDS])).logits[0].numpy()
+    assert np.abs(ours - theirs).max() < tolerance * np.abs(theirs).max()
+
+
+def test_the_cli_writes_the_gguf_beside_the_model_and_refuses_what_it_cannot_write(tmp_path, text_file, capsys,
+                                                                                   monkeypatch):
+    (tmp_path / "in").mkdir()
+    source = write_tiny_gguf(tmp_path / "in" / "tiny.gguf")
+    out = tmp_path / "out"
+    assert main(_compress(source, out, text_file, "--num-remove", "1", "--gguf-type", "F16")) == 0
+    report = json.loads((out / "fusegpt_report.json").read_text())
+    assert report["gguf"]["file"] == str(out / "tiny.gguf") and report["gguf"]["file_type"] == "F16"
+    assert gguf.GGUFReader(out / "tiny.gguf").fields["llama.block_count"].contents() == DEPTH - 1
+    assert main(_compress(source, tmp_path / "none", text_file, "--num-remove", "1", "--no-gguf")) == 0
+    assert not list((tmp_path / "none").glob("*.gguf"))
+    capsys.readouterr()
+    assert main(_compress(source, tmp_path / "bad", text_file, "--num-remove", "1", "--gguf-type", "Q9_9")) == 2
+    assert "not a llama.cpp file type" in _one_line_error(capsys) and not (tmp_path / "bad").exists()
+    # no quantiser: asked for, one line, exit 2, the HF model kept; by default, a warning and the HF model
+    monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)
+    assert main(_compress(source, tmp_path / "q", text_file, "--num-remove", "1", "--gguf-type", "Q8_0")) == 2
+    assert "llama-cpp-python" in _one_line_error(capsys) and (tmp_path / "q" / "config.json").exists()
+    assert main(_compress(source, tmp_path / "d", text_file, "--num-remove", "1")) == 0
+    assert "no GGUF written" in capsys.readouterr().err and not list((tmp_path / "d").glob("*.gguf"))
+
+
+def test_gguf_out_from_a_huggingface_model_is_refused_before_any_work(tmp_path, model_dir, text_file, capsys):
+    assert main(_compress(model_dir, tmp_path / "out", text_file, "--num-remove", "1", "--gguf")) == 2
+    assert "needs a GGUF input" in _one_line_error(capsys) and not (tmp_path / "out").exists()
