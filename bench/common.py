@@ -123,7 +123,26 @@ def protocol(name: str) -> Protocol:
         return Protocol(MODELS["pydoc"],
                         ["--calib", str(data["pydoc-calib"]), "--nsamples", "128", "--seqlen", "256", "--mi-samples", "32"],
                         dev=[str(data["pydoc-dev"])], test=[str(TEXT / "pydoc/eval.txt")], ppl=["--seqlen", "256"])
-    raise SystemExit(f"unknown protocol {name!r}; one of smollm2, pydoc")
+    if name == "stories":
+        return Protocol(MODELS["stories"],
+                        ["--calib", str(data["wiki-calib"]), "--nsamples", "32", "--seqlen", "256", "--mi-samples", "32"],
+                        dev=[str(data["wiki-dev"])], test=[str(TEXT / "wikitext-2-raw/wiki.test.raw")],
+                        ppl=["--seqlen", "256"],
+                        tasks=["--tasks", "piqa,arc_easy,hellaswag", "--limit", "200", "--tasks-dir", str(TASKS_DIR)])
+    raise SystemExit(f"unknown protocol {name!r}; one of smollm2, pydoc, stories")
+
+
+def compare_flags(name: str, settings: dict[str, str | None], zero_shot: bool = True) -> list[str]:
+    """`fusegpt compare` flags for a protocol: its calibration, dev and test perplexity (the grid's
+    table shows both), zero-shot on test, and the pinned settings without --method (the grid's)."""
+    proto = protocol(name)
+    ppl = proto.ppl
+    ppl_flags = ["--ppl", ",".join(proto.dev + proto.test)]
+    if "--ppl-windows" in ppl:
+        ppl_flags += ["--ppl-windows", ppl[ppl.index("--ppl-windows") + 1]]
+    ppl_flags += ["--ppl-seqlen", ppl[ppl.index("--seqlen") + 1]]
+    pinned_flags = flags_of({k: v for k, v in settings.items() if k != "--method"})
+    return [*proto.calib, *ppl_flags, *(proto.tasks if zero_shot else []), *pinned_flags]
 
 
 def flags_of(settings: dict[str, str | None]) -> list[str]:

@@ -25,7 +25,7 @@ def test_two_ranks_remove_the_same_blocks_and_merge_the_same_weights(tmp_path, m
     single = subprocess.run([sys.executable, "-m", "fusegpt", *_args(model_dir, text_file, tmp_path / "one")],
                             capture_output=True, text=True)
     assert single.returncode == 0, single.stderr
-    double = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29531", "-m", "fusegpt",
+    double = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "fusegpt",  # a free port
                              *_args(model_dir, text_file, tmp_path / "two")], capture_output=True, text=True)
     assert double.returncode == 0, double.stderr
     one = json.loads((tmp_path / "one" / "fusegpt_report.json").read_text())

@@ -183,19 +183,25 @@ class _Head(torch.nn.Module):
         self.lm_head = torch.nn.Linear(hidden, vocabulary, bias=False)
 
 
-def test_rescoring_scores_only_the_previous_steps_best_and_removes_one_of_them(tokenizer, text_file):
+def test_lazy_rescoring_scores_in_chunks_until_no_old_score_can_beat_the_best(tokenizer, text_file):
     model = tiny_llama(depth=6)
     config = _config(text_file, method="kl-fuse", num_remove=3, rescore=2, kl_top_k=0)
     report = compress(model, tokenizer, config, progress=False).report
+    exact = compress(tiny_llama(depth=6), tokenizer, replace(config, rescore=0), progress=False).report
     first, *later = report.steps
     assert len(first.scores) == 6
     latest, gone = dict(first.scores), {first.removed}
-    for step in later:  # the 2 remaining blocks with the lowest most recent scores, whichever step gave them
-        best = sorted((o for o in latest if o not in gone), key=latest.get)[:2]
-        assert sorted(step.scores) == sorted(best) and step.removed == min(step.scores, key=step.scores.get)
+    for step in later:  # chunks of 2 blocks by their most recent score, until the next one's is above the best
+        order = sorted((o for o in latest if o not in gone), key=latest.get)
+        chunks = (len(step.scores) + 1) // 2
+        assert sorted(step.scores) == sorted(order[:len(step.scores)]) and len(step.scores) in (2 * chunks, len(order))
+        rest = order[len(step.scores):]
+        assert not rest or min(step.scores.values()) <= latest[rest[0]]
+        assert step.removed == min(step.scores, key=step.scores.get)
         latest.update(step.scores)
         gone.add(step.removed)
-    assert report.shares["scored blocks"] == [6 + 2 + 2]
+    assert report.removed == exact.removed  # scores grew from step to step here, as they do on real models
+    assert report.shares["scored blocks"] == [sum(len(s.scores) for s in report.steps)]
 
 
 HEADS = {name: (case.auto, case.config(False)) for name, case in CASES.items()}
@@ -276,8 +282,8 @@ def test_fusion_aware_with_one_candidate_is_plain_fusegpt(tokenizer, text_file):
 def test_methods_are_validated_in_one_line():
     for method in METHODS:
         CompressConfig(method=method).validate()
-    with pytest.raises(FuseGPTError, match="^--method must be one of fusegpt, remove, shortgpt, sleb, last, "
-                                           "remove-lora, sleb-lora, replaceme, remove-linear, sleb-fuse, kl-fuse, kl-lora, got 'slab'$"):
+    with pytest.raises(FuseGPTError, match="^--method must be one of fusegpt, mi, shortgpt, sleb, last, mi-lora, "
+                                           "sleb-lora, replaceme, mi-linear, sleb-fuse, kl-lora, kl-fuse, got 'slab'$"):
         CompressConfig(method="slab").validate()
     with pytest.raises(FuseGPTError, match="^--fuse-eval trial-fuses candidates and needs a fusing method"):
         CompressConfig(method="sleb", fuse_eval_candidates=2).validate()
@@ -474,3 +480,23 @@ def test_the_dense_teacher_is_what_the_next_kept_block_received_in_the_dense_mod
     # step 2: window [0, 4) of originals 0 1 2 3, followed by original 5 (4 is gone) -> boundary 5
     assert targets == [6, 5]
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(teachers[:2], teachers[2:]))
+
+
+def test_the_catalog_and_the_registries_name_the_same_criteria_repairs_and_methods():
+    """What the CLI, config, plan and compare read (catalog.py) is what the pipeline runs (methods/)."""
+    from fusegpt import catalog
+    from fusegpt.methods import REPAIRS, SELECTIONS
+
+    assert list(catalog.CRITERIA) == list(SELECTIONS) and list(catalog.REPAIRS) == list(REPAIRS)
+    assert all(m.selection in SELECTIONS and m.repair in REPAIRS for m in catalog.METHODS.values())
+    assert set(catalog.ALIASES.values()) <= set(catalog.METHODS) and not set(catalog.ALIASES) & set(catalog.METHODS)
+    assert set(METHODS) == set(catalog.METHODS)
+
+
+def test_an_old_method_name_runs_the_same_method_and_the_label_says_what_ran(tokenizer, text_file):
+    old = compress(tiny_llama(), tokenizer, _config(text_file, method="remove"), progress=False).report
+    new = compress(tiny_llama(), tokenizer, _config(text_file, method="mi"), progress=False).report
+    assert old.removed == new.removed and old.method == new.method == "mi"
+    given = compress(tiny_llama(), tokenizer, _config(text_file, blocks=[1, 2], num_remove=None, repair="lora"),
+                     progress=False).report
+    assert given.method == "given + lora"

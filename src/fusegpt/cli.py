@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from .catalog import ALIASES, CRITERIA, REPAIRS
 from .config import (COEFFICIENT_FORMS, DISTILLS, DTYPES, HIDDEN_CACHES, LOSSES, METHODS, OFFLOADS, PRESETS, RECIPES,
                      REPAIR_NAMES, SELECTION_NAMES, TASKS, TEACHERS, CompressConfig, preset)
 from .errors import FuseGPTError
@@ -54,18 +55,15 @@ def _compress_parser(sub) -> None:
 
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     """Calibration, scoring, fusion and tuning settings, shared by `compress` and `compare`."""
-    p.add_argument("--method", choices=METHODS,
+    p.add_argument("--method", choices=(*METHODS, *ALIASES), metavar="METHOD",
                    help="a selection x repair shortcut: "
                         + "; ".join(f"{m} = {s} + {r}" for m, (s, r) in RECIPES.items())
-                        + f" (default: {preset().method}; --preset paper: {preset('paper').method})%(default).0s")
+                        + f" (earlier names: {', '.join(f'{a} = {n}' for a, n in ALIASES.items())}; "
+                        + f"default: {preset().method}; --preset paper: {preset('paper').method})%(default).0s")
     p.add_argument("--selection", choices=SELECTION_NAMES,
-                   help="override the method's criterion: mi (Macro Influence, iterative), bi (Block Influence, "
-                        "once), nll (SLEB's calibration loss, iterative), kl (divergence from the dense model's "
-                        "predictions, iterative), last (the blocks before the final one), "
-                        "span (ReplaceMe's most similar K-block span), given (--blocks)")
+                   help="override the method's criterion: " + "; ".join(f"{n} ({c.help})" for n, c in CRITERIA.items()))
     p.add_argument("--repair", choices=REPAIR_NAMES,
-                   help="override the method's repair: none (delete), fuse (FuseGPT), lora (LoRA-heal the kept "
-                        "blocks against the dense output at fusegpt's budget), linear (ReplaceMe's least-squares map)")
+                   help="override the method's repair: " + "; ".join(f"{n} ({r.help})" for n, r in REPAIRS.items()))
     p.add_argument("--blocks", type=_indices, help="remove exactly these original blocks, in this order "
                                                    "(comma-separated; instead of --sparsity)")
     p.add_argument("--preset", choices=PRESETS, default="default",
@@ -81,8 +79,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
             "position, and the rest's mass, are the target (0: the whole vocabulary)")
     _recipe(p, "--kl-stride", "", "kl_stride", int, "kl criterion: score every N-th position (the blocks still "
             "run on all; 0: every position unless the LM head outweighs the blocks)")
-    _recipe(p, "--rescore", "", "rescore", int, "iterative criteria: after the first step, score only the "
-            "previous step's N best candidates (0: every block every step)")
+    _recipe(p, "--rescore", "", "rescore", int, "iterative criteria: after the first step, rescore N blocks at a "
+            "time in the order of their last scores, until no other can beat the best (0: every block every step)")
     p.add_argument("--fuse-eval", dest="fuse_eval_candidates", type=int, default=_DEFAULT.fuse_eval_candidates,
                    metavar="K", help="fusing methods: trial-fuse the K lowest-scored blocks and remove the one "
                                      "whose output stays closest (0: the lowest-scored block)")
@@ -299,7 +297,7 @@ def _run_compare(args) -> None:
     except ValueError as error:
         raise FuseGPTError(f"--sparsity takes comma-separated numbers, got '{args.sparsity}'") from error
     methods = _sources(args.methods)
-    unknown = [m for m in methods if m not in ("dense",) + METHODS]
+    unknown = [m for m in methods if m not in ("dense", *METHODS, *ALIASES)]
     if unknown:
         raise FuseGPTError(f"unknown method(s) {', '.join(unknown)}; choose from dense, {', '.join(METHODS)}")
     if args.blocks or args.selection == "given":

@@ -10,6 +10,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
+from . import catalog
 from .config import RECIPES, CompressConfig
 from .evaluation.comparison import DENSE, Cell, write_atomic, write_outputs
 
@@ -22,6 +23,7 @@ NEUTRAL_TUNE = {"global_coef_lr": None, "distill": "hidden", "warmup": 0.0,
                 "micro_batch": None, "checkpoint_activations": None, "optimizer_on_host": None}
 FUSION_ONLY_TUNE = ("global_coef_lr",)  # shapes fusing repairs only
 MEMORY_TUNE = ("micro_batch", "checkpoint_activations", "optimizer_on_host")  # results equal up to rounding
+NEUTRAL_SCORING = ("kl_top_k", "kl_stride", "rescore")  # rescore 0 is what ran before it existed
 
 
 def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list[str], limit: int | None,
@@ -30,16 +32,14 @@ def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list
     compressed model; fusion and tuning settings only for the repairs that use them. Where the
     work runs (device, offloading, the hidden-state cache) changes no result and is left out."""
     settings = config.to_dict()
-    repair = None if method == DENSE else replace(config, method=method).recipe[1]
+    selection, repair = (None, None) if method == DENSE else replace(config, method=method).recipe
     for name, value in NEUTRAL_TUNE.items():
         if settings["tune"][name] == value or (name in FUSION_ONLY_TUNE and repair != "fuse") or name in MEMORY_TUNE:
             del settings["tune"][name]
-    selection = None if method == DENSE else replace(config, method=method).recipe[0]
-    for name in ("kl_top_k", "kl_stride"):  # the kl criterion's alone
-        if selection != "kl":
+    shaping = set(catalog.CRITERIA[selection].settings) if selection else set()
+    for name in NEUTRAL_SCORING:  # added after cells were cached: only the criteria they shape see them
+        if name not in shaping or (name == "rescore" and not settings[name]):
             del settings[name]
-    if not settings["rescore"]:  # added after cells were cached; 0 is what ran before
-        del settings["rescore"]
     settings = {**settings, "method": None, "sparsity": None, "num_remove": None, "device": None, "device_memory_gib": None,
                 "hidden_cache": None, "offload": None, "ppl": ppl, "tasks": tasks,
                 "limit": limit, "ppl_windows": ppl_windows, "ppl_seqlen": ppl_seqlen, "speed": SPEED_PROTOCOL}
@@ -47,7 +47,7 @@ def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list
         settings = {k: settings[k] for k in ("dtype", "data_dir", "ppl", "tasks", "limit", "ppl_windows", "ppl_seqlen",
                                              "speed")}
         settings["ppl_seqlen"] = ppl_seqlen or config.seqlen
-    elif repair in ("none", "linear"):
+    elif not catalog.REPAIRS[repair].tunes:
         settings.update(fusion=None, tune=None, fuse_eval_candidates=None, fuse_eval_epochs=None)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -104,7 +104,7 @@ def compare(model_name: str | Path, methods: list[str], sparsities: list[float],
             speed: bool = True, ppl_seqlen: int | None = None) -> list[Cell]:
     """Fill the method x sparsity grid (dense once), reusing cells saved by an earlier run with
     the same settings; then write comparison.{md,csv,json} and the plots."""
-    unknown = [m for m in methods if m != DENSE and m not in RECIPES]
+    unknown = [m for m in methods if m != DENSE and m not in RECIPES and m not in catalog.ALIASES]
     if unknown:
         from .errors import FuseGPTError
         raise FuseGPTError(f"unknown method(s) {', '.join(unknown)}; choose from {DENSE}, {', '.join(RECIPES)}")

@@ -6,8 +6,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-Method = Literal["fusegpt", "remove", "shortgpt", "sleb", "last", "remove-lora", "sleb-lora", "replaceme",
-                 "remove-linear", "sleb-fuse", "kl-fuse", "kl-lora"]
+from .catalog import ALIASES, CRITERIA, METHODS as _METHODS, REPAIRS as _REPAIRS, method as _method
+
+Method = str  # a name of catalog.METHODS (or an earlier release's alias)
 SelectionName = Literal["mi", "bi", "nll", "kl", "last", "span", "given"]
 RepairName = Literal["none", "fuse", "lora", "linear"]
 CoefficientForm = Literal["lowrank", "vector", "full"]
@@ -16,18 +17,13 @@ DType = Literal["float32", "bfloat16"]
 HiddenCache = Literal["scoring", "all"]
 Distill = Literal["hidden", "logits"]
 
-# method shortcuts: (selection criterion, repair); see methods/ for what each means
-RECIPES: dict[str, tuple[str, str]] = {
-    "fusegpt": ("mi", "fuse"), "remove": ("mi", "none"), "shortgpt": ("bi", "none"), "sleb": ("nll", "none"),
-    "last": ("last", "none"), "remove-lora": ("mi", "lora"), "sleb-lora": ("nll", "lora"),
-    "replaceme": ("span", "linear"), "remove-linear": ("mi", "linear"), "sleb-fuse": ("nll", "fuse"),
-    "kl-fuse": ("kl", "fuse"), "kl-lora": ("kl", "lora"),
-}
+# method shortcuts: (selection criterion, repair); catalog.py says what each means
+RECIPES: dict[str, tuple[str, str]] = {name: (m.selection, m.repair) for name, m in _METHODS.items()}
 METHODS: tuple[str, ...] = tuple(RECIPES)
-SELECTION_NAMES: tuple[str, ...] = ("mi", "bi", "nll", "kl", "last", "span", "given")
+SELECTION_NAMES: tuple[str, ...] = tuple(CRITERIA)
 # the iterative criteria that run the blocks after every candidate (the costly ones, split over ranks)
-BLOCK_RUNNING_SELECTIONS: tuple[str, ...] = ("mi", "nll", "kl")
-REPAIR_NAMES: tuple[str, ...] = ("none", "fuse", "lora", "linear")
+BLOCK_RUNNING_SELECTIONS: tuple[str, ...] = tuple(n for n, c in CRITERIA.items() if c.runs_blocks)
+REPAIR_NAMES: tuple[str, ...] = tuple(_REPAIRS)
 COEFFICIENT_FORMS: tuple[str, ...] = ("lowrank", "vector", "full")
 LOSSES: tuple[str, ...] = ("kl_batch", "kl_hidden", "mse", "relative_mse", "cosine")
 TEACHERS: tuple[str, ...] = ("group", "dense")
@@ -141,9 +137,9 @@ class CompressConfig:
     # a candidate more than its blocks); both keep a large vocabulary cheap
     kl_top_k: int = 64
     kl_stride: int = 0
-    # after the first step, an iterative criterion rescores only the previous step's `rescore` best
-    # candidates (0: every block every step)
-    rescore: int = 0
+    # after the first step, an iterative criterion rescores lazily, `rescore` blocks at a time in
+    # the order of their last scores, until no unscored block can beat the best (0: every block)
+    rescore: int = 4
     # fusion-aware choice (fusing methods only; the authors' --fuse-eval): trial-fuse each of the k
     # lowest-scored blocks with a short tune and remove the one that keeps the output closest; 0 is off
     fuse_eval_candidates: int = 0
@@ -189,15 +185,24 @@ class CompressConfig:
     @property
     def recipe(self) -> tuple[str, str]:
         """(selection, repair) of this run: the method's, with any override ("given" with `blocks`)."""
-        selection, repair = RECIPES[self.method]
-        return self.selection or ("given" if self.blocks else selection), self.repair or repair
+        chosen = _method(self.method)
+        return self.selection or ("given" if self.blocks else chosen.selection), self.repair or chosen.repair
+
+    @property
+    def label(self) -> str:
+        """What this run does, by name: the method whose recipe it is, else "selection + repair"."""
+        recipe = self.recipe
+        if recipe == RECIPES.get(ALIASES.get(self.method, self.method)):
+            return ALIASES.get(self.method, self.method)
+        return next((name for name, r in RECIPES.items() if r == recipe), " + ".join(recipe))
 
     def validate(self) -> None:
         """Reject settings that cannot run, before any work is done."""
         from .errors import FuseGPTError
 
         checks = [
-            (self.method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {self.method!r}"),
+            (self.method in METHODS or self.method in ALIASES,
+             f"--method must be one of {', '.join(METHODS)}, got {self.method!r}"),
             (self.fusion.coefficient in COEFFICIENT_FORMS,
              f"--coef must be one of {', '.join(COEFFICIENT_FORMS)}, got {self.fusion.coefficient!r}"),
             (self.tune.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {self.tune.loss!r}"),
@@ -217,7 +222,7 @@ class CompressConfig:
              f"--selection must be one of {', '.join(SELECTION_NAMES)}, got {self.selection!r}"),
             (self.repair is None or self.repair in REPAIR_NAMES,
              f"--repair must be one of {', '.join(REPAIR_NAMES)}, got {self.repair!r}"),
-            (self.fuse_eval_candidates == 0 or self.method not in RECIPES or self.recipe[1] == "fuse",
+            (self.fuse_eval_candidates == 0 or self.method not in (*METHODS, *ALIASES) or self.recipe[1] == "fuse",
              f"--fuse-eval trial-fuses candidates and needs a fusing method (fusegpt, kl-fuse, sleb-fuse or "
              f"--repair fuse), got {self.method!r}"),
             (self.fuse_eval_epochs >= 1, f"--fuse-eval-epochs must be at least 1, got {self.fuse_eval_epochs}"),

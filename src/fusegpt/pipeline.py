@@ -13,11 +13,13 @@ from transformers import PreTrainedModel
 from .calibrate import BlockStack, capture_block_inputs
 from . import distributed
 from .checkpoint import Checkpoint
-from .config import BLOCK_RUNNING_SELECTIONS, CompressConfig, torch_dtype
+from . import catalog
+from .config import CompressConfig, torch_dtype
 from .data import calibration_windows
 from .evaluation import HealRecord, Report, StepRecord
 from .fusion import merge_block
 from .methods import REPAIRS, SELECTIONS, StepContext
+from .methods.selection import score_step
 from .methods.fuse import fusion_aware
 from .errors import FuseGPTError
 from .models import adapter_for
@@ -44,14 +46,6 @@ def with_tuning_memory(config: CompressConfig, planned) -> CompressConfig:
         optimizer_on_host=chosen.optimizer_on_host if tune.optimizer_on_host is None else tune.optimizer_on_host))
 
 
-def rescored(stack: BlockStack, latest: dict[int, float], best: int) -> list[int] | None:
-    """The current indices of the `best` remaining blocks with the lowest latest scores (None: all):
-    a removal reorders the scores of the blocks that were close to it, rarely the far ones."""
-    if not best or best >= len(stack) or any(o not in latest for o in stack.origin):
-        return None
-    return sorted(sorted(range(len(stack)), key=lambda i: latest[stack.origin[i]])[:best])
-
-
 def _count_passes(report: Report, outcome) -> None:
     """Add a step's (or the heal's) tuning passes to each rank's share."""
     for r, passes in enumerate(outcome.passes_by_rank or []):
@@ -71,7 +65,7 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     distributed.init(device)  # under torchrun: join the others (a no-op in a single process)
     ranks = distributed.world_size()
     progress = progress and distributed.is_main()
-    if ranks > 1 and config.recipe[1] in ("fuse", "lora") and config.tune.loss in BATCH_LOSSES:
+    if ranks > 1 and catalog.REPAIRS[config.recipe[1]].tunes and config.tune.loss in BATCH_LOSSES:
         raise FuseGPTError(f"--loss {config.tune.loss} compares the windows of a batch with "
                            "each other and cannot be split across ranks; use mse, relative_mse, cosine or kl_hidden "
                            "under torchrun")
@@ -91,14 +85,15 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     config = with_tuning_memory(config, planned)
     place(model, device, config.offload, working=sum(planned.device.values()))
     selection_name, repair_name = config.recipe
+    needs = catalog.REPAIRS[repair_name]
     embeddings, block_kwargs = capture_block_inputs(model, adapter, windows, config.tune.batch_size)
     blocks = list(adapter.blocks(model))
     stack = BlockStack(blocks, block_kwargs, embeddings.cpu(), device, config.tune.batch_size,
                        cached=config.mi_samples, keep_all=config.hidden_cache == "all",
                        norms=[p for b in blocks for p in adapter.norm_parameters(b)],
-                       keep_dense_blocks=repair_name == "fuse" and config.tune.teacher == "dense",
-                       keep_dense_final=repair_name == "lora" or (repair_name == "fuse" and config.tune.global_epochs > 0))
-    report = Report(model=model_name or getattr(model.config, "_name_or_path", ""), config=config.to_dict(),
+                       keep_dense_blocks=needs.dense_blocks(config), keep_dense_final=needs.final_tune(config))
+    report = Report(model=model_name or getattr(model.config, "_name_or_path", ""), method=config.label,
+                    config=config.to_dict(),
                     original_depth=depth, seqlen=seqlen, seconds={"calibrate": time.perf_counter() - started},
                     world_size=ranks, shares={"scored blocks": [0] * ranks, "tuning block passes": [0] * ranks})
 
@@ -109,20 +104,18 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     if checkpoint is not None and checkpoint.exists():
         latest = checkpoint.restore(stack, report)
     scores = latest
-    for step in tqdm(range(len(report.steps), to_remove), desc=config.method, unit="block", disable=not progress,
+    for step in tqdm(range(len(report.steps), to_remove), desc=config.label, unit="block", disable=not progress,
                      initial=len(report.steps), total=to_remove):
-        # score (a one-shot criterion once, on the dense model; an iterative one, after the first
-        # step, on the previous step's `rescore` best candidates when set), choose
-        ctx = replace(ctx, step=step, candidates=rescored(stack, latest, config.rescore) if step else None)
+        # score (a one-shot criterion once, on the dense model; an iterative one every step, lazily
+        # after the first when `rescore` is set), choose
+        ctx = replace(ctx, step=step)
         scored = time.perf_counter()
-        if step == 0 or not selection.one_shot:
-            if selection_name in BLOCK_RUNNING_SELECTIONS:  # the criteria that run blocks, split over the ranks
-                count = len(stack) if ctx.candidates is None else len(ctx.candidates)
-                for r in range(ranks):
-                    report.shares["scored blocks"][r] += len(range(r, count, ranks))
-            computed = selection.score(ctx)
-            scores = computed if isinstance(computed, dict) else dict(zip(stack.origin, computed))
+        if step == 0 or not catalog.CRITERIA[selection_name].one_shot:
+            scores = score_step(ctx, selection, latest, config.rescore if step else 0)
             latest = {**latest, **scores}
+            if catalog.CRITERIA[selection_name].runs_blocks:  # the criteria that run blocks, split over the ranks
+                for r in range(ranks):
+                    report.shares["scored blocks"][r] += len(range(r, len(scores), ranks))
         chosen = choose(ctx, scores)
         removed, score_seconds = stack.origin[chosen], time.perf_counter() - scored
         # group, fuse, tune (or delete, or fit a map)

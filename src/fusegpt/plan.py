@@ -25,7 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import BLOCK_RUNNING_SELECTIONS, CompressConfig
+from . import catalog
+from .config import CompressConfig
 from .errors import FuseGPTError
 
 RUNTIME = int(0.45 * 2**30)  # Python, torch, transformers and a tokenizer, resident before any model
@@ -146,19 +147,6 @@ class Plan:
                                f"{self.available / GIB:.1f} GiB are available; try {', '.join(fixes)}")
 
 
-def _buffers(config: CompressConfig) -> int:
-    """N-window hidden-state buffers a step holds at its peak (calibrate.BlockStack): the
-    embeddings and a run's buffer for every repair; a fused group's input and teacher (and the
-    seam map's input beside a group teacher); the dense output when healing needs it."""
-    repair = config.recipe[1]
-    if repair == "fuse":
-        if config.tune.epochs == 0:  # no local tuning: no group input or teacher
-            return 2 + (config.tune.global_epochs > 0)
-        group_teacher_and_map = config.tune.teacher == "group" and config.fusion.seam_map
-        return 3 + group_teacher_and_map + (config.tune.global_epochs > 0)
-    return 2
-
-
 GPU_TEMPORARIES = 4  # one block's fp32 effective weights and their gradients, in P_block x 4 bytes (estimated)
 CPU_SLACK = 13  # the host's: the same temporaries and the allocator's slack around them, measured (bench/memory.py --tune)
 
@@ -224,10 +212,10 @@ def tuning_memory(shape: Shape, config: CompressConfig, tuned: int, k: int, on_g
     """
     b = 2 if config.dtype == "bfloat16" else 4
     t, h, f, p = min(config.seqlen, shape.context), shape.hidden, shape.ffn, shape.block_parameters
-    repair = config.recipe[1]
+    injects = catalog.REPAIRS[config.recipe[1]].injects
     injections = (sum(min(config.fusion.group_size, shape.depth - step - 1) for step in range(k))
-                  if repair == "fuse" and tuned > min(config.fusion.group_size, shape.depth - 1)
-                  else min(tuned, config.fusion.group_size) if repair == "fuse" else 0)
+                  if injects and tuned > min(config.fusion.group_size, shape.depth - 1)
+                  else min(tuned, config.fusion.group_size) if injects else 0)
     block_activations = micro * t * (7 * h + 4 * f) * b
     activations = (tuned * micro * t * h * b + block_activations) if checkpointed else tuned * block_activations
     kept = (1 if checkpointed else tuned) * p * b
@@ -238,7 +226,7 @@ def tuning_memory(shape: Shape, config: CompressConfig, tuned: int, k: int, on_g
         memory.device.update(working)
         memory.device["trainables"] = trained * (4 if on_host else 16)
         memory.device["temporaries"] = GPU_TEMPORARIES * p * 4
-        memory.device["blocks onloaded"] = tuned * p * b + (k * p * b if repair == "fuse" else 0)
+        memory.device["blocks onloaded"] = tuned * p * b + (k * p * b if injects else 0)
         if on_host:
             memory.host["optimizer"] = trained * 16
     else:
@@ -288,12 +276,11 @@ def plan(name: str, config: CompressConfig, shape: Shape | None = None) -> Plan:
     if config.hidden_cache == "all":
         result.host["hidden states"] = (2 * shape.depth + 5) * n * window
     else:
-        result.host["hidden states"] = (shape.depth + 1) * m * window + _buffers(config) * n * window
+        result.host["hidden states"] = (shape.depth + 1) * m * window + catalog.REPAIRS[config.recipe[1]].buffers(config) * n * window
 
-    tuned = {"fuse": min(config.fusion.group_size, shape.depth - 1), "lora": shape.depth - k}.get(repair, 0)
-    final = repair == "lora" or (repair == "fuse" and config.tune.global_epochs > 0)  # a tune after the last step
-    if final:
-        tuned = shape.depth - k
+    needs = catalog.REPAIRS[repair]
+    final = needs.final_tune(config)  # a tune of every kept block after the last step
+    tuned = shape.depth - k if final else min(config.fusion.group_size, shape.depth - 1) if needs.tunes else 0
     if tuned:
         on_gpu = resolve_device(config.device).type != "cpu"
         scoring_cache = 0 if config.hidden_cache == "all" else (shape.depth + 1) * m * window
@@ -312,19 +299,14 @@ def plan(name: str, config: CompressConfig, shape: Shape | None = None) -> Plan:
             result.host["tuning"] = host
 
     # compute: tuning passes (block x window, forward + backward), as the run counts them, and forward-only passes
-    args = (shape.depth, k, config.fusion.group_size, n)
-    if repair == "fuse":
-        result.tuning_passes = config.tune.fusion_block_passes(*args)
-    elif repair == "lora":
-        result.tuning_passes = config.tune.lora_epochs(*args) * n * (shape.depth - k)
+    result.tuning_passes = needs.passes(config, shape.depth, k, n)
     forward = shape.depth * n  # the first pass
     for step in range(k):
         depth = shape.depth - step
-        if selection in BLOCK_RUNNING_SELECTIONS:  # each candidate's input is cached; the blocks after it run
+        if catalog.CRITERIA[selection].runs_blocks:  # each candidate's input is cached; the blocks after it run
             forward += depth * (depth - 1) // 2 * m
         forward += depth * m  # refresh (at most)
-        if repair in ("fuse", "linear") and config.hidden_cache != "all":
-            # a group's input and its dense teacher, from the embeddings (at most); the map's input alone
-            forward += (2 if repair == "fuse" and config.tune.epochs else 1) * depth * n
+        if config.hidden_cache != "all":  # a group's input (and dense teacher) from the embeddings, at most
+            forward += needs.recomputes(config) * depth * n
     result.forward_passes = forward
     return result

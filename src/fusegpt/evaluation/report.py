@@ -37,6 +37,7 @@ class Report:
     config: dict
     original_depth: int
     seqlen: int
+    method: str = ""  # what ran, by name (the method whose recipe it was, else "selection + repair")
     steps: list[StepRecord] = field(default_factory=list)
     heal: HealRecord | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -102,7 +103,7 @@ class Report:
     def summary(self) -> str:
         criterion = self.steps[0].criterion if self.steps else "score"  # one method, one criterion
         lines = [f"{self.model}: {self.original_depth} -> {len(self.kept)} blocks "
-                 f"({self.config['method']}, seqlen {self.seqlen}, {self.seconds.get('total', 0):.0f} s)",
+                 f"({self.method or self.config['method']}, seqlen {self.seqlen}, {self.seconds.get('total', 0):.0f} s)",
                  f"{'step':>4}  {'removed':>7}  {criterion:>15}  {'loss first -> last':>22}  group"]
         for s in self.steps:
             group = ",".join(map(str, s.group)) or "-"

@@ -1,8 +1,9 @@
 """Selection criteria: which block goes next. Each scores the current blocks (lower = removed
-sooner) and chooses one; a one-shot criterion scores the dense model once and keeps its scores."""
+sooner) and chooses one; a one-shot criterion (catalog.CRITERIA) scores the dense model once and
+keeps its scores."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..importance import block_influence, calibration_nll, macro_influence, output_divergence, span_distance
@@ -44,7 +45,6 @@ class Selection:
     criterion: str  # what the scores measure, as the report names it
     score: Callable[[StepContext], list[float] | Scores]  # one score per current block, or per original index
     choose: Callable[[StepContext, Scores], int] = lowest  # current index of the block to remove
-    one_shot: bool = False  # score the dense model once and keep those scores for every step
 
 
 SELECTIONS: dict[str, Selection] = {
@@ -52,7 +52,7 @@ SELECTIONS: dict[str, Selection] = {
     "mi": Selection("macro_influence", lambda ctx: macro_influence(ctx.stack, ctx.config.mi_samples, ctx.candidates,
                                                                    ctx.progress)),
     # ShortGPT: the block that changes its own input least, scored once
-    "bi": Selection("block_influence", lambda ctx: block_influence(ctx.stack, ctx.config.mi_samples), one_shot=True),
+    "bi": Selection("block_influence", lambda ctx: block_influence(ctx.stack, ctx.config.mi_samples)),
     # SLEB: the block without which the calibration loss is lowest (iterative)
     "nll": Selection("calibration_nll", lambda ctx: calibration_nll(
         ctx.stack, ctx.adapter.head(ctx.model), ctx.input_ids, ctx.config.mi_samples, ctx.candidates, ctx.progress)),
@@ -61,11 +61,35 @@ SELECTIONS: dict[str, Selection] = {
         ctx.stack, ctx.adapter.head(ctx.model), ctx.config.mi_samples, ctx.config.kl_top_k, ctx.config.kl_stride,
         ctx.candidates, ctx.progress)),
     # "Reassessing Layer Pruning": the blocks just before the final one
-    "last": Selection("position", lambda ctx: [float(i) for i in ctx.stack.origin], first_of_the_tail, one_shot=True),
+    "last": Selection("position", lambda ctx: [float(i) for i in ctx.stack.origin], first_of_the_tail),
     # ReplaceMe / "Unreasonable Ineffectiveness of the Deeper Layers": the contiguous span of K
     # blocks whose input and output are most alike (cosine), scored once; a score per span start
     "span": Selection("span_distance", lambda ctx: span_distance(ctx.stack, ctx.to_remove, ctx.config.mi_samples),
-                      first_of_the_span, one_shot=True),
+                      first_of_the_span),
     # the user's blocks, in the user's order: to compare repairs on the same blocks
-    "given": Selection("given", lambda ctx: [0.0] * len(ctx.stack), next_given, one_shot=True),
+    "given": Selection("given", lambda ctx: [0.0] * len(ctx.stack), next_given),
 }
+
+
+def score_step(ctx: StepContext, selection: Selection, latest: Scores, chunk: int) -> Scores:
+    """This step's scores. With `chunk` 0 (or a block never scored), every block's. Otherwise lazily:
+    the blocks in the order of their latest scores, `chunk` at a time, until the best fresh score is
+    no higher than the next block's latest one. Removing blocks moves the output further from the
+    dense model's, so scores grow from step to step, and a block whose old score already exceeds a
+    fresh one cannot be the lowest; exact as long as that holds (bench/criterion.py measures it)."""
+    stack = ctx.stack
+
+    def scored_for(candidates: list[int] | None) -> Scores:
+        computed = selection.score(replace(ctx, candidates=candidates))
+        return computed if isinstance(computed, dict) else dict(zip(stack.origin, computed))
+
+    if not chunk or any(o not in latest for o in stack.origin):
+        return scored_for(None)
+    order = sorted(range(len(stack)), key=lambda i: latest[stack.origin[i]])
+    fresh: Scores = {}
+    for start in range(0, len(order), chunk):
+        fresh.update(scored_for(sorted(order[start:start + chunk])))
+        rest = order[start + chunk:]
+        if not rest or min(fresh.values()) <= latest[stack.origin[rest[0]]]:
+            return fresh
+    return fresh
