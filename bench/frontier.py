@@ -20,11 +20,16 @@ import sys
 from common import RESULTS, ROOT, cached, pinned, require_assets, run_cell, splits
 
 SPARSITIES = {"pydoc": ("0.25", "0.5"), "smollm2": ("0.25",)}
-LORA_LRS = ("1e-3", "3e-3", "1e-2")
-FUSE_GRID = {"pydoc": [(c, lr) for c in ("1e-3", "3e-3", "1e-2") for lr in ("1e-3", "3e-3", "1e-2")],
+LRS = {"pydoc": ("1e-3", "3e-3", "5e-3", "1e-2"), "smollm2": ("1e-3", "3e-3", "1e-2")}  # LoRA's and fusion's lr
+FUSE_GRID = {"pydoc": [(c, lr) for c in ("1e-3", "3e-3", "1e-2") for lr in LRS["pydoc"]],
              # (3e-3, 1e-3) is the default's own recipe: its cell is s25-default (on pydoc both are run, a check
              # that given blocks reproduce the default's model)
              "smollm2": [("3e-3", "3e-3"), ("1e-2", "3e-3"), ("1e-3", "3e-3"), ("1e-2", "1e-3")]}
+# other ways of recycling the removed weights, at LoRA's best rate: the seam map (ReplaceMe's
+# least-squares start), and one coefficient per output row instead of a rank-128 matrix
+RECYCLE = {"pydoc": {"seam": {"--global-coef-lr": "3e-3", "--lr": "3e-3", "--seam-map": None},
+                     "vector": {"--global-coef-lr": "1e-2", "--lr": "3e-3", "--coef": "vector"}},
+           "smollm2": {}}
 BUDGETS = {"pydoc": (2, 4, 8), "smollm2": (2, 4)}
 SEEDS = {"pydoc": (), "smollm2": (1, 2)}
 DEFAULT_EPOCHS = 4  # the default's global epochs: budget 1x
@@ -63,8 +68,9 @@ def best(model: str, sparsity: str, repair: str) -> dict | None:
 def grid_names(model: str, sparsity: str) -> dict[str, list[str]]:
     """The 1x learning-rate grid's cell names, by repair."""
     s = tag(sparsity)
-    return {"lora": [f"{s}-lora-lr{lr}" for lr in LORA_LRS],
-            "fuse": [f"{s}-default", *(f"{s}-fuse-c{coef}-lr{lr}" for coef, lr in FUSE_GRID[model])]}
+    return {"lora": [f"{s}-lora-lr{lr}" for lr in LRS[model]],
+            "fuse": [f"{s}-default", *(f"{s}-fuse-c{coef}-lr{lr}" for coef, lr in FUSE_GRID[model]),
+                     *(f"{s}-fuse-{name}" for name in RECYCLE[model])]}
 
 
 def _mean(ppl: dict[str, float]) -> float:
@@ -95,10 +101,13 @@ def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
         blocks = _given(model, sparsity)
         if blocks is None:
             continue
-        for lr in LORA_LRS:
+        for lr in LRS[model]:
             grids[f"{s}-lora-lr{lr}"] = (pinned(method="kl-lora", blocks=blocks, lr=lr), [], False)
         for coef, lr in FUSE_GRID[model]:
             grids[f"{s}-fuse-c{coef}-lr{lr}"] = (pinned(blocks=blocks, global_coef_lr=coef, lr=lr), [], False)
+        for name, change in RECYCLE[model].items():
+            settings = {k: v for k, v in pinned(blocks=blocks).items() if not (k == "--no-seam-map" and name == "seam")}
+            grids[f"{s}-fuse-{name}"] = ({**settings, **change}, [], False)
         for repair, names in grid_names(model, sparsity).items():
             chosen = best(model, sparsity, repair)
             if any(cached(f"frontier-{model}", n) is None for n in names):

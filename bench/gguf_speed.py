@@ -37,7 +37,8 @@ def _ids() -> np.ndarray:
 def _llama(path: Path):
     import llama_cpp
 
-    return llama_cpp.Llama(model_path=str(path), n_ctx=SEQLEN, n_batch=SEQLEN, logits_all=True, n_threads=THREADS,
+    return llama_cpp.Llama(model_path=str(path), n_ctx=SEQLEN + DECODE, n_batch=SEQLEN, logits_all=True,
+                           n_threads=THREADS,
                            n_threads_batch=THREADS, verbose=False)
 
 
@@ -99,19 +100,24 @@ def main() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         exported = write_gguf(model, report["kept"], source, path, None if kind == "Q4_1" else kind)
         print(kind, exported, flush=True)
-    windows = _ids()
-    with torch.no_grad():
-        hf = perplexity(model, torch.from_numpy(windows).reshape(-1), SEQLEN, progress=False)
-        dense_model, _ = load_model(str(source))
-        dense_hf = perplexity(dense_model, torch.from_numpy(windows).reshape(-1), SEQLEN, progress=False)
-    result = {"cell": cell, "kept": report["kept"], "windows": WINDOWS, "seqlen": SEQLEN, "threads": THREADS,
-              "ppl_transformers": {"dense": dense_hf, "compressed": hf},
-              "ppl_llama_cpp": {"dense Q4_1": llama_perplexity(source, windows),
-                                **{f"compressed {k}": llama_perplexity(p, windows) for k, p in files.items()}},
-              "bytes": {"dense Q4_1": source.stat().st_size, **{f"compressed {k}": p.stat().st_size
-                                                                 for k, p in files.items()}},
-              "tokens_per_s": speed({"dense Q4_1": source, "compressed Q4_1": files["Q4_1"]}, windows[0].tolist())}
     out = RESULTS / f"gguf-{cell.replace('/', '-')}.json"
+    result = json.loads(out.read_text()) if out.exists() else {}  # what an interrupted run measured
+    result.update({"cell": cell, "kept": report["kept"], "windows": WINDOWS, "seqlen": SEQLEN, "threads": THREADS,
+                   "bytes": {"dense Q4_1": source.stat().st_size,
+                             **{f"compressed {k}": p.stat().st_size for k, p in files.items()}}})
+    windows = _ids()
+    if "ppl_transformers" not in result:
+        with torch.no_grad():
+            dense_model, _ = load_model(str(source))
+            result["ppl_transformers"] = {
+                "dense": perplexity(dense_model, torch.from_numpy(windows).reshape(-1), SEQLEN, progress=False),
+                "compressed": perplexity(model, torch.from_numpy(windows).reshape(-1), SEQLEN, progress=False)}
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    if "ppl_llama_cpp" not in result:
+        result["ppl_llama_cpp"] = {"dense Q4_1": llama_perplexity(source, windows),
+                                   **{f"compressed {k}": llama_perplexity(p, windows) for k, p in files.items()}}
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    result["tokens_per_s"] = speed({"dense Q4_1": source, "compressed Q4_1": files["Q4_1"]}, windows[0].tolist())
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

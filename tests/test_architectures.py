@@ -129,6 +129,7 @@ def test_calibration_sees_what_the_model_computes(family, tokenizer, text_file):
         assert torch.allclose(stack.boundaries[i], hidden[i], atol=1e-5), i
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 @pytest.mark.parametrize("family", list(CASES))
 def test_family_compresses_reloads_and_generates(family, tied, tmp_path, tokenizer, text_file):

@@ -18,6 +18,7 @@ def _args(model_dir, text_file, out):
             "--epochs", "2", "--global-epochs", "1", "--batch-size", "4", "--loss", "mse", "--quiet", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_two_ranks_remove_the_same_blocks_and_merge_the_same_weights(tmp_path, model_dir, text_file):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():

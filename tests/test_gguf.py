@@ -82,6 +82,7 @@ def test_a_bad_gguf_gets_one_line_and_writes_nothing(tmp_path, gguf_path, text_f
         load_model(str(target))
 
 
+@pytest.mark.slow
 def test_smollm2_gguf_perplexity_equals_transformers_on_the_same_windows(capsys, tmp_path):
     """The real 4-bit asset: `fusegpt eval --ppl-windows` against a direct computation."""
     gguf = asset("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -84,6 +84,7 @@ _MEASURE = ("import resource, sys\nfrom fusegpt.cli import main\ncode = main(sys
             "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, code)\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth,nsamples,seqlen", [(6, 32, 256), (10, 16, 128)])
 def test_dry_run_estimate_is_within_30_percent_of_the_measured_peak(tmp_path, text_file, monkeypatch, depth, nsamples,
                                                                     seqlen):

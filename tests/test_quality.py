@@ -10,6 +10,8 @@ from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress, load_mod
 from fusegpt.data import perplexity_ids
 from fusegpt.evaluation import perplexity
 
+pytestmark = pytest.mark.slow  # a real model compressed: the full run only
+
 
 @pytest.fixture(scope="module")
 def stories():

@@ -52,6 +52,7 @@ def _running_after_first_step(model_dir, out: Path, text_file) -> subprocess.Pop
     pytest.fail("three runs ended before they could be stopped")
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path, model_dir, text_file, capsys):
     reference = tmp_path / "reference"
     assert main(_args(model_dir, reference, text_file)) == 0
@@ -77,6 +78,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, model_dir, text_file
     assert not checkpoint_folder(out).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_keeps_the_checkpoint_and_writes_no_output(tmp_path, model_dir, text_file, stop):
     out = tmp_path / "out"

@@ -214,6 +214,7 @@ def test_local_files_give_lm_eval_prompts(task):
         assert context == start
 
 
+@pytest.mark.slow
 def test_stories260k_piqa_is_deterministic():
     asset("models/stories260K")
     asset("tasks/piqa/validation.jsonl")

@@ -5,7 +5,6 @@ uninterrupted run would: the cached hidden states are recomputed from the dense 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 
 from .calibrate import BlockStack
 from .errors import FuseGPTError
+from .files import write_atomic
 from .evaluation.report import Report, StepRecord
 from .paths import STATE
 
@@ -46,10 +46,9 @@ class Checkpoint:
         """The state after the last finished step; the previous state stays valid until this one
         is complete (written beside it, then renamed over it)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        partial = self.folder / f"{STATE}.partial"
-        torch.save({"identity": self.identity, "blocks": stack.blocks, "origin": stack.origin, "scores": scores,
-                    "steps": [asdict(s) for s in report.steps], "rng": torch.get_rng_state()}, partial)
-        os.replace(partial, self.path)
+        state = {"identity": self.identity, "blocks": stack.blocks, "origin": stack.origin, "scores": scores,
+                 "steps": [asdict(s) for s in report.steps], "rng": torch.get_rng_state()}
+        write_atomic(self.path, lambda path: torch.save(state, path))
 
     def restore(self, stack: BlockStack, report: Report) -> dict[int, float]:
         """Put the saved blocks into `stack` (built on the dense model), recompute its boundaries and

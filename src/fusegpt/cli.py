@@ -11,7 +11,7 @@ from pathlib import Path
 from .catalog import ALIASES, CRITERIA, REPAIRS
 from .config import (COEFFICIENT_FORMS, DISTILLS, DTYPES, HIDDEN_CACHES, LOSSES, METHODS, OFFLOADS, PRESETS, RECIPES,
                      REPAIR_NAMES, SELECTION_NAMES, TASKS, TEACHERS, CompressConfig, preset)
-from .errors import FuseGPTError
+from .errors import FuseGPTError, first_line
 
 _DEFAULT = CompressConfig()
 
@@ -343,8 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug of ours, not the user's input: say so in one line
         if args.debug:
             raise
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        print(f"fusegpt: internal error: {type(error).__name__}: {detail} (rerun with --debug for the traceback, "
+        print(f"fusegpt: internal error: {type(error).__name__}: {first_line(error)} (rerun with --debug for the traceback, "
               "and please report it)", file=sys.stderr)
         return 1
     finally:

@@ -12,7 +12,8 @@ from typing import Callable
 
 from . import catalog
 from .config import RECIPES, CompressConfig
-from .evaluation.comparison import DENSE, Cell, write_atomic, write_outputs
+from .evaluation.comparison import DENSE, Cell, write_outputs
+from .files import write_atomic
 
 SPEED_PROTOCOL = "interleaved with a dense copy, medians of 5 rounds"  # cells timed otherwise are redone
 # fusion's tuning settings added after cells were cached, with the value that reproduces what ran

@@ -13,13 +13,16 @@ it reads one (a per-family permutation of the query and key rows, an offset on s
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import FuseGPTError
+from .files import write_atomic
 
 QUANTISER_HINT = ("install llama-cpp-python (pip install llama-cpp-python; it builds llama.cpp from source "
                   "with gcc and cmake), or pass --gguf-type F16 or F32")
@@ -108,9 +111,25 @@ def _renamed(name: str, kept: list[int]) -> str | None:
     return f"blk.{kept.index(int(index))}.{rest}" if int(index) in kept else None
 
 
-def _quantise(tensors: dict[str, np.ndarray], reader, writer_args, file_type) -> dict[str, tuple[np.ndarray, object]]:
+@contextmanager
+def _quiet_c_output():
+    """Send what C code writes to stdout and stderr to /dev/null for the duration."""
+    sys.stdout.flush(), sys.stderr.flush()  # what Python buffered goes out first
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1), os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
+def _quantise(tensors: dict[str, np.ndarray], arch: str, metadata, every_tensor, file_type) -> dict[str, tuple]:
     """llama.cpp's quantisation of `tensors` (GGUF names and layout, fp32): a model file with every
-    tensor (the others dequantised) goes through llama_model_quantize; its bytes for these come back."""
+    tensor (`every_tensor()`: (name, fp32 data), the others dequantised) and the output's
+    `metadata` goes through llama_model_quantize; its (bytes, type) of these come back."""
     try:
         import llama_cpp
     except ImportError as error:
@@ -120,17 +139,19 @@ def _quantise(tensors: dict[str, np.ndarray], reader, writer_args, file_type) ->
 
     with tempfile.TemporaryDirectory(prefix="fusegpt-gguf-") as scratch:
         source, target = Path(scratch) / "f32.gguf", Path(scratch) / "quantised.gguf"
-        writer = gguf.GGUFWriter(str(source), *writer_args["arch"])
-        writer_args["metadata"](writer)
+        writer = gguf.GGUFWriter(str(source), arch)
+        metadata(writer)
         writer.add_key_value(gguf.Keys.General.FILE_TYPE, int(gguf.LlamaFileType.ALL_F32), gguf.GGUFValueType.UINT32)
-        for name, data in writer_args["all_tensors"]():
+        for name, data in every_tensor():
             writer.add_tensor(name, tensors.get(name, data))
         writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file()
         writer.close()
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = int(file_type)
         params.nthread = os.cpu_count() or 1
-        if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
+        with _quiet_c_output():  # llama.cpp prints every tensor it quantises
+            failed = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0
+        if failed:
             raise FuseGPTError(f"llama.cpp could not quantise the model to {file_type.name}; try another --gguf-type")
         quantised = gguf.GGUFReader(target)
         return {t.name: (np.array(t.data), t.tensor_type) for t in quantised.tensors if t.name in tensors}
@@ -184,30 +205,27 @@ def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str |
     if target_type.name.removeprefix("ALL_").removeprefix("MOSTLY_") in UNQUANTISED:
         written = {name: unquantised(data) for name, data in changed.items()}
     else:
-        written = _quantise(changed, reader, {"arch": (arch,), "metadata": metadata, "all_tensors": all_tensors},
-                            target_type) if changed else {}
-    partial = out.with_name(out.name + ".partial")
-    writer = gguf.GGUFWriter(str(partial), arch)
-    metadata(writer)
-    writer.add_key_value(gguf.Keys.General.FILE_TYPE, int(target_type), gguf.GGUFValueType.UINT32)
+        written = _quantise(changed, arch, metadata, all_tensors, target_type) if changed else {}
     export = GGUFExport(file=str(out), file_type=target_type.name.removeprefix("MOSTLY_").removeprefix("ALL_"), bytes=0)
-    for new, tensor in plan:
-        if new in written:
-            data, kind = written[new]
-            export.quantised += 1
-        else:
-            data, kind = np.array(tensor.data), tensor.tensor_type
-            export.copied += 1
-        writer.add_tensor(new, data, raw_dtype=kind)  # a quantised tensor's shape comes from its byte rows
-        export.tensor_types[gguf.GGMLQuantizationType(kind).name] = \
-            export.tensor_types.get(gguf.GGMLQuantizationType(kind).name, 0) + 1
-    try:
+
+    def write(path: Path) -> None:
+        writer = gguf.GGUFWriter(str(path), arch)
+        metadata(writer)
+        writer.add_key_value(gguf.Keys.General.FILE_TYPE, int(target_type), gguf.GGUFValueType.UINT32)
+        for new, tensor in plan:
+            data, kind = written.get(new, (np.array(tensor.data), tensor.tensor_type))
+            writer.add_tensor(new, data, raw_dtype=kind)  # a quantised tensor's shape comes from its byte rows
+            name = gguf.GGMLQuantizationType(kind).name
+            export.tensor_types[name] = export.tensor_types.get(name, 0) + 1
         writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file()
         writer.close()
-        os.replace(partial, out)
+
+    try:
+        write_atomic(out, write)
     except OSError as error:
-        partial.unlink(missing_ok=True)
         raise FuseGPTError(f"could not write '{out}': {error.strerror or error}; free space or choose another --out") \
             from error
+    export.quantised = sum(new in written for new, _ in plan)
+    export.copied = len(plan) - export.quantised
     export.bytes = out.stat().st_size
     return export

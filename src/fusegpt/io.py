@@ -19,7 +19,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, 
 from transformers.utils import logging as hf_logging
 
 from .config import torch_dtype
-from .errors import FuseGPTError
+from .errors import FuseGPTError, first_line
 from .evaluation.report import Report
 from .paths import check_output, gguf_file, looks_like_path
 
@@ -59,8 +59,8 @@ def gguf_metadata(file: Path) -> dict:
         fields = {key: reader.fields[key] for key in ("general.architecture", "general.file_type")
                   if key in reader.fields}
     except Exception as error:  # any parse failure (bad magic, truncated tensor data) means "not usable"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise FuseGPTError(f"'{file}' is not a readable GGUF file ({reason}); pass a complete .gguf model") from error
+        raise FuseGPTError(f"'{file}' is not a readable GGUF file ({first_line(error)}); pass a complete .gguf "
+                           "model") from error
     values = {key: field.parts[field.data[0]] for key, field in fields.items()}
     architecture = bytes(values["general.architecture"]).decode() if "general.architecture" in values else "unknown"
     file_type = values.get("general.file_type")
@@ -104,9 +104,8 @@ def _loading(name: str, options: dict) -> Iterator[None]:
         with _hf_quiet():
             yield
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         where = f"{name}/{options['gguf_file']}" if options else name
-        raise FuseGPTError(f"could not load model '{where}': {first_line}") from error
+        raise FuseGPTError(f"could not load model '{where}': {first_line(error)}") from error
 
 
 def load_config(name: str) -> PretrainedConfig:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ..files import write_atomic
 
 DENSE = "dense"
 
@@ -27,12 +28,6 @@ class Cell:
     speed: dict[str, float] = field(default_factory=dict)  # output model's, and the dense model's in the same run
     scores: dict[str, float] = field(default_factory=dict)  # first step's block scores (dense model)
     criterion: str = ""
-
-
-def write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def _columns(cells: list[Cell]) -> tuple[list[str], list[str]]:
@@ -79,9 +74,11 @@ def write_outputs(cells: list[Cell], out: Path, model_name: str) -> None:
     table = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     table += ["| " + " | ".join(r) + " |" for r in rows]
     write_atomic(out / "comparison.md", f"# {model_name}\n\n" + "\n".join(table) + "\n")
-    with open(out / "comparison.csv.partial", "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    os.replace(out / "comparison.csv.partial", out / "comparison.csv")
+    def write_csv(path: Path) -> None:
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+
+    write_atomic(out / "comparison.csv", write_csv)
     write_atomic(out / "comparison.json",
                   json.dumps({"model": model_name, "cells": [asdict(c) for c in cells]}, indent=2) + "\n")
     plot(cells, out)

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ..files import write_atomic
 
 
 @dataclass
@@ -95,10 +96,7 @@ class Report:
 
     def write(self, path: str | Path) -> None:
         """Written beside and renamed into place, so a reader never sees half a report."""
-        path = Path(path)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(partial, path)
+        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def summary(self) -> str:
         criterion = self.steps[0].criterion if self.steps else "score"  # one method, one criterion
