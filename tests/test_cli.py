@@ -210,7 +210,7 @@ def test_one_data_folder_serves_text_and_tasks(tmp_path, model_dir, capsys):
     capsys.readouterr()
     assert main(["eval", str(model_dir), "--tasks", "piqa", "--limit", "4", "--data-dir", str(tmp_path),
                  "--quiet"]) == 2
-    assert "pass --data-dir DIR laid out like ../shared/assets" in _one_line_error(capsys)
+    assert "docs/DATA.md" in _one_line_error(capsys)
 
 
 def test_a_full_disk_and_a_failed_final_rename_keep_the_previous_result(tmp_path, model_dir, text_file, capsys,

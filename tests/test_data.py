@@ -131,7 +131,7 @@ def test_missing_named_corpus_with_hub_unreachable(tmp_path: Path, no_hub: None)
     message = one_line_error(excinfo)
     assert message.startswith("wikitext2 (train split) not found: looked in ")
     assert str(tmp_path / "wikitext-2-raw" / "wiki.train.raw") in message
-    assert "Hub is unreachable" in message and "--data-dir DIR laid out like ../shared/assets" in message
+    assert "Hub is unreachable" in message and "--data-dir DIR with text/wikitext-2-raw/" in message
     with pytest.raises(FuseGPTError, match="c4 \\(validation split\\) not found.*validation\\*\\.parquet"):
         protocol_text("c4", "validation", str(tmp_path))
 

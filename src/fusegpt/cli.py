@@ -18,7 +18,7 @@ _DEFAULT = CompressConfig()
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=os.environ.get("FUSEGPT_DATA"),
-                        help="one folder laid out like ../shared/assets: text/ (wikitext-2-raw/, ptb/, c4/) for the "
+                        help="one folder with text/ (wikitext-2-raw/, ptb/, c4/) for the "
                              "named corpora and tasks/ for zero-shot, used when the Hub is unreachable "
                              "(default: $FUSEGPT_DATA)")
     parser.add_argument("--dtype", choices=DTYPES, default=_DEFAULT.dtype, help="weights and compute dtype")
@@ -167,7 +167,7 @@ def _eval_parser(sub) -> None:
 def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default="", help=f"comma-separated zero-shot tasks: {', '.join(TASKS)}")
     p.add_argument("--limit", type=int, help="first N items of each task (default: all)")
-    p.add_argument("--tasks-dir", help="a task folder laid out like ../shared/assets/tasks, in place of "
+    p.add_argument("--tasks-dir", help="a task folder (the tasks/ of docs/DATA.md), in place of "
                                        "--data-dir's tasks/ (an alias kept for older commands)")
 
 

@@ -1,4 +1,4 @@
-"""Run settings as dataclasses. Defaults follow the paper and the authors' code (ALGORITHM.md);
+"""Run settings as dataclasses. Defaults are the best recipe measured (docs/BENCHMARKS.md);
 where we deviate, the field's comment says why."""
 from __future__ import annotations
 
@@ -262,7 +262,7 @@ class CompressConfig:
         return asdict(self)
 
 
-# The authors' settings (their code's defaults, ALGORITHM.md), one flag away from our recipe.
+# The authors' settings (the paper, arXiv 2411.14507, and their code's defaults), one flag away from our recipe.
 PRESETS: dict[str, dict] = {
     "default": {},
     "paper": {"method": "fusegpt", "nsamples": 128, "seqlen": 2048, "mi_samples": 32, "rescore": 0,

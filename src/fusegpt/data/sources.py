@@ -136,7 +136,7 @@ DATA_ENV = "FUSEGPT_DATA"
 
 def data_folder(data_dir: str | None, part: str) -> Path | None:
     """`part` ("text" or "tasks") of the one data folder (--data-dir, else $FUSEGPT_DATA) laid out
-    like ../shared/assets; a folder laid out like `part` itself is taken as it is."""
+    as docs/DATA.md describes; a folder laid out like `part` itself is taken as it is."""
     root = data_dir or os.environ.get(DATA_ENV)
     if not root:
         return None
@@ -160,7 +160,7 @@ def _named_rows(name: str, split: str, data_dir: str | None) -> list[str]:
     except Exception as exc:  # any Hub failure (no network, `datasets` missing) means "not available"
         raise FuseGPTError(
             f"{name} ({split} split) not found: {where} and the Hub is unreachable ({type(exc).__name__}); "
-            "pass a file, or --data-dir DIR laid out like ../shared/assets (text/wikitext-2-raw/...)"
+            "pass a file, or --data-dir DIR with text/wikitext-2-raw/, text/ptb/, text/c4/ (docs/DATA.md)"
         ) from exc
 
 

@@ -1,4 +1,4 @@
-"""Zero-shot task data from a local folder laid out like ../shared/assets/tasks.
+"""Zero-shot task data from a local folder (the tasks/ of docs/DATA.md).
 
 Each loader returns the documents in the schema of the task's Hub dataset (the one lm-eval's task
 definition reads), so that lm-eval's own prompt templates and metrics apply unchanged whether the
@@ -44,10 +44,10 @@ def local_docs(task: str, root: Path) -> list[dict] | None:
                     docs.append(convert(record))
                 except KeyError as exc:
                     raise FuseGPTError(f"{path}: item {number} has no field {exc}; each item needs the fields of "
-                                       "../shared/assets/MANIFEST.md") from exc
+                                       "docs/DATA.md") from exc
                 except (IndexError, TypeError, ValueError) as exc:
-                    raise FuseGPTError(f"{path}: item {number} is not in the format of ../shared/assets/tasks "
-                                       f"({type(exc).__name__}: {exc}); see its MANIFEST.md") from exc
+                    raise FuseGPTError(f"{path}: item {number} is not in the task's format "
+                                       f"({type(exc).__name__}: {exc}); see docs/DATA.md") from exc
             return docs
     return None
 

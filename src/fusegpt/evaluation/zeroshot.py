@@ -133,7 +133,7 @@ def _build_task(task: str, root: Path | None, limit: int | None):
     except Exception as exc:  # any Hub failure (no network, dataset moved) means "not available"
         raise FuseGPTError(
             f"zero-shot task {task}: {where} and loading it from the Hub failed ({type(exc).__name__}); "
-            "pass --data-dir DIR laid out like ../shared/assets (its tasks/ folder holds the task files)"
+            "pass --data-dir DIR whose tasks/ folder holds the task files (docs/DATA.md)"
         ) from exc
 
 
