@@ -1,4 +1,4 @@
-"""The compressed SmolLM2 in llama.cpp: its GGUF (at the input's Q4_1, and at F16) written from a
+"""The compressed SmolLM2 in llama.cpp: its GGUF (at the input's Q4_1, at Q8_0 and F16) written from a
 compressed cell's output, then perplexity with llama.cpp's logits (our windowing: the first 16
 windows of 512 tokens of WikiText-2 test) beside transformers' perplexity of the HF output on the
 same windows, and prefill / decode tokens/s of the dense and the compressed GGUF, measured in turn
@@ -95,11 +95,12 @@ def main() -> None:
     report = json.loads((folder / "fusegpt_report.json").read_text())
     source = MODELS["smollm2"]
     model, tokenizer = load_model(str(folder))
-    files = {kind: OUTPUTS / "gguf" / cell / f"smollm2-compressed.{kind}.gguf" for kind in ("Q4_1", "F16")}
+    files = {kind: OUTPUTS / "gguf" / cell / f"smollm2-compressed.{kind}.gguf" for kind in ("Q4_1", "Q8_0", "F16")}
     for kind, path in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        exported = write_gguf(model, report["kept"], source, path, None if kind == "Q4_1" else kind)
-        print(kind, exported, flush=True)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            exported = write_gguf(model, report["kept"], source, path, None if kind == "Q4_1" else kind)
+            print(kind, exported, flush=True)
     out = RESULTS / f"gguf-{cell.replace('/', '-')}.json"
     result = json.loads(out.read_text()) if out.exists() else {}  # what an interrupted run measured
     result.update({"cell": cell, "kept": report["kept"], "windows": WINDOWS, "seqlen": SEQLEN, "threads": THREADS,
@@ -113,10 +114,11 @@ def main() -> None:
                 "dense": perplexity(dense_model, torch.from_numpy(windows).reshape(-1), SEQLEN, progress=False),
                 "compressed": perplexity(model, torch.from_numpy(windows).reshape(-1), SEQLEN, progress=False)}
         out.write_text(json.dumps(result, indent=2) + "\n")
-    if "ppl_llama_cpp" not in result:
-        result["ppl_llama_cpp"] = {"dense Q4_1": llama_perplexity(source, windows),
-                                   **{f"compressed {k}": llama_perplexity(p, windows) for k, p in files.items()}}
-        out.write_text(json.dumps(result, indent=2) + "\n")
+    measured = result.setdefault("ppl_llama_cpp", {})
+    for name, path in {"dense Q4_1": source, **{f"compressed {k}": p for k, p in files.items()}}.items():
+        if name not in measured:
+            measured[name] = llama_perplexity(path, windows)
+            out.write_text(json.dumps(result, indent=2) + "\n")
     result["tokens_per_s"] = speed({"dense Q4_1": source, "compressed Q4_1": files["Q4_1"]}, windows[0].tolist())
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -261,32 +261,26 @@ def _run_compress(args) -> None:
 
 
 def _run_eval(args) -> None:
-    from . import evaluate_perplexity, load_model
-    from .evaluation.zeroshot import evaluate_zero_shot
-    from .placement import context_length, place_for_inference, resolve_device
+    from .workflow import evaluate
 
     if not args.ppl and not args.tasks:
         raise FuseGPTError("nothing to evaluate; pass --ppl SOURCES and/or --tasks TASKS")
     _check_sources(args)
-    model, tokenizer = load_model(args.model, args.dtype)
-    place_for_inference(model, resolve_device(args.device), args.offload)
-    seqlen = min(args.seqlen, context_length(model))
-    results: dict = {"model": args.model, "seqlen": seqlen}
-    if args.ppl:
-        results["ppl"] = evaluate_perplexity(model, tokenizer, _sources(args.ppl), seqlen, args.data_dir,
-                                             args.batch_size, progress=not args.quiet, windows=args.ppl_windows)
-        results["ppl_windows"] = args.ppl_windows  # None: every protocol window
-        print(_table(["source", f"perplexity (seqlen {seqlen})"],
+    results = evaluate(args.model, _sources(args.ppl), _sources(args.tasks), seqlen=args.seqlen, dtype=args.dtype,
+                       device=args.device, offload=args.offload, ppl_windows=args.ppl_windows, limit=args.limit,
+                       data_dir=args.data_dir, tasks_dir=args.tasks_dir, batch_size=args.batch_size,
+                       progress=not args.quiet)
+    if "ppl" in results:
+        print(_table(["source", f"perplexity (seqlen {results['seqlen']})"],
                      [[source, f"{value:.3f}"] for source, value in results["ppl"].items()]))
-    if args.tasks:
-        results["zero_shot"] = evaluate_zero_shot(model, tokenizer, _sources(args.tasks), args.limit,
-                                                  args.data_dir, args.batch_size, progress=not args.quiet,
-                                                  tasks_dir=args.tasks_dir)
+    if "zero_shot" in results:
         print(_table(["task", "metric", "value"],
                      [[task, scores.get("metric", "mean"), f"{scores['value']:.4f}"]
                       for task, scores in results["zero_shot"].items()]))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        from .files import write_atomic
+
+        write_atomic(args.json, json.dumps(results, indent=2) + "\n")
 
 
 def _run_compare(args) -> None:

@@ -1,6 +1,7 @@
 """One compression job end to end, as `fusegpt compress` runs it: check the output, load, compress
-(checkpointed after every step), save the HF model atomically, write its GGUF, evaluate. The CLI
-parses arguments into a `Job`; `compare` runs the same load-and-compress part for each cell."""
+(checkpointed after every step), save the HF model atomically, write its GGUF, evaluate; and the
+evaluation of a saved model (`fusegpt eval`). The CLI parses arguments into these calls;
+`compare` runs the same load-and-compress part for each cell."""
 from __future__ import annotations
 
 import sys
@@ -124,3 +125,27 @@ def run(job: Job):
     finally:
         report.write(out / REPORT_NAME)
     return result
+
+
+def evaluate(model_name: str, ppl: list[str], tasks: list[str], seqlen: int, dtype: str = "float32",
+             device: str = "auto", offload: str = "auto", ppl_windows: int | None = None, limit: int | None = None,
+             data_dir: str | None = None, tasks_dir: str | None = None, batch_size: int = 8,
+             progress: bool = True) -> dict:
+    """Perplexity on `ppl` and zero-shot accuracy on `tasks` of a saved model, as `fusegpt eval` reports them."""
+    from .evaluation.ppl import evaluate_perplexity
+    from .evaluation.zeroshot import evaluate_zero_shot
+    from .io import load_model
+    from .placement import context_length, place_for_inference, resolve_device
+
+    model, tokenizer = load_model(model_name, dtype)
+    place_for_inference(model, resolve_device(device), offload)
+    seqlen = min(seqlen, context_length(model))
+    results: dict = {"model": model_name, "seqlen": seqlen}
+    if ppl:
+        results["ppl"] = evaluate_perplexity(model, tokenizer, ppl, seqlen, data_dir, batch_size, progress=progress,
+                                             windows=ppl_windows)
+        results["ppl_windows"] = ppl_windows  # None: every protocol window
+    if tasks:
+        results["zero_shot"] = evaluate_zero_shot(model, tokenizer, tasks, limit, data_dir, batch_size,
+                                                  progress=progress, tasks_dir=tasks_dir)
+    return results
