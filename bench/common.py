@@ -12,7 +12,14 @@ Choices are made on **dev** and reported on **test**, and no text is in two role
 The split files are derived from ../shared/assets into bench/out/data/ (not kept in git) the first
 time they are needed. Every cell pins every setting (`RECIPE` plus the variant's flags), so a cell
 gives the same number after a default changes; a finished cell is cached in
-bench/results/<suite>/<name>.json and a rerun skips it."""
+bench/results/<suite>/<name>.json and a rerun skips it. Several runners can share a suite: a cell
+being computed is locked (`<name>.lock`, its process id), and the others skip it.
+
+On another machine (a GPU host, bench/gpu.py): `FUSEGPT_ASSETS` points at a folder laid out like
+../shared/assets, `BENCH_MODEL_<NAME>` replaces one model's path, `BENCH_DEVICE` (e.g. cuda) tags
+the suites (`frontier-smollm2-cuda`: cells of different hardware never mix), `BENCH_ZERO_SHOT=0`
+skips zero-shot (lm-eval absent), and `BENCH_IN_PROCESS=1` runs fusegpt in this process (no
+interpreter start per step: the fixed cost that dominates a small model on a GPU)."""
 from __future__ import annotations
 
 import json
@@ -24,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
+ASSETS = Path(os.environ.get("FUSEGPT_ASSETS", ROOT.parent / "shared" / "assets"))
 TEXT, TASKS_DIR = ASSETS / "text", ASSETS / "tasks"
 DATA = ROOT / "bench" / "out" / "data"  # derived split files
 RESULTS, OUTPUTS = ROOT / "bench" / "results", ROOT / "bench" / "out"
@@ -33,6 +40,14 @@ MODELS = {
     "pydoc": ASSETS / "models/pydoc-llama-12L",
     "stories": ASSETS / "models/stories260K",
 }
+MODELS = {name: Path(os.environ.get(f"BENCH_MODEL_{name.upper()}", path)) for name, path in MODELS.items()}
+DEVICE = os.environ.get("BENCH_DEVICE")  # None: this machine's CPU, as every committed cell
+ZERO_SHOT = os.environ.get("BENCH_ZERO_SHOT", "1") != "0"
+
+
+def suite_name(name: str) -> str:
+    """A suite's folder under bench/results, tagged with the device when it is not the CPU."""
+    return f"{name}-{DEVICE}" if DEVICE else name
 
 # today's default recipe, every setting spelled out: a cell states what it ran, whatever the defaults
 RECIPE: dict[str, str | None] = {
@@ -174,35 +189,75 @@ def _stage_seconds(report: dict) -> dict[str, float]:
     return {k: round(v, 1) for k, v in stages.items()}
 
 
+def fusegpt(args: list[str]) -> None:
+    """Run the fusegpt CLI (in a fresh interpreter, or in this one with BENCH_IN_PROCESS=1); a failure raises."""
+    if os.environ.get("BENCH_IN_PROCESS") == "1":
+        from fusegpt.cli import main
+
+        if main(args) != 0:
+            raise RuntimeError(f"fusegpt {' '.join(args[:2])} failed")
+        return
+    subprocess.run([sys.executable, "-m", "fusegpt", *args], check=True)
+
+
+def _locked(lock: Path) -> bool:
+    """Whether another live process computes this cell (a lock left by a dead one is taken over)."""
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(lock.read_text() or 0), 0)
+            return True
+        except (ProcessLookupError, ValueError):
+            lock.write_text(str(os.getpid()))
+            return False
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return False
+
+
 def run_cell(suite: str, name: str, model: str, settings: dict[str, str | None], extra: list[str] = (),
-             zero_shot: bool = False) -> dict:
+             zero_shot: bool = False) -> dict | None:
     """Compress `model` (a protocol name) with `settings` and `extra` flags, evaluate dev and test
-    perplexity (and zero-shot on test), cache the result; a cached cell is returned as it is."""
+    perplexity (and zero-shot on test), cache the result; a cached cell is returned as it is, and
+    None when another process is computing it."""
     result = RESULTS / suite / f"{name}.json"
     if result.exists():
         return json.loads(result.read_text())
+    result.parent.mkdir(parents=True, exist_ok=True)
+    lock = result.with_suffix(".lock")
+    if _locked(lock):
+        return None
+    try:
+        return _compute_cell(result, suite, name, model, settings, extra, zero_shot and ZERO_SHOT)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _compute_cell(result: Path, suite: str, name: str, model: str, settings: dict[str, str | None],
+                  extra: list[str], zero_shot: bool) -> dict:
     proto = protocol(model)
     out = OUTPUTS / suite / name
     flags = [*proto.calib, *flags_of(settings), *extra]
     resume = ["--resume"] if (out.parent / f".{out.name}.checkpoint").exists() else []  # an interrupted cell
+    device = ["--device", DEVICE] if DEVICE else []
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fusegpt", "compress", str(proto.model), "--out", str(out), "--overwrite",
-                    *flags, *resume, "--quiet"], check=True)
+    fusegpt(["compress", str(proto.model), "--out", str(out), "--overwrite", *flags, *device, *resume, "--quiet"])
     compress_seconds = time.perf_counter() - started
     evaluation = out / "evaluation.json"
     evaluated = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fusegpt", "eval", str(out), "--ppl", ",".join(proto.dev + proto.test),
-                    *proto.ppl, *(proto.tasks if zero_shot else []), "--json", str(evaluation), "--quiet"], check=True)
+    fusegpt(["eval", str(out), "--ppl", ",".join(proto.dev + proto.test), *proto.ppl, *device,
+             *(proto.tasks if zero_shot else []), "--json", str(evaluation), "--quiet"])
     scores = json.loads(evaluation.read_text())
     report = json.loads((out / "fusegpt_report.json").read_text())
     cell = {"name": name, "model": model, "settings": settings, "flags": flags, "threads": os.environ.get("OMP_NUM_THREADS"),
+            "device": DEVICE or "cpu",
             "removed": [s["removed"] for s in report["steps"]], "block_passes": report.get("block_passes"),
             "compress_seconds": round(compress_seconds, 1), "eval_seconds": round(time.perf_counter() - evaluated, 1),
             "stages": _stage_seconds(report),
             "dev": {Path(s).name: scores["ppl"][s] for s in proto.dev},
             "test": {Path(s).name: scores["ppl"][s] for s in proto.test},
             "zero_shot": scores.get("zero_shot"), "heal_losses": (report.get("heal") or {}).get("losses")}
-    result.parent.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps(cell, indent=2) + "\n")
     return cell
 

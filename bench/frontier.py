@@ -17,21 +17,26 @@ from __future__ import annotations
 import json
 import sys
 
-from common import RESULTS, ROOT, cached, pinned, require_assets, run_cell, splits
+from common import RESULTS, ROOT, cached, pinned, require_assets, run_cell, splits, suite_name
 
 SPARSITIES = {"pydoc": ("0.25", "0.5"), "smollm2": ("0.25",)}
 # LoRA's and fusion's lr. On SmolLM2 (an hour a cell here) without 1e-2, at which both diverge on pydoc
 LRS = {"pydoc": ("1e-3", "3e-3", "5e-3", "1e-2"), "smollm2": ("1e-3", "3e-3")}
-FUSE_GRID = {"pydoc": [(c, lr) for c in ("1e-3", "3e-3", "1e-2") for lr in LRS["pydoc"]],
+FUSE_GRID = {"pydoc": [(c, lr) for c in ("1e-3", "3e-3", "1e-2", "3e-2") for lr in ("1e-3", "3e-3")]
+             + [("1e-3", "5e-3"), ("3e-3", "5e-3")],  # at 1e-2 fusion's LoRA diverges as LoRA does
              # (3e-3, 1e-3) is the default's own recipe: its cell is s25-default (on pydoc both are run, a check
              # that given blocks reproduce the default's model)
-             "smollm2": [("3e-3", "3e-3"), ("1e-2", "3e-3"), ("1e-3", "3e-3")]}
+             "smollm2": [("3e-3", "3e-3"), ("1e-2", "3e-3"), ("1e-3", "3e-3"), ("1e-2", "1e-3")]}
 # other ways of recycling the removed weights, at LoRA's best rate: the seam map (ReplaceMe's
 # least-squares start), and one coefficient per output row instead of a rank-128 matrix
+# and the donors scaled to each receiving layer's norm (the coefficients then move every layer at the
+# same relative pace, whatever scale a norm after the layer leaves free), at the default's rates and LoRA's
+NORMALIZED = {"--normalize-donors": None}
 RECYCLE = {"pydoc": {"seam": {"--global-coef-lr": "3e-3", "--lr": "3e-3", "--seam-map": None},
-                     "vector": {"--global-coef-lr": "1e-2", "--lr": "3e-3", "--coef": "vector"}},
-           "smollm2": {}}
-BUDGETS = {"pydoc": (2, 4, 8), "smollm2": (2, 4)}
+                     "vector": {"--global-coef-lr": "1e-2", "--lr": "3e-3", "--coef": "vector"},
+                     "norm": NORMALIZED, "norm-lr3e-3": {**NORMALIZED, "--lr": "3e-3"}},
+           "smollm2": {"norm": NORMALIZED, "norm-lr3e-3": {**NORMALIZED, "--lr": "3e-3"}}}
+BUDGETS = {"pydoc": (2, 4, 8), "smollm2": (2, 4, 8)}
 SEEDS = {"pydoc": (), "smollm2": (1, 2)}
 DEFAULT_EPOCHS = 4  # the default's global epochs: budget 1x
 
@@ -53,16 +58,20 @@ def tag(sparsity: str) -> str:
     return "s" + sparsity.split(".")[1].ljust(2, "0")
 
 
+def suite(model: str) -> str:
+    return suite_name(f"frontier-{model}")
+
+
 def _given(model: str, sparsity: str) -> str | None:
     """The default's blocks at this sparsity, in its order (from its cached cell)."""
-    cell = cached(f"frontier-{model}", f"{tag(sparsity)}-default")
+    cell = cached(suite(model), f"{tag(sparsity)}-default")
     return ",".join(map(str, cell["removed"])) if cell else None
 
 
 def best(model: str, sparsity: str, repair: str) -> dict | None:
     """The lowest mean dev perplexity (the geometric mean over the dev sources) among the 1x cells of a repair."""
     names = grid_names(model, sparsity)[repair]
-    cells = [c for c in (cached(f"frontier-{model}", n) for n in names) if c is not None]
+    cells = [c for c in (cached(suite(model), n) for n in names) if c is not None]
     return min(cells, key=lambda c: _mean(c["dev"]), default=None)
 
 
@@ -82,9 +91,9 @@ def _mean(ppl: dict[str, float]) -> float:
     return product ** (1 / len(values))
 
 
-def _cells(model: str, suite: str | None = None) -> list[dict]:
-    folder = RESULTS / (suite or f"frontier-{model}")
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+def _cells(model: str, folder: str | None = None) -> list[dict]:
+    path = RESULTS / (folder or suite(model))
+    return [json.loads(p.read_text()) for p in sorted(path.glob("*.json"))] if path.exists() else []
 
 
 def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
@@ -93,7 +102,7 @@ def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
     grids on those blocks; once a repair's grid is complete, its best dev setting gets the `push`
     variants, the larger budgets and the other seeds (on SmolLM2 the seeds before the rest)."""
     zero_shot = model == "smollm2"
-    defaults, grids, later, seeds = {}, {}, {}, {}
+    defaults, grids, budgets, later, seeds = {}, {}, {}, {}, {}
     for sparsity in SPARSITIES[model]:
         s = tag(sparsity)
         defaults[f"{s}-default"] = (pinned(sparsity=sparsity), [], zero_shot)
@@ -109,7 +118,7 @@ def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
             grids[f"{s}-fuse-{name}"] = ({**settings, **change}, [], False)
         for repair, names in grid_names(model, sparsity).items():
             chosen = best(model, sparsity, repair)
-            if any(cached(f"frontier-{model}", n) is None for n in names):
+            if any(cached(suite(model), n) is None for n in names):
                 continue  # the best setting is known once the whole grid is
             base = dict(chosen["settings"])
             base.pop("--sparsity", None)  # on the default's blocks, without choosing them again
@@ -117,7 +126,7 @@ def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
             for suffix, change, extra in push(model):
                 later[f"{chosen['name']}-{suffix}"] = ({**base, **change}, extra, zero_shot)
             for factor in BUDGETS[model]:
-                later[f"{chosen['name']}-x{factor}"] = ({**base, "--global-epochs": str(DEFAULT_EPOCHS * factor)}, [],
+                budgets[f"{chosen['name']}-x{factor}"] = ({**base, "--global-epochs": str(DEFAULT_EPOCHS * factor)}, [],
                                                         zero_shot)
             # other seeds (calibration windows, initialisation, order) of each repair's best setting:
             # fusion chooses its blocks again (the criterion sees other windows), LoRA heals those
@@ -126,18 +135,18 @@ def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
                     chosen_seed = {**{k: v for k, v in base.items() if k != "--blocks"}, "--sparsity": sparsity}
                     seeds[f"{s}-fuse-best-seed{seed}"] = ({**chosen_seed, "--seed": str(seed)}, [], zero_shot)
                 else:
-                    fused = cached(f"frontier-{model}", f"{s}-fuse-best-seed{seed}")
+                    fused = cached(suite(model), f"{s}-fuse-best-seed{seed}")
                     if fused is not None:
                         seeds[f"{s}-lora-best-seed{seed}"] = (
                             {**base, "--blocks": ",".join(map(str, fused["removed"])), "--seed": str(seed)}, [],
                             zero_shot)
-    order = {**defaults, **grids, **seeds, **later} if model == "smollm2" else {**defaults, **grids, **later, **seeds}
-    return order
+    # the budgets before the other seeds and the push variants: the frontier is the question users ask first
+    return {**defaults, **grids, **budgets, **seeds, **later}
 
 
-def table(model: str, suite: str | None = None) -> str:
+def table(model: str, folder: str | None = None) -> str:
     rows = ["| cell | removed | passes | dev PPL | test PPL | zero-shot | compress s (tune) |", "|---|---|---|---|---|---|---|"]
-    for c in _cells(model, suite):
+    for c in _cells(model, folder):
         z = c.get("zero_shot")
         mean = f"{sum(t['value'] for t in z.values()) / len(z):.4f}" if z else "-"
         rows.append(f"| {c['name']} | {' '.join(map(str, c['removed']))} | {c['block_passes']:,} | "
@@ -152,7 +161,7 @@ def curve(model: str, sparsity: str, repair: str) -> list[dict]:
     chosen = best(model, sparsity, repair)
     if chosen is None:
         return []
-    more = [cached(f"frontier-{model}", f"{chosen['name']}-x{f}") for f in BUDGETS[model]]
+    more = [cached(suite(model), f"{chosen['name']}-x{f}") for f in BUDGETS[model]]
     return [chosen, *(c for c in more if c is not None)]
 
 
@@ -205,15 +214,20 @@ def main() -> None:
     wanted = args[1].split(",") if len(args) > 1 else None
     while True:  # the plan grows as cells finish (the default's blocks, then the best learning rates)
         cells = plan(model)
-        todo = [n for n in (wanted or cells) if cached(f"frontier-{model}", n) is None]
+        todo = [n for n in (wanted or cells) if cached(suite(model), n) is None]
         runnable = [n for n in todo if n in cells]
         if not runnable:
             if todo:
                 sys.exit(f"cannot name {', '.join(todo)} (unknown, or the cells it builds on are missing)")
             break
-        settings, extra, zero_shot = cells[runnable[0]]
-        cell = run_cell(f"frontier-{model}", runnable[0], model, settings, extra, zero_shot)
-        print(f"{cell['name']}: dev {cell['dev']} test {cell['test']} ({cell['compress_seconds']:.0f} s)", flush=True)
+        for name in runnable:  # the first that no other runner is computing
+            settings, extra, zero_shot = cells[name]
+            cell = run_cell(suite(model), name, model, settings, extra, zero_shot)
+            if cell is not None:
+                print(f"{name}: dev {cell['dev']} test {cell['test']} ({cell['compress_seconds']:.0f} s)", flush=True)
+                break
+        else:
+            break  # every cell that can be named now is being computed elsewhere
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def main() -> None:
         sys.exit(__doc__)
     model = args[0]
     if args[1:] == ["--table"]:
-        print(table(model, suite=f"robust-{model}"))
+        print(table(model, folder=f"robust-{model}"))
         return
     require_assets()
     cells = variants(model)
@@ -49,7 +49,8 @@ def main() -> None:
             sys.exit(f"unknown variant {name!r}; one of {', '.join(cells)}")
         settings, extra = cells[name]
         cell = run_cell(f"robust-{model}", name, model, settings, extra)
-        print(f"{name}: dev {cell['dev']} test {cell['test']}", flush=True)
+        if cell is not None:  # else another runner computes it
+            print(f"{name}: dev {cell['dev']} test {cell['test']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -180,3 +180,42 @@ def test_a_bf16_fused_layer_keeps_no_fp32_copy_of_a_weight_for_backward():
     full = [t for t in saved if t.numel() == 32 * 48]
     assert full and all(t.dtype == torch.bfloat16 for t in full)
     assert any(t.data_ptr() == donor.weight.data_ptr() for t in full)  # the donor itself, not a copy
+
+
+def _gemma3_with_the_removed_block_scaled(factor: float):
+    """A tiny Gemma 3, whose sublayer outputs are normalised before they join the residual: block
+    2's output projections times `factor` leave what the model computes unchanged."""
+    from test_architectures import CASES
+
+    torch.manual_seed(0)
+    model = CASES["gemma3"].auto.from_config(CASES["gemma3"].config(False)).eval()
+    for module in model.modules():  # a random model's sublayer outputs are small: keep eps out of the way
+        if hasattr(module, "eps"):
+            module.eps = 1e-12
+    with torch.no_grad():
+        block = model.model.layers[2]
+        block.self_attn.o_proj.weight.mul_(factor)
+        block.mlp.down_proj.weight.mul_(factor)
+    return model
+
+
+@pytest.mark.parametrize("normalized", [True, False])
+def test_normalised_donors_make_fusion_blind_to_a_scale_the_model_does_not_see(tokenizer, text_file, normalized):
+    """Scaling a post-normalised projection by 100 changes no output, so it should change no repair:
+    with donors normalised to the receiver's norm the fused neighbours end the same (1e-4); with
+    the raw donors the coefficients see a 100x larger weight and end elsewhere."""
+    from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress
+
+    ids = torch.randint(3, 90, (1, 16), generator=torch.Generator().manual_seed(1))
+    plain, scaled = _gemma3_with_the_removed_block_scaled(1.0), _gemma3_with_the_removed_block_scaled(100.0)
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids).logits, scaled(input_ids=ids).logits, atol=1e-4)
+    config = CompressConfig(method="kl-fuse", blocks=[2], sparsity=None, calib=str(text_file), nsamples=8, seqlen=32,
+                            mi_samples=4, fusion=FusionConfig(group_size=2, rank=4, lora_rank=0, train_norms=False,
+                                                              normalize_donors=normalized),
+                            tune=TuneConfig(epochs=0, global_epochs=2, batch_size=4, global_coef_lr=1e-2))
+    first = compress(plain, tokenizer, config, progress=False).model.state_dict()
+    second = compress(scaled, tokenizer, config, progress=False).model.state_dict()
+    neighbours = [k for k in first if k.startswith(("model.layers.1.", "model.layers.2.")) and k.endswith("proj.weight")]
+    same = all(torch.allclose(first[k], second[k], rtol=1e-4, atol=1e-6) for k in neighbours)
+    assert same is normalized

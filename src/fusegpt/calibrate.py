@@ -61,12 +61,46 @@ def _keyword_call(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any
     return call
 
 
+@contextmanager
+def computing_on(model: PreTrainedModel, blocks: list[nn.Module], device: torch.device) -> Iterator[None]:
+    """The whole model computes on `device` while its weights stay where they are: what lies
+    outside the blocks (embeddings, rotary tables, final norm, head) moves there for the duration,
+    and each block only for its own forward. A model left on the host by placement would otherwise
+    run its first window through every block on the CPU (minutes for a 7B model)."""
+    inside = {id(m) for block in blocks for m in block.modules()}
+    outside = [m for m in model.modules() if id(m) not in inside]
+    homes = {id(t): t.device for m in outside for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]}
+    home = next(blocks[0].parameters()).device
+
+    def onload(module, args) -> None:  # a hook's return value would replace the block's input or output
+        module.to(device)
+
+    def offload(module, args, output) -> None:
+        module.to(home)
+
+    handles = [h for block in blocks for h in (block.register_forward_pre_hook(onload),
+                                                block.register_forward_hook(offload))]
+    for m in outside:
+        m._apply(lambda t: t.to(device), recurse=False)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for block in blocks:
+            block.to(home)
+        for m in outside:
+            m._apply(lambda t: t.to(homes.get(id(t), t.device)), recurse=False)
+
+
 def capture_block_inputs(model: PreTrainedModel, adapter: DecoderAdapter, input_ids: torch.Tensor,
-                         batch_size: int) -> tuple[torch.Tensor, list[dict]]:
-    """Hidden states entering block 0 for every window, and the keyword arguments (rotary
-    embeddings, masks, positions) the model passes to each block, captured from the model's own
-    forward so that no family's embedding or masking logic is re-implemented here."""
+                         batch_size: int, device: torch.device | None = None) -> tuple[torch.Tensor, list[dict]]:
+    """Hidden states entering block 0 for every window (on the host), and the keyword arguments
+    (rotary embeddings, masks, positions) the model passes to each block, captured from the model's
+    own forward on `device` (default: where the model is) so that no family's embedding or masking
+    logic is re-implemented here."""
     blocks = adapter.blocks(model)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     kwargs_per_block: list[dict] = [{} for _ in blocks]
     first_inputs: list[torch.Tensor] = []
     stop_at_first = [False]
@@ -76,23 +110,24 @@ def capture_block_inputs(model: PreTrainedModel, adapter: DecoderAdapter, input_
             call = _keyword_call(module, args, kwargs)
             hidden = call.pop(next(iter(call)))
             if stop_at_first[0]:  # the batched passes only collect block 0's input
-                first_inputs.append(hidden.detach())
+                first_inputs.append(hidden.detach().cpu())
                 raise _Stop
             call.pop("past_key_values", None), call.pop("past_key_value", None), call.pop("layer_past", None)
             call["use_cache"] = False
             kwargs_per_block[index] = call
         return hook
 
+    # registered before computing_on's, so that a batched pass stops before block 0 moves
     handles = [b.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, b in enumerate(blocks)]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), computing_on(model, list(blocks), device):
             # one full pass on one window: every block's kwargs, with masks of batch size 1 that
             # broadcast over any batch (a mask captured from a batch would fit that batch only)
-            model(input_ids=input_ids[:1], use_cache=False)
+            model(input_ids=input_ids[:1].to(device), use_cache=False)
             stop_at_first[0] = True
             for start in range(0, input_ids.shape[0], batch_size):
                 try:
-                    model(input_ids=input_ids[start:start + batch_size], use_cache=False)
+                    model(input_ids=input_ids[start:start + batch_size].to(device), use_cache=False)
                 except _Stop:
                     pass
     finally:

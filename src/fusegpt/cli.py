@@ -111,12 +111,14 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seam-map", dest="fusion.seam_map", action=argparse.BooleanOptionalAction, default=None,
                    help="fusegpt: fold ReplaceMe's least-squares map for the removed block into the block before it, "
                         "then tune (default: off; --preset paper: off; it fits the calibration corpus)%(default).0s")
+    p.add_argument("--normalize-donors", dest="fusion.normalize_donors", action=argparse.BooleanOptionalAction,
+                   default=None, help="fusion: scale each injected weight to the receiving layer's norm%(default).0s")
     p.add_argument("--no-train-norms", dest="train_norms", action="store_false", default=None,
                    help="keep norm weights frozen%(default).0s")
     p.add_argument("--device", default=_DEFAULT.device, help="compute device: auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--device-memory", dest="device_memory_gib", type=float, metavar="GIB",
-                   help="GPU memory to fit the tune into, in GiB (default: the GPU's free memory); with --dry-run, "
-                        "plans for a GPU this machine does not have")
+                   help="GPU memory the run may use, in GiB (default: the GPU's free memory): the model stays on the "
+                        "GPU only if it fits with the tune in it; with --dry-run, plans for a GPU this machine does not have")
     _recipe(p, "--micro-batch", "tune", "micro_batch", int, "windows per forward/backward pass, gradients "
             "accumulated over each --batch-size batch (None: chosen from the memory the tune has)")
     p.add_argument("--checkpoint-activations", dest="tune.checkpoint_activations", action=argparse.BooleanOptionalAction,

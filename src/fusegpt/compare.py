@@ -34,6 +34,8 @@ def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list
     work runs (device, offloading, the hidden-state cache) changes no result and is left out."""
     settings = config.to_dict()
     selection, repair = (None, None) if method == DENSE else replace(config, method=method).recipe
+    if settings["fusion"].get("normalize_donors") is False:  # added after cells were cached
+        del settings["fusion"]["normalize_donors"]
     for name, value in NEUTRAL_TUNE.items():
         if settings["tune"][name] == value or (name in FUSION_ONLY_TUNE and repair != "fuse") or name in MEMORY_TUNE:
             del settings["tune"][name]

@@ -56,6 +56,10 @@ class FusionConfig:
     # default: fitted on the calibration windows, it fits that corpus (C4 and zero-shot got worse on
     # SmolLM2) and it steers the selection criterion, which then scores a mapped model
     seam_map: bool = False  # paper: no such step
+    # scale each injected weight to the receiving layer's norm, so that the coefficients move the
+    # weights at the same pace whatever the removed block's scale (free in families that normalise
+    # a sublayer's output; docs/BENCHMARKS.md)
+    normalize_donors: bool = False  # paper: no
 
 
 @dataclass
@@ -146,7 +150,7 @@ class CompressConfig:
     fuse_eval_epochs: int = 1  # tuning epochs of each trial
     dtype: DType = "float32"
     device: str = "auto"
-    device_memory_gib: float | None = None  # the GPU memory to plan the tune for (None: its free memory)
+    device_memory_gib: float | None = None  # the GPU memory the run may use (None: its free memory)
     # which hidden states stay in host memory: "scoring", every block's on the mi_samples windows
     # only (the rest recomputed when a step needs them; memory flat in depth x data), or "all",
     # every block's on every window (no recomputation; O(depth x nsamples) memory). Same results.
@@ -267,7 +271,7 @@ PRESETS: dict[str, dict] = {
     "default": {},
     "paper": {"method": "fusegpt", "nsamples": 128, "seqlen": 2048, "mi_samples": 32, "rescore": 0,
               "fusion": {"group_size": 7, "coefficient": "lowrank", "rank": 128, "lora_rank": 128, "train_norms": True,
-                         "seam_map": False},
+                         "seam_map": False, "normalize_donors": False},
               "tune": {"loss": "kl_batch", "epochs": 20, "batch_size": 8, "coef_lr": 1e-3, "lr": 9.65e-6,
                        "betas": (0.9, 0.95), "teacher": "group", "global_epochs": 0, "global_coef_lr": None,
                        "distill": "hidden", "warmup": 0.0, "heal_epochs": None, "micro_batch": None,

@@ -83,12 +83,13 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     # else it stays on the host and blocks are onloaded as they run. Hidden states stay on the host.
     planned = plan(model_name or "", config, shape_of(model))
     config = with_tuning_memory(config, planned)
-    place(model, device, config.offload, working=sum(planned.device.values()))
+    place(model, device, config.offload, working=sum(planned.device.values()),
+          limit=int(config.device_memory_gib * 2**30) if config.device_memory_gib else None)
     selection_name, repair_name = config.recipe
     needs = catalog.REPAIRS[repair_name]
-    embeddings, block_kwargs = capture_block_inputs(model, adapter, windows, config.tune.batch_size)
+    embeddings, block_kwargs = capture_block_inputs(model, adapter, windows, config.tune.batch_size, device)
     blocks = list(adapter.blocks(model))
-    stack = BlockStack(blocks, block_kwargs, embeddings.cpu(), device, config.tune.batch_size,
+    stack = BlockStack(blocks, block_kwargs, embeddings, device, config.tune.batch_size,
                        cached=config.mi_samples, keep_all=config.hidden_cache == "all",
                        norms=[p for b in blocks for p in adapter.norm_parameters(b)],
                        keep_dense_blocks=needs.dense_blocks(config), keep_dense_final=needs.final_tune(config))

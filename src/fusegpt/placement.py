@@ -45,10 +45,15 @@ def stays_on_device(weights: int, working: int, free: int | None, offload: str) 
     return weights + working <= 0.9 * free
 
 
-def place(model: PreTrainedModel, device: torch.device, offload: str = "auto", working: int = 0) -> bool:
+def place(model: PreTrainedModel, device: torch.device, offload: str = "auto", working: int = 0,
+          limit: int | None = None) -> bool:
     """Move `model` to `device` when it stays there (see `stays_on_device`); returns whether it did.
-    A model left on the host is streamed to the device by the caller."""
-    resident = stays_on_device(model_bytes(model), working, free_memory(device), offload)
+    A model left on the host is streamed to the device by the caller. `limit` caps the device's
+    free memory (`--device-memory`: a run planned for a smaller card behaves as on that card)."""
+    free = free_memory(device)
+    if free is not None and limit:
+        free = min(free, limit)
+    resident = stays_on_device(model_bytes(model), working, free, offload)
     if resident:
         model.to(device)
     return resident

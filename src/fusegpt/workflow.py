@@ -133,7 +133,6 @@ def evaluate(model_name: str, ppl: list[str], tasks: list[str], seqlen: int, dty
              progress: bool = True) -> dict:
     """Perplexity on `ppl` and zero-shot accuracy on `tasks` of a saved model, as `fusegpt eval` reports them."""
     from .evaluation.ppl import evaluate_perplexity
-    from .evaluation.zeroshot import evaluate_zero_shot
     from .io import load_model
     from .placement import context_length, place_for_inference, resolve_device
 
@@ -146,6 +145,8 @@ def evaluate(model_name: str, ppl: list[str], tasks: list[str], seqlen: int, dty
                                              windows=ppl_windows)
         results["ppl_windows"] = ppl_windows  # None: every protocol window
     if tasks:
+        from .evaluation.zeroshot import evaluate_zero_shot  # lm-eval is imported only when asked for
+
         results["zero_shot"] = evaluate_zero_shot(model, tokenizer, tasks, limit, data_dir, batch_size,
                                                   progress=progress, tasks_dir=tasks_dir)
     return results

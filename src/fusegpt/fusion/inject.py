@@ -17,7 +17,7 @@ def inject(adapter: DecoderAdapter, removed: nn.Module, neighbours: list[nn.Modu
             if not isinstance(linear, FusedLinear):
                 linear = FusedLinear(linear, config.coefficient, config.rank, config.lora_rank)
                 adapter.replace_linear(block, role, linear)
-            linear.inject(donors[role])
+            linear.inject(donors[role], normalized=config.normalize_donors)
 
 
 def merge_block(adapter: DecoderAdapter, block: nn.Module) -> None:

@@ -1,9 +1,9 @@
 """A linear layer that has absorbed the same-role weights of removed blocks.
 
-    W_eff = W + F + B A + sum_k C_k ⊙ W_k        b_eff = b + f + sum_k c_k ⊙ b_k
+    W_eff = W + F + B A + sum_k s_k C_k ⊙ W_k        b_eff = b + f + sum_k s_k c_k ⊙ b_k
 
 W and every W_k are frozen; C_k (see coefficients.py), the bias coefficients c_k and the LoRA
-pair (B zero-initialised) are trained. F and f, zero unless a seam map was fitted
+pair (B zero-initialised) are trained; s_k is 1, or |W| / |W_k| with normalised donors. F and f, zero unless a seam map was fitted
 (methods/linear.py), are frozen: a map T makes the layer compute T^T W_eff, written as
 F = T^T W_eff - W with the trained parts restarted at zero, so that what is tuned afterwards
 adds to the mapped layer rather than passing through the map. The base W is never written to,
@@ -65,6 +65,7 @@ class FusedLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.coefficient, self.rank = coefficient, rank
         self.injected = nn.ModuleList()  # InjectedWeight modules, shared with the other neighbours
+        self.donor_scales: list[float] = []  # each donor's factor in this layer (1 unless normalised)
         self.coefficients = nn.ModuleList()
         self.bias_coefficients = nn.ParameterList()
         self.register_buffer("mapped", None, persistent=False)  # F, (out, in); see the module docstring
@@ -78,12 +79,18 @@ class FusedLinear(nn.Module):
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
             self.lora_A.requires_grad_(False), self.lora_B.requires_grad_(False)
 
-    def inject(self, weight: torch.Tensor | InjectedWeight, bias: torch.Tensor | None = None) -> None:
+    def inject(self, weight: torch.Tensor | InjectedWeight, bias: torch.Tensor | None = None,
+               normalized: bool = False) -> None:
         """Absorb a removed block's same-role weight (and bias) through new zero coefficients; an
-        InjectedWeight is held as it is, shared with whoever else holds it."""
+        InjectedWeight is held as it is, shared with whoever else holds it. `normalized` scales
+        the donor to this layer's own norm (|W| / |W_k|, Frobenius): the coefficients then learn
+        at the same pace whatever the donor's scale, which a norm after the layer leaves free
+        (a post-sublayer norm makes a block compute the same with its projection times any factor)."""
         donor = weight if isinstance(weight, InjectedWeight) else InjectedWeight(weight, bias)
         if donor.weight.shape != self.weight.shape:
             raise ValueError(f"injected weight {tuple(donor.weight.shape)} does not match {tuple(self.weight.shape)}")
+        scale = (self.weight.float().norm() / donor.weight.float().norm().clamp_min(1e-12)).item() if normalized else 1.0
+        self.donor_scales.append(scale)
         self.injected.append(donor.to(self.weight.device))
         coefficient = COEFFICIENTS[self.coefficient](self.out_features, self.in_features, self.rank)
         self.coefficients.append(coefficient.requires_grad_(False).to(self.weight.device))
@@ -111,19 +118,19 @@ class FusedLinear(nn.Module):
         weight = self.weight.float() if self.mapped is None else self.weight.float() + self.mapped.float()
         if self.lora_B is not None:
             weight = weight + self.lora_B @ self.lora_A
-        for coefficient, donor in zip(self.coefficients, self.injected):
+        for coefficient, donor, scale in zip(self.coefficients, self.injected, self.donor_scales):
             # fp32 x the donor's own dtype: autograd keeps the donor as it is (bf16 in a bf16
             # run), not an fp32 copy of it, for the coefficient's gradient
-            weight = weight + coefficient() * donor.weight
+            weight = weight + (coefficient() * scale if scale != 1.0 else coefficient()) * donor.weight
         return weight
 
     def effective_bias(self) -> torch.Tensor | None:
         if self.bias is None:
             return None
         bias = self.bias.float() if self.mapped_bias is None else self.bias.float() + self.mapped_bias.float()
-        for c, donor in zip(self.bias_coefficients, self.injected):
+        for c, donor, scale in zip(self.bias_coefficients, self.injected, self.donor_scales):
             if donor.bias is not None:
-                bias = bias + c * donor.bias.float()
+                bias = bias + c * scale * donor.bias.float()
         return bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
