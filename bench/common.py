@@ -217,10 +217,10 @@ def _locked(lock: Path) -> bool:
 
 
 def run_cell(suite: str, name: str, model: str, settings: dict[str, str | None], extra: list[str] = (),
-             zero_shot: bool = False) -> dict | None:
-    """Compress `model` (a protocol name) with `settings` and `extra` flags, evaluate dev and test
-    perplexity (and zero-shot on test), cache the result; a cached cell is returned as it is, and
-    None when another process is computing it."""
+             zero_shot: bool = False, weights: Path | None = None) -> dict | None:
+    """Compress `model` (a protocol name; `weights`: another copy of it) with `settings` and `extra`
+    flags, evaluate dev and test perplexity (and zero-shot on test), cache the result; a cached
+    cell is returned as it is, and None when another process is computing it."""
     result = RESULTS / suite / f"{name}.json"
     if result.exists():
         return json.loads(result.read_text())
@@ -229,20 +229,20 @@ def run_cell(suite: str, name: str, model: str, settings: dict[str, str | None],
     if _locked(lock):
         return None
     try:
-        return _compute_cell(result, suite, name, model, settings, extra, zero_shot and ZERO_SHOT)
+        return _compute_cell(result, suite, name, model, settings, extra, zero_shot and ZERO_SHOT, weights)
     finally:
         lock.unlink(missing_ok=True)
 
 
 def _compute_cell(result: Path, suite: str, name: str, model: str, settings: dict[str, str | None],
-                  extra: list[str], zero_shot: bool) -> dict:
+                  extra: list[str], zero_shot: bool, weights: Path | None) -> dict:
     proto = protocol(model)
     out = OUTPUTS / suite / name
     flags = [*proto.calib, *flags_of(settings), *extra]
     resume = ["--resume"] if (out.parent / f".{out.name}.checkpoint").exists() else []  # an interrupted cell
     device = ["--device", DEVICE] if DEVICE else []
     started = time.perf_counter()
-    fusegpt(["compress", str(proto.model), "--out", str(out), "--overwrite", *flags, *device, *resume, "--quiet"])
+    fusegpt(["compress", str(weights or proto.model), "--out", str(out), "--overwrite", *flags, *device, *resume, "--quiet"])
     compress_seconds = time.perf_counter() - started
     evaluation = out / "evaluation.json"
     evaluated = time.perf_counter()
@@ -258,6 +258,23 @@ def _compute_cell(result: Path, suite: str, name: str, model: str, settings: dic
             "dev": {Path(s).name: scores["ppl"][s] for s in proto.dev},
             "test": {Path(s).name: scores["ppl"][s] for s in proto.test},
             "zero_shot": scores.get("zero_shot"), "heal_losses": (report.get("heal") or {}).get("losses")}
+    result.write_text(json.dumps(cell, indent=2) + "\n")
+    return cell
+
+
+def add_zero_shot(suite: str, name: str, model: str) -> dict:
+    """Zero-shot on test of a cached cell whose model is still in bench/out (a cell run without it)."""
+    result = RESULTS / suite / f"{name}.json"
+    cell = json.loads(result.read_text())
+    if cell.get("zero_shot"):
+        return cell
+    out = OUTPUTS / suite / name
+    evaluation = out / "evaluation-zero-shot.json"
+    device = ["--device", DEVICE] if DEVICE else []
+    started = time.perf_counter()
+    fusegpt(["eval", str(out), *protocol(model).tasks, *device, "--json", str(evaluation), "--quiet"])
+    cell["zero_shot"] = json.loads(evaluation.read_text())["zero_shot"]
+    cell["zero_shot_seconds"] = round(time.perf_counter() - started, 1)
     result.write_text(json.dumps(cell, indent=2) + "\n")
     return cell
 

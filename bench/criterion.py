@@ -4,6 +4,7 @@
                                             # weights, 262,144-token vocabulary), 8 x 256 scoring tokens:
                                             # score seconds and peak RSS of the default criterion, and at
                                             # a 32,768-token vocabulary (memory beyond the head)
+    python bench/criterion.py table         # the blocks and seconds of what is cached (docs/BENCHMARKS.md)
     python bench/criterion.py blocks [NAMES] # the blocks chosen by each variant (default: exact and the
                                             # default's): pydoc seeds 0-4 at 0.25 and 0.5, SmolLM2 at 0.25
 
@@ -25,9 +26,12 @@ EXACT = ["--kl-top-k", "0", "--kl-stride", "1", "--rescore", "0"]
 VARIANTS = {
     "exact": EXACT,
     "top64": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "0"],
-    "top64-lazy4": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4"],
+    "top64-lazy4": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4"],  # measured before 2026-12-04
+    # the same flags with the code of 2026-12-04: candidates in the order of their last scores (Block
+    # Influence at first), each stopped once its partial sum rules it out (importance/candidates.py)
+    "default": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4"],
 }
-CHEAP = "top64-lazy4"  # the default's settings
+CHEAP = "default"  # the default's settings
 RESULT = RESULTS / "criterion.json"
 SELECT = ["--selection", "kl", "--repair", "none", "--seed"]
 
@@ -52,7 +56,8 @@ def _compress(model: str, out: Path, flags: list[str]) -> dict:
     report = json.loads((out / "fusegpt_report.json").read_text())
     rss = next(int(line.split()[1]) for line in run.stderr.splitlines() if line.startswith("MAXRSS"))
     return {"removed": report["removed"], "score_seconds": round(sum(s["seconds"]["score"] for s in report["steps"]), 1),
-            "scored_blocks": sum(len(s["scores"]) for s in report["steps"]), "peak_rss_gib": round(rss / 2**20, 2)}
+            "scored_blocks": sum(len(s["scores"]) for s in report["steps"]),
+            "score_passes": sum(s.get("score_passes", 0) for s in report["steps"]), "peak_rss_gib": round(rss / 2**20, 2)}
 
 
 def _gemma_shaped(vocabulary: int) -> Path:
@@ -103,7 +108,49 @@ def blocks(names: list[str]) -> None:
             print(key, _load()[key], flush=True)
 
 
+def exact_passes(model: str, sparsity: str) -> int:
+    """Forward block passes of exact scoring: every candidate of every step runs the blocks after it
+    on the scoring windows, M x sum over the steps of L_t (L_t - 1) / 2."""
+    proto = protocol(model)
+    depth = {"pydoc": 12, "smollm2": 30}[model]
+    samples = int(proto.calib[proto.calib.index("--mi-samples") + 1])
+    remove = -(-int(round(depth * float(sparsity) * 1e6)) // 10**6)
+    return samples * sum((depth - t) * (depth - t - 1) // 2 for t in range(remove))
+
+
+def table() -> str:
+    """The blocks each variant chose against the exact criterion's, with scoring seconds, forward
+    block passes (exact: by formula) and peak RSS."""
+    results = _load()
+    rows = ["| model, sparsity, seed | exact: removed | score s | block passes | peak RSS GiB | "
+            f"{CHEAP}: removed | score s | block passes | peak RSS GiB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    runs = sorted({key.rsplit(" ", 1)[0] for key in results if key.startswith("blocks ")},
+                  key=lambda run: ("smollm2" in run, run))
+    for run in runs:
+        exact, cheap = results.get(f"{run} exact"), results.get(f"{run} {CHEAP}")
+        cells = []
+        model, sparsity = run.split()[1:3]
+        for entry in (exact, cheap):
+            if entry is None:
+                cells += ["-", "-", "-", "-"]
+                continue
+            same = "" if entry is exact or exact is None or entry["removed"] != exact["removed"] else " (same)"
+            passes = exact_passes(model, sparsity) if entry is exact else entry.get("score_passes")
+            cells += [" ".join(map(str, entry["removed"])) + same, f"{entry['score_seconds']:.0f}",
+                      f"{passes:,}" if passes else "-",
+                      "-" if entry["peak_rss_gib"] is None else f"{entry['peak_rss_gib']:.2f}"]
+        rows.append(f"| {run.removeprefix('blocks ')} | " + " | ".join(cells) + " |")
+    for key in sorted(k for k in results if k.startswith("timing")):
+        entry = results[key]
+        rows.append(f"\n{key}: {entry['score_seconds']:.0f} s scoring, peak RSS {entry['peak_rss_gib']:.2f} GiB")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["table"]:
+        print(table())
+        sys.exit()
     require_assets()
     if sys.argv[1:2] == ["timing"]:
         timing()

@@ -6,7 +6,9 @@ pinned recipe; every cell is cached in bench/results/frontier-<model>/, so a gri
     python bench/frontier.py pydoc                      # every cell of the plan, in order
     python bench/frontier.py smollm2 s25-default,s25-lora-lr3e-3
     python bench/frontier.py pydoc --table              # what is cached, dev and test
+    python bench/frontier.py pydoc --summary            # the grids, the best settings and their frontier (docs)
     python bench/frontier.py --plot                     # docs/frontier.png from the cached cells
+    python bench/frontier.py smollm2 --zero-shot s25-lora-lr1e-3   # zero-shot of a cached cell's model
 
 Cell names: s<sparsity>-default (the default recipe, choosing its own blocks), then on those
 blocks: s..-lora-lr<X> (LoRA healing at lr X), s..-fuse-c<X>-lr<Y> (fusion, coefficients at X in
@@ -17,16 +19,16 @@ from __future__ import annotations
 import json
 import sys
 
-from common import RESULTS, ROOT, cached, pinned, require_assets, run_cell, splits, suite_name
+from common import RESULTS, ROOT, add_zero_shot, cached, pinned, require_assets, run_cell, splits, suite_name
 
 SPARSITIES = {"pydoc": ("0.25", "0.5"), "smollm2": ("0.25",)}
 # LoRA's and fusion's lr. On SmolLM2 (an hour a cell here) without 1e-2, at which both diverge on pydoc
-LRS = {"pydoc": ("1e-3", "3e-3", "5e-3", "1e-2"), "smollm2": ("1e-3", "3e-3")}
+LRS = {"pydoc": ("1e-3", "3e-3", "5e-3", "1e-2"), "smollm2": ("5e-4", "1e-3", "3e-3")}
 FUSE_GRID = {"pydoc": [(c, lr) for c in ("1e-3", "3e-3", "1e-2", "3e-2") for lr in ("1e-3", "3e-3")]
              + [("1e-3", "5e-3"), ("3e-3", "5e-3")],  # at 1e-2 fusion's LoRA diverges as LoRA does
              # (3e-3, 1e-3) is the default's own recipe: its cell is s25-default (on pydoc both are run, a check
              # that given blocks reproduce the default's model)
-             "smollm2": [("3e-3", "3e-3"), ("1e-2", "3e-3"), ("1e-3", "3e-3"), ("1e-2", "1e-3")]}
+             "smollm2": [("3e-3", "3e-3"), ("1e-2", "3e-3"), ("1e-3", "3e-3"), ("1e-2", "1e-3"), ("3e-3", "5e-4")]}
 # other ways of recycling the removed weights, at LoRA's best rate: the seam map (ReplaceMe's
 # least-squares start), and one coefficient per output row instead of a rank-128 matrix
 # and the donors scaled to each receiving layer's norm (the coefficients then move every layer at the
@@ -34,9 +36,14 @@ FUSE_GRID = {"pydoc": [(c, lr) for c in ("1e-3", "3e-3", "1e-2", "3e-2") for lr 
 NORMALIZED = {"--normalize-donors": None}
 RECYCLE = {"pydoc": {"seam": {"--global-coef-lr": "3e-3", "--lr": "3e-3", "--seam-map": None},
                      "vector": {"--global-coef-lr": "1e-2", "--lr": "3e-3", "--coef": "vector"},
-                     "norm": NORMALIZED, "norm-lr3e-3": {**NORMALIZED, "--lr": "3e-3"}},
-           "smollm2": {"norm": NORMALIZED, "norm-lr3e-3": {**NORMALIZED, "--lr": "3e-3"}}}
-BUDGETS = {"pydoc": (2, 4, 8), "smollm2": (2, 4, 8)}
+                     "norm": NORMALIZED, "norm-lr3e-3": {**NORMALIZED, "--lr": "3e-3"},
+                     "norm-c1e-2": {**NORMALIZED, "--global-coef-lr": "1e-2"}},
+           "smollm2": {"norm": NORMALIZED, "norm-c1e-2": {**NORMALIZED, "--global-coef-lr": "1e-2"}}}  # lr 3e-3 hurt
+           # both repairs on SmolLM2
+BUDGETS = {"pydoc": (2, 4, 8), "smollm2": (2, 4)}  # SmolLM2 at 8x: 6 hours a cell here
+# where a model's 1x learning-rate grid may have run instead (SmolLM2's: a minute a cell on an
+# H200, an hour here); the chosen settings, their budgets and seeds then run in this suite
+GRID_ELSEWHERE = {"smollm2": ("frontier-smollm2-cuda",)}
 SEEDS = {"pydoc": (), "smollm2": (1, 2)}
 DEFAULT_EPOCHS = 4  # the default's global epochs: budget 1x
 
@@ -68,10 +75,18 @@ def _given(model: str, sparsity: str) -> str | None:
     return ",".join(map(str, cell["removed"])) if cell else None
 
 
+def _grid_cell(model: str, name: str) -> dict | None:
+    """A 1x grid cell from this suite, else from the suite that ran the model's grid elsewhere."""
+    for folder in dict.fromkeys([suite(model), *GRID_ELSEWHERE.get(model, ())]):
+        cell = cached(folder, name)
+        if cell is not None:
+            return cell
+    return None
+
+
 def best(model: str, sparsity: str, repair: str) -> dict | None:
     """The lowest mean dev perplexity (the geometric mean over the dev sources) among the 1x cells of a repair."""
-    names = grid_names(model, sparsity)[repair]
-    cells = [c for c in (cached(suite(model), n) for n in names) if c is not None]
+    cells = [c for c in (_grid_cell(model, n) for n in grid_names(model, sparsity)[repair]) if c is not None]
     return min(cells, key=lambda c: _mean(c["dev"]), default=None)
 
 
@@ -109,25 +124,27 @@ def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
         blocks = _given(model, sparsity)
         if blocks is None:
             continue
-        for lr in LRS[model]:
-            grids[f"{s}-lora-lr{lr}"] = (pinned(method="kl-lora", blocks=blocks, lr=lr), [], False)
+        grid = {f"{s}-lora-lr{lr}": (pinned(method="kl-lora", blocks=blocks, lr=lr), [], False) for lr in LRS[model]}
         for coef, lr in FUSE_GRID[model]:
-            grids[f"{s}-fuse-c{coef}-lr{lr}"] = (pinned(blocks=blocks, global_coef_lr=coef, lr=lr), [], False)
+            grid[f"{s}-fuse-c{coef}-lr{lr}"] = (pinned(blocks=blocks, global_coef_lr=coef, lr=lr), [], False)
         for name, change in RECYCLE[model].items():
             settings = {k: v for k, v in pinned(blocks=blocks).items() if not (k == "--no-seam-map" and name == "seam")}
-            grids[f"{s}-fuse-{name}"] = ({**settings, **change}, [], False)
+            grid[f"{s}-fuse-{name}"] = ({**settings, **change}, [], False)
+        grids.update({name: cell for name, cell in grid.items() if _grid_cell(model, name) is None})
         for repair, names in grid_names(model, sparsity).items():
-            chosen = best(model, sparsity, repair)
-            if any(cached(suite(model), n) is None for n in names):
+            if any(_grid_cell(model, n) is None for n in names):
                 continue  # the best setting is known once the whole grid is
+            chosen = best(model, sparsity, repair)
             base = dict(chosen["settings"])
             base.pop("--sparsity", None)  # on the default's blocks, without choosing them again
             base["--blocks"] = blocks
+            if chosen["name"] in grid:  # the chosen setting on this machine too (the grid may have run elsewhere)
+                budgets[chosen["name"]] = (grid[chosen["name"]][0], [], zero_shot)
             for suffix, change, extra in push(model):
                 later[f"{chosen['name']}-{suffix}"] = ({**base, **change}, extra, zero_shot)
-            for factor in BUDGETS[model]:
+            for factor in BUDGETS[model]:  # perplexity only: zero-shot (40 minutes a cell here) at 1x and the seeds
                 budgets[f"{chosen['name']}-x{factor}"] = ({**base, "--global-epochs": str(DEFAULT_EPOCHS * factor)}, [],
-                                                        zero_shot)
+                                                        False)
             # other seeds (calibration windows, initialisation, order) of each repair's best setting:
             # fusion chooses its blocks again (the criterion sees other windows), LoRA heals those
             for seed in SEEDS[model]:
@@ -147,8 +164,7 @@ def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
 def table(model: str, folder: str | None = None) -> str:
     rows = ["| cell | removed | passes | dev PPL | test PPL | zero-shot | compress s (tune) |", "|---|---|---|---|---|---|---|"]
     for c in _cells(model, folder):
-        z = c.get("zero_shot")
-        mean = f"{sum(t['value'] for t in z.values()) / len(z):.4f}" if z else "-"
+        mean = _zero_shot(c)
         rows.append(f"| {c['name']} | {' '.join(map(str, c['removed']))} | {c['block_passes']:,} | "
                     + " / ".join(f"{v:.3f}" for v in c["dev"].values()) + " | "
                     + " / ".join(f"{v:.3f}" for v in c["test"].values())
@@ -156,13 +172,65 @@ def table(model: str, folder: str | None = None) -> str:
     return "\n".join(rows)
 
 
+def _zero_shot(cell: dict) -> str:
+    z = cell.get("zero_shot")
+    return f"{z['mean']['value']:.3f}" if z else "-"
+
+
+def _ppl(ppl: dict[str, float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in ppl.values())
+
+
 def curve(model: str, sparsity: str, repair: str) -> list[dict]:
-    """The cells of one repair at its best 1x dev setting, then at each larger budget."""
+    """The cells of one repair at its best 1x dev setting (this suite's run of it), then at each larger budget."""
     chosen = best(model, sparsity, repair)
     if chosen is None:
         return []
-    more = [cached(suite(model), f"{chosen['name']}-x{f}") for f in BUDGETS[model]]
-    return [chosen, *(c for c in more if c is not None)]
+    cells = [cached(suite(model), chosen["name"]) or chosen,
+             *(cached(suite(model), f"{chosen['name']}-x{f}") for f in BUDGETS[model])]
+    return [c for c in cells if c is not None]
+
+
+def summary(model: str) -> str:
+    """For the docs: each repair's learning-rate grid at 1x on dev (the best marked), then the
+    frontier of each repair's best setting (test, zero-shot where measured), then the seeds."""
+    out = []
+    for sparsity in SPARSITIES[model]:
+        out.append(f"**{model}, sparsity {sparsity}: 1x grid** (dev PPL; test PPL beside it, never used to choose)\n")
+        out.append("| repair | setting | dev PPL | test PPL | machine |\n| --- | --- | --- | --- | --- |")
+        for repair, names in grid_names(model, sparsity).items():
+            chosen = best(model, sparsity, repair)
+            for name in names:
+                c = _grid_cell(model, name)
+                if c is None:
+                    continue
+                mark = "**" if chosen and c["name"] == chosen["name"] else ""
+                out.append(f"| {repair} | {mark}{_setting(c)}{mark} | {_ppl(c['dev'])} | {_ppl(c['test'])} | "
+                           f"{c.get('device', 'cpu')} |")
+        out.append(f"\n**{model}, sparsity {sparsity}: quality against tuning compute** (each repair at its best dev "
+                   "setting; test PPL)\n")
+        out.append("| repair | budget | block passes | test PPL | zero-shot | compress s (tuning s) |\n"
+                   "| --- | --- | --- | --- | --- | --- |")
+        for repair in ("fuse", "lora"):
+            for c in curve(model, sparsity, repair):
+                budget = c["name"].rsplit("-x", 1)[1] + "x" if "-x" in c["name"] else "1x"
+                out.append(f"| {'fusion' if repair == 'fuse' else 'LoRA'} ({_setting(c)}) | {budget} | "
+                           f"{c['block_passes']:,} | {_ppl(c['test'])} | {_zero_shot(c)} | "
+                           f"{c['compress_seconds']:.0f} ({c['stages'].get('heal', 0):.0f}) |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _setting(cell: dict) -> str:
+    """The rates (and any recycling variant) a cell ran with."""
+    settings = cell["settings"]
+    if settings["--method"].endswith("lora"):
+        return f"lr {settings['--lr']}"
+    if cell["name"].endswith("-default"):
+        return f"the default (coef {settings['--global-coef-lr']}, lr {settings['--lr']}, its own blocks)"
+    extra = [name for flag, name in (("--normalize-donors", "normalised"), ("--seam-map", "seam map"))
+             if flag in settings] + ([f"coef {settings['--coef']}"] if settings.get("--coef", "lowrank") != "lowrank" else [])
+    return ", ".join([f"coef {settings['--global-coef-lr']}", f"lr {settings['--lr']}", *extra])
 
 
 def plot(path) -> str:
@@ -209,6 +277,13 @@ def main() -> None:
     model = args[0]
     if args[1:] == ["--table"]:
         print(table(model))
+        return
+    if args[1:] == ["--summary"]:
+        print(summary(model))
+        return
+    if len(args) == 3 and args[1] == "--zero-shot":
+        cell = add_zero_shot(suite(model), args[2], model)
+        print(f"{args[2]}: zero-shot {cell['zero_shot']}")
         return
     require_assets()
     wanted = args[1].split(",") if len(args) > 1 else None

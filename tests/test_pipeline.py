@@ -52,6 +52,35 @@ def test_stack_boundaries_match_the_model(tokenizer, text_file):
         assert torch.allclose(stack.boundaries[i], hidden[i], atol=1e-5)
 
 
+@pytest.mark.parametrize("group", [1, 3, 8])
+def test_candidates_scored_together_give_the_outputs_of_each_run_alone(tokenizer, text_file, group):
+    """outputs_without runs several candidates block by block (a streamed block is onloaded once
+    per group): each output is exactly that of running the blocks after the candidate from its
+    cached input, and the grouping changes no number."""
+    stack = _stack(tiny_llama(depth=6), tokenizer, text_file)
+    stack.candidate_group = group
+    candidates = [5, 0, 3, 2]
+    outputs = dict(stack.outputs_without(candidates, samples=4))
+    assert sorted(outputs) == sorted(candidates)
+    for i in candidates:
+        assert torch.equal(outputs[i], stack.run(i + 1, len(stack), stack.boundaries[i][:4]))
+
+
+def test_a_candidate_that_cannot_be_chosen_stops_early_with_a_lower_bound(tokenizer, text_file):
+    """With pruning, the candidates run in the order of Block Influence; an identity block scores
+    0 and runs first, so every other one stops after its first part of the windows: its score is
+    then a lower bound, positive and below its full score, and the choice is the same."""
+    model = tiny_llama(depth=6)
+    _make_identity(model, 4)
+    stack = _stack(model, tokenizer, text_file)
+    exact = macro_influence(stack, samples=8)
+    stack.prune_candidates = True
+    pruned = macro_influence(stack, samples=8)
+    assert abs(pruned[4]) < 1e-6 and min(pruned, key=pruned.get) == min(exact, key=exact.get) == 4
+    assert all(0 < pruned[i] < exact[i] * (1 - 1e-3) for i in exact if i != 4)
+    assert all(pruned[i] == pytest.approx(exact[i] / 8, rel=0.5) for i in exact if i != 4)  # one window of 8
+
+
 def test_macro_influence_is_zero_for_an_identity_block_and_picks_it_first(tokenizer, text_file):
     model = tiny_llama()
     _make_identity(model, 3)

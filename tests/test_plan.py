@@ -64,8 +64,11 @@ def test_the_default_recipe_at_7b_fits_a_24_gib_gpu_and_48_gib_of_host_memory(tm
     code, out, _ = _plan_7b(tmp_path / "b", monkeypatch, capsys, 300 * GIB, "--device", "cuda", "--device-memory", "24")
     assert code == 0 and _gib(out, "device") < 22 and _gib(out, "host") < 48
     assert "activations recomputed in backward, optimizer on the host" in out
+    # streamed, the criterion scores 8 candidates together: 8 x 32 windows x 2048 x 4096 x 2 bytes = 4 GiB
+    assert "candidate states 4.0" in out
     code, out, _ = _plan_7b(tmp_path / "c", monkeypatch, capsys, 300 * GIB, "--device", "cpu")
     assert code == 0 and _gib(out, "host") > 100  # room enough: the fastest way
+    assert "candidate states" not in out  # nothing streams on the CPU: one candidate at a time
     code, out, _ = _plan_7b(tmp_path / "e", monkeypatch, capsys, 64 * GIB, "--device", "cpu")
     assert code == 0 and _gib(out, "host") < 48 and "activations recomputed in backward" in out
     code, out, err = _plan_7b(tmp_path / "d", monkeypatch, capsys, 300 * GIB, "--device", "cuda", "--device-memory", "8")

@@ -159,6 +159,12 @@ class BlockStack:
         self.block_kwargs = [_to(kw, self.device) for kw in block_kwargs]
         self.embeddings = embeddings
         self.keep_all = keep_all
+        # candidates scored together (outputs_without): one unless blocks are streamed to the device;
+        # and whether a candidate that can no longer be chosen stops early with a lower bound for a
+        # score (importance/candidates.py; compress does, to choose; every score is exact without)
+        self.candidate_group = 1
+        self.prune_candidates = False
+        self.forward_passes = 0  # block x window forward passes so far (what choosing costs, by step)
         self.cached = embeddings.shape[0] if keep_all or cached is None else min(cached, embeddings.shape[0])
         # the dense model: its blocks (removed ones too, when a dense teacher needs them), and the
         # norms' initial values, which tuning changes in place (fused layers keep their base)
@@ -194,9 +200,30 @@ class BlockStack:
                 for start in range(0, x.shape[0], self.batch_size):
                     batch = x[start:start + self.batch_size]
                     batch.copy_(block_output(block(batch.to(self.device), **kw)))
+            self.forward_passes += x.shape[0]
             if keep_from is not None:
                 self.boundaries[keep_from + offset + 1] = x[:self.cached].clone()
         return x
+
+    @torch.no_grad()
+    def outputs_without(self, candidates: list[int], samples: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(i, the final hidden states with block i skipped, on the first `samples` windows) for
+        every candidate i (current index): each starts from block i's cached input and runs the
+        blocks after it. A streamed model runs `candidate_group` candidates together, block by
+        block, so that each block is onloaded once per group instead of once per candidate (the
+        step's transfers grow with the depth, not its square); the numbers are the same."""
+        group = max(1, self.candidate_group)
+        for first in range(0, len(candidates), group):
+            chosen = candidates[first:first + group]
+            states = {i: self.boundaries[i][:samples].clone() for i in chosen}
+            for j in range(min(chosen) + 1, len(self.blocks)):
+                block, kw = self.blocks[j], self.block_kwargs[j]
+                with onloaded([block], self.device):
+                    for i in (i for i in chosen if i < j):
+                        for batch in self.batches(states[i]):
+                            batch.copy_(block_output(block(batch.to(self.device), **kw)))
+                        self.forward_passes += samples
+            yield from states.items()
 
     def run(self, start: int, end: int, x: torch.Tensor, keep: bool = False) -> torch.Tensor:
         """Blocks start..end-1 on all windows in x, block by block; with keep, cache the boundaries."""

@@ -12,7 +12,7 @@ is heavy and the results are exchanged with collectives:
 from __future__ import annotations
 
 import os
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -51,19 +51,13 @@ def share(items: list[T]) -> list[T]:
     return items[rank()::world_size()]
 
 
-def map_shared(function: Callable[[int], float], count: int, desc: str = "", progress: bool = False) -> list[float]:
-    """[function(i) for i in range(count)], each rank computing its share (with a bar), gathered
-    on every rank."""
-    from tqdm.auto import tqdm
-
-    mine = {i: function(i) for i in tqdm(share(list(range(count))), desc=desc, unit="block", leave=False,
-                                         disable=not progress)}
+def gather(mine: dict[int, float]) -> dict[int, float]:
+    """Every rank's {item: value} merged, on every rank."""
     if world_size() == 1:
-        return [mine[i] for i in range(count)]
+        return dict(mine)
     gathered: list[dict[int, float]] = [{} for _ in range(world_size())]
     dist.all_gather_object(gathered, mine)
-    merged = {i: v for part in gathered for i, v in part.items()}
-    return [merged[i] for i in range(count)]
+    return {i: v for part in gathered for i, v in part.items()}
 
 
 def sum_across(values: list[torch.Tensor]) -> None:

@@ -24,7 +24,7 @@ from .methods.fuse import fusion_aware
 from .errors import FuseGPTError
 from .models import adapter_for
 from .tuning.losses import BATCH_LOSSES
-from .placement import context_length, place, resolve_device
+from .placement import STREAMED_CANDIDATES, context_length, place, resolve_device
 from .plan import plan, shape_of
 
 
@@ -83,8 +83,8 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     # else it stays on the host and blocks are onloaded as they run. Hidden states stay on the host.
     planned = plan(model_name or "", config, shape_of(model))
     config = with_tuning_memory(config, planned)
-    place(model, device, config.offload, working=sum(planned.device.values()),
-          limit=int(config.device_memory_gib * 2**30) if config.device_memory_gib else None)
+    resident = place(model, device, config.offload, working=sum(planned.device.values()),
+                     limit=int(config.device_memory_gib * 2**30) if config.device_memory_gib else None)
     selection_name, repair_name = config.recipe
     needs = catalog.REPAIRS[repair_name]
     embeddings, block_kwargs = capture_block_inputs(model, adapter, windows, config.tune.batch_size, device)
@@ -93,6 +93,8 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
                        cached=config.mi_samples, keep_all=config.hidden_cache == "all",
                        norms=[p for b in blocks for p in adapter.norm_parameters(b)],
                        keep_dense_blocks=needs.dense_blocks(config), keep_dense_final=needs.final_tune(config))
+    stack.candidate_group = 1 if resident or device.type == "cpu" else STREAMED_CANDIDATES
+    stack.prune_candidates = not config.fuse_eval_candidates  # fusion-aware choice ranks the runners-up too
     report = Report(model=model_name or getattr(model.config, "_name_or_path", ""), method=config.label,
                     config=config.to_dict(),
                     original_depth=depth, seqlen=seqlen, seconds={"calibrate": time.perf_counter() - started},
@@ -110,7 +112,7 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
         # score (a one-shot criterion once, on the dense model; an iterative one every step, lazily
         # after the first when `rescore` is set), choose
         ctx = replace(ctx, step=step)
-        scored = time.perf_counter()
+        scored, passes = time.perf_counter(), stack.forward_passes
         if step == 0 or not catalog.CRITERIA[selection_name].one_shot:
             scores = score_step(ctx, selection, latest, config.rescore if step else 0)
             latest = {**latest, **scores}
@@ -118,13 +120,15 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
                 for r in range(ranks):
                     report.shares["scored blocks"][r] += len(range(r, len(scores), ranks))
         chosen = choose(ctx, scores)
-        removed, score_seconds = stack.origin[chosen], time.perf_counter() - scored
+        removed, score_seconds, score_passes = stack.origin[chosen], time.perf_counter() - scored, \
+            stack.forward_passes - passes
         # group, fuse, tune (or delete, or fit a map)
         outcome = repair.remove(ctx, chosen)
         report.steps.append(StepRecord(step=step, removed=removed, criterion=selection.criterion, scores=scores,
                                        group=outcome.group, losses=outcome.losses,
                                        seconds={"score": score_seconds, **outcome.seconds},
-                                       optimizer_steps=outcome.optimizer_steps, block_passes=outcome.block_passes))
+                                       optimizer_steps=outcome.optimizer_steps, block_passes=outcome.block_passes,
+                                       score_passes=score_passes))
         _count_passes(report, outcome)
         if checkpoint is not None and distributed.is_main():
             checkpoint.save(stack, report, latest)

@@ -9,6 +9,11 @@ import torch
 from transformers import PreTrainedModel
 
 
+# candidates a criterion scores together when blocks are streamed (BlockStack.outputs_without):
+# each block is onloaded once per 8 candidates, for 8 candidates' hidden states in host memory
+STREAMED_CANDIDATES = 8
+
+
 def resolve_device(device: str) -> torch.device:
     """`auto`: the GPU when there is one, else the CPU; anything else as torch names it."""
     if device == "auto":

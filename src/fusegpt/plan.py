@@ -28,6 +28,7 @@ from pathlib import Path
 from . import catalog
 from .config import CompressConfig
 from .errors import FuseGPTError
+from .placement import STREAMED_CANDIDATES
 
 RUNTIME = int(0.45 * 2**30)  # Python, torch, transformers and a tokenizer, resident before any model
 GIB = 2**30
@@ -258,6 +259,16 @@ def choose_tuning_memory(shape: Shape, config: CompressConfig, tuned: int, k: in
     return fitting[0] if fitting else min(plans, key=lambda m: sum(m.device.values()) if on_gpu else m.total)
 
 
+def streams(config: CompressConfig, shape: Shape, working: int) -> bool:
+    """Whether the run leaves the model on the host and streams its blocks to a GPU (placement.py)."""
+    from .placement import resolve_device, stays_on_device
+
+    if resolve_device(config.device).type == "cpu":
+        return False
+    weights = shape.parameters * (2 if config.dtype == "bfloat16" else 4)
+    return not stays_on_device(weights, working, device_memory(config), config.offload)
+
+
 def plan(name: str, config: CompressConfig, shape: Shape | None = None) -> Plan:
     """The plan of `compress` for the model `name` with `config`, without loading its weights."""
     from .placement import resolve_device
@@ -297,6 +308,10 @@ def plan(name: str, config: CompressConfig, shape: Shape | None = None) -> Plan:
             host = max(0, host - scoring_cache)
         if host:
             result.host["tuning"] = host
+
+    # a streamed model scores candidates in groups, holding each one's hidden states on the host
+    if catalog.CRITERIA[selection].runs_blocks and streams(config, shape, sum(result.device.values())):
+        result.host["candidate states"] = min(STREAMED_CANDIDATES, shape.depth) * m * window
 
     # compute: tuning passes (block x window, forward + backward), as the run counts them, and forward-only passes
     result.tuning_passes = needs.passes(config, shape.depth, k, n)

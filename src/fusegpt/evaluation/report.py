@@ -19,6 +19,7 @@ class StepRecord:
     seconds: dict[str, float]
     optimizer_steps: int = 0
     block_passes: int = 0  # tuning compute: forward + backward of one block on one window
+    score_passes: int = 0  # choosing compute: forward passes of one block on one window while scoring
 
 
 @dataclass
@@ -110,7 +111,8 @@ class Report:
         if self.heal:
             lines.append(f"healed {len(self.heal.blocks)} blocks: loss {_losses(self.heal.losses)}")
         lines.append(f"kept blocks: {self.kept}; optimiser steps: {self.optimizer_steps}; "
-                     f"tuning block passes: {self.block_passes} ({self.tune_seconds:.0f} s)")
+                     f"tuning block passes: {self.block_passes} ({self.tune_seconds:.0f} s); "
+                     f"choosing: {sum(s.score_passes for s in self.steps)} forward block passes")
         lines.append("time: " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in self.stage_seconds.items())
                      + f" (compress {self.seconds.get('total', 0):.0f} s)")
         if self.gguf:

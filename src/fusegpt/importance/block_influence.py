@@ -6,7 +6,7 @@ Local, unlike Macro Influence: both sides are cached boundaries, so no block is 
 from __future__ import annotations
 
 from ..calibrate import BlockStack
-from .macro_influence import mean_cosine
+from .similarity import mean_cosine
 
 
 def block_influence(stack: BlockStack, samples: int) -> list[float]:

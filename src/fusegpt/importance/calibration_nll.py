@@ -11,29 +11,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..calibrate import BlockStack, onloaded
-from .candidates import score_each
+from .candidates import Measure, score_each
 
 
 @torch.no_grad()
 def _next_token_nll(head: nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor, stack: BlockStack) -> float:
-    """Mean NLL of every predicted token, from the last block's output, batch by batch (the
+    """Summed NLL of every predicted token, from the last block's output, batch by batch (the
     logits of all windows at once would not fit beside a large vocabulary)."""
     total = 0.0
     for h, ids in zip(stack.batches(hidden), stack.batches(input_ids)):
         logits = head(h.to(stack.device))[:, :-1].float()
         total += F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten().to(stack.device), reduction="sum").item()
-    return total / input_ids[:, 1:].numel()
+    return total
 
 
 def calibration_nll(stack: BlockStack, head: nn.Module, input_ids: torch.Tensor, samples: int,
-                    candidates: list[int] | None = None, progress: bool = False) -> dict[int, float]:
+                    candidates: list[int] | None = None, progress: bool = False,
+                    prior: dict[int, float] | None = None) -> dict[int, float]:
     """NLL without each candidate (current index; default every block) by original index, on the
     first `samples` calibration windows. `head` maps the last block's output to logits
     (DecoderAdapter.head)."""
     ids = input_ids[:samples]
-
-    def score(i: int) -> float:
-        return _next_token_nll(head, stack.run(i + 1, len(stack), stack.boundaries[i][:samples]), ids, stack)
-
+    measure = Measure(lambda final, windows: _next_token_nll(head, final, ids[windows], stack), ids.shape[1] - 1)
     with onloaded([head], stack.device):
-        return score_each(stack, score, candidates, "calibration nll", progress)
+        return score_each(stack, measure, candidates, samples, "calibration nll", progress, prior)

@@ -1,16 +1,65 @@
-"""Scoring a set of candidate blocks, the loop the iterative criteria share."""
+"""Scoring a set of candidate blocks, the loop the iterative criteria share.
+
+A criterion is a mean over the positions of the scoring windows of something never negative
+(1 - cosine, a KL, a negative log-likelihood) of the final hidden states without the candidate. So
+a candidate whose sum over the windows run so far, divided by all the positions, already exceeds the
+lowest full score cannot be chosen: its run stops there, and its score is that lower bound (still a
+valid bound for lazy rescoring, since scores only grow from step to step). Candidates run in the
+order of their last scores, or of Block Influence (free from the cached boundaries) before any,
+so the likely winners come first. Exact: the same block is chosen as with every run completed."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
+import torch
+from tqdm.auto import tqdm
+
 from ..calibrate import BlockStack
-from ..distributed import map_shared
+from ..distributed import gather, share
+from .block_influence import block_influence
+
+CHUNKS = 8  # a candidate's scoring windows are run in up to this many parts, each a chance to stop
 
 
-def score_each(stack: BlockStack, score: Callable[[int], float], candidates: list[int] | None, desc: str,
-               progress: bool) -> dict[int, float]:
-    """{original index: score(current index)} of every candidate (None: every current block); under
-    torchrun each rank scores its share and every rank gets all the scores."""
+@dataclass
+class Measure:
+    """A criterion as a sum over positions: `total(final, windows)` of the final hidden states of
+    the windows `windows` (a slice of the scoring windows), `positions` in each window."""
+
+    total: Callable[[torch.Tensor, slice], float]
+    positions: int
+
+
+def score_each(stack: BlockStack, measure: Measure, candidates: list[int] | None, samples: int, desc: str,
+               progress: bool, prior: dict[int, float] | None = None) -> dict[int, float]:
+    """{original index: mean of `measure` without the candidate, on the first `samples` windows} of
+    every candidate (current index; None: every current block), or a lower bound above the lowest
+    score for a candidate that cannot be chosen. A streamed model runs its candidates together
+    instead (BlockStack.outputs_without), to the end. Under torchrun each rank scores its share and
+    every rank gets all the scores."""
     candidates = list(range(len(stack))) if candidates is None else list(candidates)
-    scores = map_shared(lambda j: score(candidates[j]), len(candidates), desc, progress)
-    return {stack.origin[i]: s for i, s in zip(candidates, scores)}
+    if prior is None or any(stack.origin[i] not in prior for i in candidates):
+        prior = dict(zip(stack.origin, block_influence(stack, samples)))
+    mine = sorted(share(candidates), key=lambda i: prior[stack.origin[i]])
+    count = measure.positions * samples
+    scores: dict[int, float] = {}
+    with tqdm(total=len(mine), desc=desc, unit="block", leave=False, disable=not progress) as bar:
+        if stack.candidate_group > 1:
+            for i, final in stack.outputs_without(mine, samples):
+                scores[stack.origin[i]] = measure.total(final, slice(0, samples)) / count
+                bar.update()
+            return gather(scores)
+        best = float("inf")
+        size = max(1, -(-samples // CHUNKS))
+        for i in mine:
+            total = 0.0
+            for start in range(0, samples, size):
+                windows = slice(start, min(start + size, samples))
+                total += measure.total(stack.run(i + 1, len(stack), stack.boundaries[i][windows]), windows)
+                if stack.prune_candidates and total / count > best:
+                    break  # cannot be the lowest any more
+            scores[stack.origin[i]] = total / count
+            best = min(best, total / count)
+            bar.update()
+    return gather(scores)

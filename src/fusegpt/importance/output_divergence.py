@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..calibrate import BlockStack, onloaded
-from .candidates import score_each
+from .candidates import Measure, score_each
 
 MAX_ELEMENTS = 2**24  # logits held at once: 64 MiB in fp32, whatever the vocabulary
 
@@ -75,10 +75,12 @@ def dense_targets(head: nn.Module, dense: torch.Tensor, top_k: int, stride: int,
 
 @torch.no_grad()
 def divergence_from(head: nn.Module, hidden: torch.Tensor, targets: DenseTargets, device: torch.device,
-                    max_elements: int = MAX_ELEMENTS) -> float:
-    """Mean over the scored positions of KL(dense || head(hidden)) between the (k + 1)-bin distributions."""
-    total, count = 0.0, 0
-    for window, ids, log_p, log_rest in zip(hidden, targets.ids, targets.log_p, targets.log_rest):
+                    windows: slice = slice(None), max_elements: int = MAX_ELEMENTS) -> float:
+    """Sum over the scored positions of KL(dense || head(hidden)) between the (k + 1)-bin
+    distributions; `hidden` holds the final hidden states of the scoring windows `windows`."""
+    total = 0.0
+    for window, ids, log_p, log_rest in zip(hidden, targets.ids[windows], targets.log_p[windows],
+                                            targets.log_rest[windows]):
         scored = window[targets.positions].to(device)
         for part, log_q in _chunks(scored, head, max_elements):
             p_ids, p_log, p_rest = ids[part].to(device), log_p[part].to(device), log_rest[part].to(device)
@@ -86,8 +88,7 @@ def divergence_from(head: nn.Module, hidden: torch.Tensor, targets: DenseTargets
             top = (p_log.exp() * (p_log - q_log)).sum(-1)
             rest = p_rest.exp() * (p_rest - _log_rest(q_log))
             total += (top + rest).sum().item()
-            count += q_log.shape[0]
-    return total / count
+    return total
 
 
 def automatic_stride(stack: BlockStack, head: nn.Module) -> int:
@@ -100,15 +101,13 @@ def automatic_stride(stack: BlockStack, head: nn.Module) -> int:
 
 
 def output_divergence(stack: BlockStack, head: nn.Module, samples: int, top_k: int, stride: int,
-                      candidates: list[int] | None = None, progress: bool = False) -> dict[int, float]:
+                      candidates: list[int] | None = None, progress: bool = False,
+                      prior: dict[int, float] | None = None) -> dict[int, float]:
     """KL from the dense model's predictions without each candidate (current index; default every
     block) by original index, on the first `samples` calibration windows (stride 0: automatic)."""
     stride = stride or automatic_stride(stack, head)
     with onloaded([head], stack.device):
         targets = dense_targets(head, stack.dense_scoring_final[:samples], top_k, stride, stack.device)
-
-        def score(i: int) -> float:
-            hidden = stack.run(i + 1, len(stack), stack.boundaries[i][:samples])
-            return divergence_from(head, hidden, targets, stack.device)
-
-        return score_each(stack, score, candidates, "output divergence", progress)
+        measure = Measure(lambda final, windows: divergence_from(head, final, targets, stack.device, windows),
+                          len(targets.positions))
+        return score_each(stack, measure, candidates, samples, "output divergence", progress, prior)

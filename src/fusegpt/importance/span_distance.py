@@ -7,7 +7,7 @@ Both sides are cached boundaries, so no block is run."""
 from __future__ import annotations
 
 from ..calibrate import BlockStack
-from .macro_influence import mean_cosine
+from .similarity import mean_cosine
 
 
 def span_distance(stack: BlockStack, span: int, samples: int) -> dict[int, float]:

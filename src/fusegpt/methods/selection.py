@@ -50,16 +50,17 @@ class Selection:
 SELECTIONS: dict[str, Selection] = {
     # FuseGPT: the block without which the final hidden states change least (iterative)
     "mi": Selection("macro_influence", lambda ctx: macro_influence(ctx.stack, ctx.config.mi_samples, ctx.candidates,
-                                                                   ctx.progress)),
+                                                                   ctx.progress, ctx.prior)),
     # ShortGPT: the block that changes its own input least, scored once
     "bi": Selection("block_influence", lambda ctx: block_influence(ctx.stack, ctx.config.mi_samples)),
     # SLEB: the block without which the calibration loss is lowest (iterative)
     "nll": Selection("calibration_nll", lambda ctx: calibration_nll(
-        ctx.stack, ctx.adapter.head(ctx.model), ctx.input_ids, ctx.config.mi_samples, ctx.candidates, ctx.progress)),
+        ctx.stack, ctx.adapter.head(ctx.model), ctx.input_ids, ctx.config.mi_samples, ctx.candidates, ctx.progress,
+        ctx.prior)),
     # SLEB's criterion against the dense model's predictions instead of the text's next tokens (iterative)
     "kl": Selection("output_divergence", lambda ctx: output_divergence(
         ctx.stack, ctx.adapter.head(ctx.model), ctx.config.mi_samples, ctx.config.kl_top_k, ctx.config.kl_stride,
-        ctx.candidates, ctx.progress)),
+        ctx.candidates, ctx.progress, ctx.prior)),
     # "Reassessing Layer Pruning": the blocks just before the final one
     "last": Selection("position", lambda ctx: [float(i) for i in ctx.stack.origin], first_of_the_tail),
     # ReplaceMe / "Unreasonable Ineffectiveness of the Deeper Layers": the contiguous span of K
@@ -80,7 +81,7 @@ def score_step(ctx: StepContext, selection: Selection, latest: Scores, chunk: in
     stack = ctx.stack
 
     def scored_for(candidates: list[int] | None) -> Scores:
-        computed = selection.score(replace(ctx, candidates=candidates))
+        computed = selection.score(replace(ctx, candidates=candidates, prior=latest or None))
         return computed if isinstance(computed, dict) else dict(zip(stack.origin, computed))
 
     if not chunk or any(o not in latest for o in stack.origin):

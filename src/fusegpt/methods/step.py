@@ -22,6 +22,7 @@ class StepContext:
     step: int = 0
     progress: bool = True
     candidates: list[int] | None = None  # current indices an iterative criterion scores this step (None: all)
+    prior: dict[int, float] | None = None  # each block's latest score (original index): the order candidates run in
 
 
 @dataclass
