@@ -38,8 +38,8 @@ RECYCLE = {"pydoc": {"seam": {"--global-coef-lr": "3e-3", "--lr": "3e-3", "--sea
                      "vector": {"--global-coef-lr": "1e-2", "--lr": "3e-3", "--coef": "vector"},
                      "norm": NORMALIZED, "norm-lr3e-3": {**NORMALIZED, "--lr": "3e-3"},
                      "norm-c1e-2": {**NORMALIZED, "--global-coef-lr": "1e-2"}},
-           "smollm2": {"norm": NORMALIZED, "norm-c1e-2": {**NORMALIZED, "--global-coef-lr": "1e-2"}}}  # lr 3e-3 hurt
-           # both repairs on SmolLM2
+           # normalised donors on SmolLM2: bench/robust.py's rescaled-fuse-norm (the same model by invariance)
+           "smollm2": {}}
 BUDGETS = {"pydoc": (2, 4, 8), "smollm2": (2, 4)}  # SmolLM2 at 8x: 6 hours a cell here
 # where a model's 1x learning-rate grid may have run instead (SmolLM2's: a minute a cell on an
 # H200, an hour here); the chosen settings, their budgets and seeds then run in this suite
@@ -141,8 +141,9 @@ def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
             if chosen["name"] in grid:  # the chosen setting on this machine too (the grid may have run elsewhere)
                 budgets[chosen["name"]] = (grid[chosen["name"]][0], [], zero_shot)
             for suffix, change, extra in push(model):
-                later[f"{chosen['name']}-{suffix}"] = ({**base, **change}, extra, zero_shot)
-            for factor in BUDGETS[model]:  # perplexity only: zero-shot (40 minutes a cell here) at 1x and the seeds
+                later[f"{chosen['name']}-{suffix}"] = ({**base, **change}, extra, False)
+            # perplexity only beyond 1x and the seeds: zero-shot takes 40 minutes a SmolLM2 cell here
+            for factor in BUDGETS[model]:
                 budgets[f"{chosen['name']}-x{factor}"] = ({**base, "--global-epochs": str(DEFAULT_EPOCHS * factor)}, [],
                                                         False)
             # other seeds (calibration windows, initialisation, order) of each repair's best setting:
@@ -157,8 +158,19 @@ def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
                         seeds[f"{s}-lora-best-seed{seed}"] = (
                             {**base, "--blocks": ",".join(map(str, fused["removed"])), "--seed": str(seed)}, [],
                             zero_shot)
-    # the budgets before the other seeds and the push variants: the frontier is the question users ask first
-    return {**defaults, **grids, **budgets, **seeds, **later}
+    # the frontier first (the question users ask first); on SmolLM2, where a cell takes an hour here,
+    # 2x, then what might push fusion's frontier down, then the seeds, then the rest
+    budgets = dict(sorted(budgets.items(), key=lambda item: _factor(item[0])))  # every 2x before any 4x
+    if model != "smollm2":
+        return {**defaults, **grids, **budgets, **seeds, **later}
+    first = {k: v for k, v in budgets.items() if not k.endswith(("-x4", "-x8"))}
+    fusion_push = {k: v for k, v in later.items() if "-lora-" not in k}
+    return {**defaults, **grids, **first, **fusion_push, **seeds, **budgets, **later}
+
+
+def _factor(name: str) -> int:
+    """The budget of a cell, in multiples of the default's tuning passes."""
+    return int(name.rsplit("-x", 1)[1]) if "-x" in name else 1
 
 
 def table(model: str, folder: str | None = None) -> str:
@@ -213,7 +225,7 @@ def summary(model: str) -> str:
                    "| --- | --- | --- | --- | --- | --- |")
         for repair in ("fuse", "lora"):
             for c in curve(model, sparsity, repair):
-                budget = c["name"].rsplit("-x", 1)[1] + "x" if "-x" in c["name"] else "1x"
+                budget = f"{_factor(c['name'])}x"
                 out.append(f"| {'fusion' if repair == 'fuse' else 'LoRA'} ({_setting(c)}) | {budget} | "
                            f"{c['block_passes']:,} | {_ppl(c['test'])} | {_zero_shot(c)} | "
                            f"{c['compress_seconds']:.0f} ({c['stages'].get('heal', 0):.0f}) |")
