@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,6 +189,24 @@ def _stage_seconds(report: dict) -> dict[str, float]:
         stages["heal"] = sum(report["heal"]["seconds"].values())
     stages["total"] = report["seconds"].get("total", 0.0)
     return {k: round(v, 1) for k, v in stages.items()}
+
+
+@contextmanager
+def alone():
+    """The other benchmarks of this machine paused (SIGSTOP) for a timing, resumed after; yields
+    how many were paused."""
+    ours = {os.getpid(), os.getppid()}
+    found = subprocess.run(["pgrep", "-f", "fusegpt|frontier.py|robust.py|criterion.py|memory.py|real.py"],
+                           capture_output=True, text=True).stdout.split()
+    paused = [int(p) for p in found if int(p) not in ours]
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(2)
+        yield len(paused)
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
 
 
 def fusegpt(args: list[str]) -> None:

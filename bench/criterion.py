@@ -4,6 +4,7 @@
                                             # weights, 262,144-token vocabulary), 8 x 256 scoring tokens:
                                             # score seconds and peak RSS of the default criterion, and at
                                             # a 32,768-token vocabulary (memory beyond the head)
+    python bench/criterion.py speed         # exact and default scoring on pydoc (seed 0), each timed alone
     python bench/criterion.py table         # the blocks and seconds of what is cached (docs/BENCHMARKS.md)
     python bench/criterion.py blocks [NAMES] # the blocks chosen by each variant (default: exact and the
                                             # default's): pydoc seeds 0-4 at 0.25 and 0.5, SmolLM2 at 0.25
@@ -19,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import MODELS, OUTPUTS, RESULTS, protocol, require_assets
+from common import MODELS, OUTPUTS, RESULTS, alone, protocol, require_assets
 
 EXACT = ["--kl-top-k", "0", "--kl-stride", "1", "--rescore", "0"]
 # the cheap variants measured, by name: top-k dense side, position stride (0: automatic), rescoring
@@ -87,9 +88,11 @@ def timing() -> None:
             key = f"timing v{vocabulary} {name}"
             if key in results:
                 continue
-            _record(key, _compress(str(model), OUTPUTS / "criterion" / "timing",
-                                   [*calib, "--nsamples", "8", "--mi-samples", "8", "--seqlen", "256",
-                                    "--num-remove", "1", *SELECT, "0", *flags]))
+            with alone() as paused:  # a timing: the machine's other benchmarks wait
+                entry = _compress(str(model), OUTPUTS / "criterion" / "timing",
+                                  [*calib, "--nsamples", "8", "--mi-samples", "8", "--seqlen", "256",
+                                   "--num-remove", "1", *SELECT, "0", *flags])
+            _record(key, {**entry, "paused": paused})
             print(key, _load()[key], flush=True)
 
 
@@ -118,6 +121,21 @@ def exact_passes(model: str, sparsity: str) -> int:
     return samples * sum((depth - t) * (depth - t - 1) // 2 for t in range(remove))
 
 
+def speed() -> None:
+    """Exact and default scoring timed alone (the other benchmarks paused) on pydoc, seed 0."""
+    proto = protocol("pydoc")
+    for sparsity in ("0.25", "0.5"):
+        for name in ("exact", CHEAP):
+            key = f"speed pydoc {sparsity} seed0 {name}"
+            if key in _load():
+                continue
+            with alone() as paused:
+                entry = _compress(str(proto.model), OUTPUTS / "criterion" / "speed",
+                                  [*proto.calib, "--sparsity", sparsity, *SELECT, "0", *VARIANTS[name]])
+            _record(key, {**entry, "paused": paused})
+            print(key, _load()[key], flush=True)
+
+
 def table() -> str:
     """The blocks each variant chose against the exact criterion's, with scoring seconds, forward
     block passes (exact: by formula) and peak RSS."""
@@ -141,6 +159,13 @@ def table() -> str:
                       f"{passes:,}" if passes else "-",
                       "-" if entry["peak_rss_gib"] is None else f"{entry['peak_rss_gib']:.2f}"]
         rows.append(f"| {run.removeprefix('blocks ')} | " + " | ".join(cells) + " |")
+    for sparsity in ("0.25", "0.5"):
+        exact, cheap = (results.get(f"speed pydoc {sparsity} seed0 {n}") for n in ("exact", CHEAP))
+        if exact and cheap:
+            rows.append(f"\nAlone, pydoc {sparsity} seed 0: exact {exact['score_seconds']:.1f} s, {exact['score_passes']:,} "
+                        f"block passes; default {cheap['score_seconds']:.1f} s, {cheap['score_passes']:,} block passes "
+                        f"({exact['score_seconds'] / cheap['score_seconds']:.1f}x faster, the same blocks: "
+                        f"{exact['removed'] == cheap['removed']})")
     for key in sorted(k for k in results if k.startswith("timing")):
         entry = results[key]
         rows.append(f"\n{key}: {entry['score_seconds']:.0f} s scoring, peak RSS {entry['peak_rss_gib']:.2f} GiB")
@@ -154,5 +179,7 @@ if __name__ == "__main__":
     require_assets()
     if sys.argv[1:2] == ["timing"]:
         timing()
+    elif sys.argv[1:2] == ["speed"]:
+        speed()
     else:
         blocks(sys.argv[2].split(",") if len(sys.argv) > 2 else ["exact", CHEAP])

@@ -53,11 +53,11 @@ def push(model: str) -> list[tuple[str, dict, list[str]]]:
     logits: distil the dense next-token distributions instead of the final hidden states; warm: 10%
     warm-up before the cosine; n256e2: twice the windows for half the epochs; mix (SmolLM2): half
     the calibration windows from C4 (documents kept out of dev and test)."""
-    variants = [("logits", {"--distill": "logits"}, []), ("warm", {"--warmup": "0.1"}, []),
-                ("n256e2", {"--global-epochs": "2"}, ["--nsamples", "256"])]
-    if model == "smollm2":
+    variants = [("logits", {"--distill": "logits"}, []), ("n256e2", {"--global-epochs": "2"}, ["--nsamples", "256"]),
+                ("warm", {"--warmup": "0.1"}, [])]
+    if model == "smollm2":  # first: C4 is where SmolLM2 lags most
         data = splits()
-        variants.append(("mix", {}, ["--calib", f"{data['wiki-calib']},{data['c4-calib']}"]))
+        variants.insert(0, ("mix", {}, ["--calib", f"{data['wiki-calib']},{data['c4-calib']}"]))
     return variants
 
 
@@ -159,13 +159,14 @@ def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
                             {**base, "--blocks": ",".join(map(str, fused["removed"])), "--seed": str(seed)}, [],
                             zero_shot)
     # the frontier first (the question users ask first); on SmolLM2, where a cell takes an hour here,
-    # 2x, then what might push fusion's frontier down, then the seeds, then the rest
+    # what might push fusion down to the targets (a C4 mix, logits), 2x, the seeds, then the rest
     budgets = dict(sorted(budgets.items(), key=lambda item: _factor(item[0])))  # every 2x before any 4x
     if model != "smollm2":
         return {**defaults, **grids, **budgets, **seeds, **later}
-    first = {k: v for k, v in budgets.items() if not k.endswith(("-x4", "-x8"))}
+    first = {k: v for k, v in budgets.items() if _factor(k) <= 2}
     fusion_push = {k: v for k, v in later.items() if "-lora-" not in k}
-    return {**defaults, **grids, **first, **fusion_push, **seeds, **budgets, **later}
+    return {**defaults, **grids, **dict(list(fusion_push.items())[:2]), **first, **fusion_push, **seeds, **budgets,
+            **later}
 
 
 def _factor(name: str) -> int:
@@ -233,12 +234,12 @@ def summary(model: str) -> str:
     return "\n".join(out)
 
 
-def _setting(cell: dict) -> str:
-    """The rates (and any recycling variant) a cell ran with."""
+def _setting(cell: dict, short: bool = False) -> str:
+    """The rates (and any recycling variant) a cell ran with; `short`: without naming the default."""
     settings = cell["settings"]
     if settings["--method"].endswith("lora"):
         return f"lr {settings['--lr']}"
-    if cell["name"].endswith("-default"):
+    if cell["name"].endswith("-default") and not short:
         return f"the default (coef {settings['--global-coef-lr']}, lr {settings['--lr']}, its own blocks)"
     extra = [name for flag, name in (("--normalize-donors", "normalised"), ("--seam-map", "seam map"))
              if flag in settings] + ([f"coef {settings['--coef']}"] if settings.get("--coef", "lowrank") != "lowrank" else [])
@@ -262,7 +263,7 @@ def plot(path) -> str:
                 continue
             name = list(cells[0]["test"])[source]
             ax.plot([c["block_passes"] for c in cells], [c["test"][name] for c in cells], style,
-                    label=f"{'fusion' if repair == 'fuse' else 'LoRA'} ({_rates(cells[0])})")
+                    label=f"{'fusion' if repair == 'fuse' else 'LoRA'} ({_setting(cells[0], short=True)})")
             ax.set_title(f"{model} {sparsity}: {name}", fontsize=9)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("tuning block passes")
@@ -271,12 +272,6 @@ def plot(path) -> str:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     return str(path)
-
-
-def _rates(cell: dict) -> str:
-    settings = cell["settings"]
-    lr = f"lr {settings['--lr']}"
-    return lr if settings["--method"].endswith("lora") else f"coef {settings['--global-coef-lr']}, {lr}"
 
 
 def main() -> None:

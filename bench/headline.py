@@ -11,24 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
-from common import OUTPUTS, RESULTS, flags_of, pinned, protocol, require_assets
+from common import OUTPUTS, RESULTS, alone, flags_of, pinned, protocol, require_assets
 
 SUITE = "headline-smollm2"
 BLOCKS = "14,17,13,26,16,18,15,12"  # the default's choice on this protocol (frontier-smollm2/s25-default)
 CELLS = {"default": pinned(sparsity="0.25"), "lora": pinned(method="kl-lora", blocks=BLOCKS, lr="1e-3")}
-
-
-def _others() -> list[int]:
-    """Process ids of the other benchmarks running here (python processes of this repository's bench/)."""
-    ours = {os.getpid(), os.getppid()}
-    found = subprocess.run(["pgrep", "-f", "fusegpt|frontier.py|robust.py|criterion.py|memory.py"],
-                           capture_output=True, text=True).stdout.split()
-    return [int(p) for p in found if int(p) not in ours]
 
 
 def timed(name: str) -> dict:
@@ -37,20 +28,13 @@ def timed(name: str) -> dict:
         return json.loads(result.read_text())
     proto = protocol("smollm2")
     out = OUTPUTS / SUITE / name
-    paused = _others()
-    for pid in paused:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        time.sleep(2)
+    with alone() as paused:
         started = time.perf_counter()
         run = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M", sys.executable, "-m", "fusegpt", "compress",
                               str(proto.model), "--out", str(out), "--overwrite", *proto.calib,
                               *flags_of(CELLS[name]), "--no-gguf", "--quiet"], capture_output=True, text=True)
         wall = time.perf_counter() - started
         load_after = os.getloadavg()[0]
-    finally:
-        for pid in paused:
-            os.kill(pid, signal.SIGCONT)
     if run.returncode:
         sys.exit(run.stderr)
     report = json.loads((out / "fusegpt_report.json").read_text())
@@ -63,7 +47,7 @@ def timed(name: str) -> dict:
             "stage_seconds": {k: round(v, 1) for k, v in report["stage_seconds"].items()},
             "score_passes": sum(s.get("score_passes", 0) for s in report["steps"]),
             "block_passes": report["block_passes"], "peak_rss_gib": round(rss / 2**20, 2),
-            "load_after": round(load_after, 2), "paused": len(paused),
+            "load_after": round(load_after, 2), "paused": paused,
             "dev": {os.path.basename(s): scores[s] for s in proto.dev},
             "test": {os.path.basename(s): scores[s] for s in proto.test}}
     result.parent.mkdir(parents=True, exist_ok=True)

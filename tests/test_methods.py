@@ -500,3 +500,28 @@ def test_an_old_method_name_runs_the_same_method_and_the_label_says_what_ran(tok
     given = compress(tiny_llama(), tokenizer, _config(text_file, blocks=[1, 2], num_remove=None, repair="lora"),
                      progress=False).report
     assert given.method == "given + lora"
+
+
+def test_scores_stopped_early_are_reported_as_bounds_and_full_scores_computes_them(tokenizer, text_file):
+    """compress stops a candidate once its partial KL rules it out and lists it in the step's bounds;
+    --full-scores runs every candidate to the end: the same blocks and, where both are exact, the
+    same scores, and every bound below the full score."""
+    config = _config(text_file, method="kl-fuse", num_remove=2, kl_top_k=0, rescore=0,
+                     tune=replace(_config(text_file).tune, epochs=0, global_epochs=0))
+    # block 2 scores 0 and runs first (its Block Influence is 0): every other candidate stops early
+    pruned = compress(_identity_model(), tokenizer, config, progress=False).report
+    full = compress(_identity_model(), tokenizer, replace(config, full_scores=True), progress=False).report
+    assert pruned.removed == full.removed and pruned.removed[0] == 2
+    first, complete = pruned.steps[0], full.steps[0]
+    assert first.bounds and not complete.bounds and first.score_passes < complete.score_passes
+    for block, score in first.scores.items():
+        if block in first.bounds:
+            assert 0 < score < complete.scores[block]
+        else:
+            assert score == pytest.approx(complete.scores[block], rel=1e-6)
+
+
+def _identity_model():
+    model = tiny_llama(depth=6)
+    _make_identity(model, 2)
+    return model

@@ -81,6 +81,9 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
             "run on all; 0: every position unless the LM head outweighs the blocks)")
     _recipe(p, "--rescore", "", "rescore", int, "iterative criteria: after the first step, rescore N blocks at a "
             "time in the order of their last scores, until no other can beat the best (0: every block every step)")
+    p.add_argument("--full-scores", action="store_true", default=None,
+                   help="iterative criteria: score every candidate to the end (every reported score exact) "
+                        "instead of stopping one once it cannot be chosen; the same blocks, slower%(default).0s")
     p.add_argument("--fuse-eval", dest="fuse_eval_candidates", type=int, default=_DEFAULT.fuse_eval_candidates,
                    metavar="K", help="fusing methods: trial-fuse the K lowest-scored blocks and remove the one "
                                      "whose output stays closest (0: the lowest-scored block)")
@@ -209,7 +212,7 @@ def _config(args, **amount) -> CompressConfig:
                     hidden_cache=args.hidden_cache, offload=args.offload,
                     data_dir=args.data_dir)
     given = {key: value for key, value in vars(args).items() if value is not None}
-    for key in ("method", "nsamples", "seqlen", "mi_samples", "kl_top_k", "kl_stride", "rescore"):
+    for key in ("method", "nsamples", "seqlen", "mi_samples", "kl_top_k", "kl_stride", "rescore", "full_scores"):
         setattr(config, key, given.get(key, getattr(config, key)))
     for section in ("tune", "fusion"):
         for key, value in given.items():

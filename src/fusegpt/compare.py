@@ -24,6 +24,7 @@ NEUTRAL_TUNE = {"global_coef_lr": None, "distill": "hidden", "warmup": 0.0,
                 "micro_batch": None, "checkpoint_activations": None, "optimizer_on_host": None}
 FUSION_ONLY_TUNE = ("global_coef_lr",)  # shapes fusing repairs only
 MEMORY_TUNE = ("micro_batch", "checkpoint_activations", "optimizer_on_host")  # results equal up to rounding
+NEUTRAL_FUSION = {"normalize_donors": False}
 NEUTRAL_SCORING = ("kl_top_k", "kl_stride", "rescore")  # rescore 0 is what ran before it existed
 
 
@@ -34,8 +35,9 @@ def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list
     work runs (device, offloading, the hidden-state cache) changes no result and is left out."""
     settings = config.to_dict()
     selection, repair = (None, None) if method == DENSE else replace(config, method=method).recipe
-    if settings["fusion"].get("normalize_donors") is False:  # added after cells were cached
-        del settings["fusion"]["normalize_donors"]
+    for name, value in NEUTRAL_FUSION.items():
+        if settings["fusion"][name] == value:
+            del settings["fusion"][name]
     for name, value in NEUTRAL_TUNE.items():
         if settings["tune"][name] == value or (name in FUSION_ONLY_TUNE and repair != "fuse") or name in MEMORY_TUNE:
             del settings["tune"][name]
@@ -44,7 +46,7 @@ def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list
         if name not in shaping or (name == "rescore" and not settings[name]):
             del settings[name]
     settings = {**settings, "method": None, "sparsity": None, "num_remove": None, "device": None, "device_memory_gib": None,
-                "hidden_cache": None, "offload": None, "ppl": ppl, "tasks": tasks,
+                "hidden_cache": None, "offload": None, "full_scores": None, "ppl": ppl, "tasks": tasks,
                 "limit": limit, "ppl_windows": ppl_windows, "ppl_seqlen": ppl_seqlen, "speed": SPEED_PROTOCOL}
     if method == DENSE:
         settings = {k: settings[k] for k in ("dtype", "data_dir", "ppl", "tasks", "limit", "ppl_windows", "ppl_seqlen",
@@ -79,6 +81,7 @@ def run_cell(model_name: str | Path, method: str, sparsity: float, config: Compr
             cell.removed, cell.block_passes, cell.tune_seconds = report.removed, report.block_passes, report.tune_seconds
             first = report.steps[0]
             cell.criterion, cell.scores = first.criterion, {str(k): v for k, v in first.scores.items()}
+            cell.bounds = list(first.bounds)
     seqlen = min(ppl_seqlen or config.seqlen, context_length(model))
     cell.seconds, cell.peak_rss_gib = (time.perf_counter() - started) * (method != DENSE), round(memory.gib, 3)
     place_for_inference(model, device, config.offload)

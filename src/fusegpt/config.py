@@ -144,6 +144,9 @@ class CompressConfig:
     # after the first step, an iterative criterion rescores lazily, `rescore` blocks at a time in
     # the order of their last scores, until no unscored block can beat the best (0: every block)
     rescore: int = 4
+    # score every candidate to the end (every reported score exact, for plots of them) instead of
+    # stopping one once its partial score rules it out: the same blocks either way, slower
+    full_scores: bool = False
     # fusion-aware choice (fusing methods only; the authors' --fuse-eval): trial-fuse each of the k
     # lowest-scored blocks with a short tune and remove the one that keeps the output closest; 0 is off
     fuse_eval_candidates: int = 0

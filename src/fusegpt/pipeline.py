@@ -94,7 +94,9 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
                        norms=[p for b in blocks for p in adapter.norm_parameters(b)],
                        keep_dense_blocks=needs.dense_blocks(config), keep_dense_final=needs.final_tune(config))
     stack.candidate_group = 1 if resident or device.type == "cpu" else STREAMED_CANDIDATES
-    stack.prune_candidates = not config.fuse_eval_candidates  # fusion-aware choice ranks the runners-up too
+    # a candidate that can no longer be chosen stops early, unless every score is wanted in full, or
+    # fusion-aware choice ranks the runners-up too
+    stack.prune_candidates = not (config.full_scores or config.fuse_eval_candidates)
     report = Report(model=model_name or getattr(model.config, "_name_or_path", ""), method=config.label,
                     config=config.to_dict(),
                     original_depth=depth, seqlen=seqlen, seconds={"calibrate": time.perf_counter() - started},
@@ -113,6 +115,7 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
         # after the first when `rescore` is set), choose
         ctx = replace(ctx, step=step)
         scored, passes = time.perf_counter(), stack.forward_passes
+        stack.score_bounds.clear()
         if step == 0 or not catalog.CRITERIA[selection_name].one_shot:
             scores = score_step(ctx, selection, latest, config.rescore if step else 0)
             latest = {**latest, **scores}
@@ -128,7 +131,7 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
                                        group=outcome.group, losses=outcome.losses,
                                        seconds={"score": score_seconds, **outcome.seconds},
                                        optimizer_steps=outcome.optimizer_steps, block_passes=outcome.block_passes,
-                                       score_passes=score_passes))
+                                       score_passes=score_passes, bounds=sorted(stack.score_bounds & scores.keys())))
         _count_passes(report, outcome)
         if checkpoint is not None and distributed.is_main():
             checkpoint.save(stack, report, latest)

@@ -27,6 +27,7 @@ class Cell:
     parameters: int = 0  # of the output model
     speed: dict[str, float] = field(default_factory=dict)  # output model's, and the dense model's in the same run
     scores: dict[str, float] = field(default_factory=dict)  # first step's block scores (dense model)
+    bounds: list[int] = field(default_factory=list)  # those of them that are lower bounds (stopped early)
     criterion: str = ""
 
 
@@ -115,7 +116,12 @@ def plot(cells: list[Cell], out: Path) -> None:
     if scored:
         blocks = sorted(scored.scores, key=int)
         fig, ax = plt.subplots(figsize=(max(5, len(blocks) * 0.5), 3.5))
-        ax.bar([int(b) for b in blocks], [scored.scores[b] for b in blocks])
+        exact = [int(b) for b in blocks if int(b) not in scored.bounds]
+        ax.bar(exact, [scored.scores[str(b)] for b in exact])
+        if scored.bounds:  # stopped once they could not be chosen: at least this high
+            ax.bar(scored.bounds, [scored.scores[str(b)] for b in scored.bounds], fill=False, hatch="//",
+                   label="at least this (stopped early; --full-scores for all)")
+            ax.legend(fontsize=8)
         ax.set(xlabel="block", ylabel="Macro Influence", title="dense model: Macro Influence per block")
         fig.tight_layout()
         fig.savefig(out / "block_scores.png", dpi=120)

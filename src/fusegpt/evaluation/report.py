@@ -20,6 +20,8 @@ class StepRecord:
     optimizer_steps: int = 0
     block_passes: int = 0  # tuning compute: forward + backward of one block on one window
     score_passes: int = 0  # choosing compute: forward passes of one block on one window while scoring
+    # blocks whose score is a lower bound: stopped once it could not be the lowest (--full-scores: none)
+    bounds: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -35,7 +35,7 @@ def score_each(stack: BlockStack, measure: Measure, candidates: list[int] | None
                progress: bool, prior: dict[int, float] | None = None) -> dict[int, float]:
     """{original index: mean of `measure` without the candidate, on the first `samples` windows} of
     every candidate (current index; None: every current block), or a lower bound above the lowest
-    score for a candidate that cannot be chosen. A streamed model runs its candidates together
+    score for a candidate that cannot be chosen (its index goes into `stack.score_bounds`). A streamed model runs its candidates together
     instead (BlockStack.outputs_without), to the end. Under torchrun each rank scores its share and
     every rank gets all the scores."""
     candidates = list(range(len(stack))) if candidates is None else list(candidates)
@@ -57,7 +57,8 @@ def score_each(stack: BlockStack, measure: Measure, candidates: list[int] | None
             for start in range(0, samples, size):
                 windows = slice(start, min(start + size, samples))
                 total += measure.total(stack.run(i + 1, len(stack), stack.boundaries[i][windows]), windows)
-                if stack.prune_candidates and total / count > best:
+                if stack.prune_candidates and total / count > best and windows.stop < samples:
+                    stack.score_bounds.add(stack.origin[i])
                     break  # cannot be the lowest any more
             scores[stack.origin[i]] = total / count
             best = min(best, total / count)
