@@ -51,13 +51,16 @@ def suite_name(name: str) -> str:
     """A suite's folder under bench/results, tagged with the device when it is not the CPU."""
     return f"{name}-{DEVICE}" if DEVICE else name
 
-# today's default recipe, every setting spelled out: a cell states what it ran, whatever the defaults
+# the recipe every cell starts from, every setting spelled out: a cell states what it ran, whatever
+# the defaults. It is the default of 2026-12-02; the default of 2026-12-04 also normalises donors
+# (`pinned(normalize_donors=None)`), chosen on the cells that compare the two.
 RECIPE: dict[str, str | None] = {
     "--method": "kl-fuse", "--epochs": "0", "--global-epochs": "4", "--global-coef-lr": "3e-3",
     "--coef-lr": "1e-2", "--lr": "1e-3", "--loss": "relative_mse", "--teacher": "dense", "--batch-size": "8",
     "--group-size": "7", "--coef": "lowrank", "--rank": "128", "--lora-rank": "128", "--no-seam-map": None,
-    "--fuse-eval": "0", "--seed": "0", "--dtype": "float32",
+    "--no-normalize-donors": None, "--fuse-eval": "0", "--seed": "0", "--dtype": "float32",
 }
+SWITCHES = ("seam_map", "normalize_donors")  # on/off flag pairs: --x and --no-x
 
 
 def require_assets() -> None:
@@ -167,16 +170,16 @@ def flags_of(settings: dict[str, str | None]) -> list[str]:
 
 
 def pinned(**overrides: str | None) -> dict[str, str | None]:
-    """RECIPE with overrides, by flag name without dashes (`global_epochs="8"`); `seam_map=None` turns the
-    map on (the flag pair --seam-map / --no-seam-map)."""
-    settings = dict(RECIPE)
-    for name, value in overrides.items():
-        flag = "--" + name.replace("_", "-")
-        if name == "seam_map":
-            settings.pop("--no-seam-map", None)
-            flag = "--seam-map"
-        settings[flag] = value
-    return settings
+    """RECIPE with overrides, by flag name without dashes (`global_epochs="8"`); a switch given as
+    None turns it on (`seam_map=None`: --seam-map in place of --no-seam-map)."""
+    return switched(dict(RECIPE), {"--" + name.replace("_", "-"): value for name, value in overrides.items()})
+
+
+def switched(settings: dict[str, str | None], change: dict[str, str | None]) -> dict[str, str | None]:
+    """`settings` with `change` applied, a switch's --x replacing its --no-x."""
+    settings = {k: v for k, v in settings.items() if k.removeprefix("--no-") not in
+                {c.removeprefix("--") for c in change if c.removeprefix("--").replace("-", "_") in SWITCHES}}
+    return {**settings, **change}
 
 
 def _stage_seconds(report: dict) -> dict[str, float]:

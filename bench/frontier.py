@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import sys
 
-from common import RESULTS, ROOT, add_zero_shot, cached, pinned, require_assets, run_cell, splits, suite_name
+from common import (RESULTS, ROOT, add_zero_shot, cached, pinned, require_assets, run_cell, splits, suite_name,
+                    switched)
 
 SPARSITIES = {"pydoc": ("0.25", "0.5"), "smollm2": ("0.25",)}
 # LoRA's and fusion's lr. On SmolLM2 (an hour a cell here) without 1e-2, at which both diverge on pydoc
@@ -128,8 +129,7 @@ def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
         for coef, lr in FUSE_GRID[model]:
             grid[f"{s}-fuse-c{coef}-lr{lr}"] = (pinned(blocks=blocks, global_coef_lr=coef, lr=lr), [], False)
         for name, change in RECYCLE[model].items():
-            settings = {k: v for k, v in pinned(blocks=blocks).items() if not (k == "--no-seam-map" and name == "seam")}
-            grid[f"{s}-fuse-{name}"] = ({**settings, **change}, [], False)
+            grid[f"{s}-fuse-{name}"] = (switched(pinned(blocks=blocks), change), [], False)
         grids.update({name: cell for name, cell in grid.items() if _grid_cell(model, name) is None})
         for repair, names in grid_names(model, sparsity).items():
             if any(_grid_cell(model, n) is None for n in names):

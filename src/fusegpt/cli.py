@@ -115,7 +115,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
                    help="fusegpt: fold ReplaceMe's least-squares map for the removed block into the block before it, "
                         "then tune (default: off; --preset paper: off; it fits the calibration corpus)%(default).0s")
     p.add_argument("--normalize-donors", dest="fusion.normalize_donors", action=argparse.BooleanOptionalAction,
-                   default=None, help="fusion: scale each injected weight to the receiving layer's norm%(default).0s")
+                   default=None, help="fusion: scale each injected weight to the receiving layer's norm (default: on; "
+                                      "--preset paper: off)%(default).0s")
     p.add_argument("--no-train-norms", dest="train_norms", action="store_false", default=None,
                    help="keep norm weights frozen%(default).0s")
     p.add_argument("--device", default=_DEFAULT.device, help="compute device: auto, cpu, cuda, cuda:1 ...")

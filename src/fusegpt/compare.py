@@ -24,7 +24,7 @@ NEUTRAL_TUNE = {"global_coef_lr": None, "distill": "hidden", "warmup": 0.0,
                 "micro_batch": None, "checkpoint_activations": None, "optimizer_on_host": None}
 FUSION_ONLY_TUNE = ("global_coef_lr",)  # shapes fusing repairs only
 MEMORY_TUNE = ("micro_batch", "checkpoint_activations", "optimizer_on_host")  # results equal up to rounding
-NEUTRAL_FUSION = {"normalize_donors": False}
+NEUTRAL_FUSION = {"normalize_donors": False}  # cells cached before it existed ran without
 NEUTRAL_SCORING = ("kl_top_k", "kl_stride", "rescore")  # rescore 0 is what ran before it existed
 
 
