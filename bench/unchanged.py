@@ -18,7 +18,7 @@ from common import MODELS, OUTPUTS, RESULTS, ROOT, TEXT, require_assets
 
 # fc400f7's defaults (kl-fuse, no local tuning, 4 global epochs, coefficients at 3e-3), spelled out
 FLAGS = ["--method", "kl-fuse", "--epochs", "0", "--global-epochs", "4", "--global-coef-lr", "3e-3", "--lr", "1e-3",
-         "--loss", "relative_mse", "--seed", "0", "--no-gguf", "--quiet"]
+         "--loss", "relative_mse", "--seed", "0", "--quiet"]
 RUNS = {
     "pydoc": [str(MODELS["pydoc"]), "--calib", str(TEXT / "pydoc/calib.txt"), "--nsamples", "32", "--seqlen", "256",
               "--sparsity", "0.25"],
@@ -27,9 +27,15 @@ RUNS = {
 }
 
 
+# what the working tree has added since, set to what fc400f7 did: the exact criterion on every
+# candidate to the end, donors at their own scale
+NOW_ONLY = ["--kl-top-k", "0", "--kl-stride", "1", "--rescore", "0", "--full-scores", "--no-normalize-donors",
+            "--no-gguf"]
+
+
 def _run(source: str | None, name: str, out) -> None:
     env = dict(os.environ, **({"PYTHONPATH": source} if source else {}))
-    flags = [f for f in FLAGS if not (source and f == "--no-gguf")]  # the earlier code writes no GGUF anyway
+    flags = FLAGS + ([] if source else NOW_ONLY)
     subprocess.run([sys.executable, "-m", "fusegpt", "compress", *RUNS[name][:1], "--out", str(out), "--overwrite",
                     *RUNS[name][1:], *flags], check=True, env=env)
 
