@@ -177,7 +177,7 @@ def _factor(name: str) -> int:
 def table(model: str, folder: str | None = None) -> str:
     rows = ["| cell | removed | passes | dev PPL | test PPL | zero-shot | compress s (tune) |", "|---|---|---|---|---|---|---|"]
     for c in _cells(model, folder):
-        mean = _zero_shot(c)
+        mean = zero_shot(c)
         rows.append(f"| {c['name']} | {' '.join(map(str, c['removed']))} | {c['block_passes']:,} | "
                     + " / ".join(f"{v:.3f}" for v in c["dev"].values()) + " | "
                     + " / ".join(f"{v:.3f}" for v in c["test"].values())
@@ -185,9 +185,9 @@ def table(model: str, folder: str | None = None) -> str:
     return "\n".join(rows)
 
 
-def _zero_shot(cell: dict) -> str:
+def zero_shot(cell: dict) -> str:
     z = cell.get("zero_shot")
-    return f"{z['mean']['value']:.3f}" if z else "-"
+    return f"{z['mean']['value']:.4f} ± {z['mean']['stderr']:.3f}" if z else "-"
 
 
 def _ppl(ppl: dict[str, float]) -> str:
@@ -228,7 +228,7 @@ def summary(model: str) -> str:
             for c in curve(model, sparsity, repair):
                 budget = f"{_factor(c['name'])}x"
                 out.append(f"| {'fusion' if repair == 'fuse' else 'LoRA'} ({_setting(c)}) | {budget} | "
-                           f"{c['block_passes']:,} | {_ppl(c['test'])} | {_zero_shot(c)} | "
+                           f"{c['block_passes']:,} | {_ppl(c['test'])} | {zero_shot(c)} | "
                            f"{c['compress_seconds']:.0f} ({c['stages'].get('heal', 0):.0f}) |")
         out.append("")
     return "\n".join(out)

@@ -23,7 +23,7 @@ BLOCK = re.compile(r"(<!-- generated: (?P<kind>[^>]*?) -->\n)(?:(?!<!-- generate
 
 def headline() -> str:
     rows = ["| cell | removed | wall s | calibrate / score / tune / refresh s | choosing block passes | peak RSS GiB "
-            "| dev PPL | test PPL |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| dev PPL | test PPL | zero-shot |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path in sorted((RESULTS / "headline-smollm2").glob("*.json")):
         c = json.loads(path.read_text())
         stages = c["stage_seconds"]
@@ -31,7 +31,7 @@ def headline() -> str:
                     + " / ".join(f"{stages.get(k, 0):.0f}" for k in ("calibrate", "score", "tune", "refresh"))
                     + f" | {c['score_passes']:,} | {c['peak_rss_gib']:.2f} | "
                     + " / ".join(f"{v:.2f}" for v in c["dev"].values()) + " | "
-                    + " / ".join(f"{v:.2f}" for v in c["test"].values()) + " |")
+                    + " / ".join(f"{v:.2f}" for v in c["test"].values()) + f" | {frontier.zero_shot(c)} |")
     return "\n".join(rows)
 
 
