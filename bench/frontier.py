@@ -158,14 +158,14 @@ def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
                         seeds[f"{s}-lora-best-seed{seed}"] = (
                             {**base, "--blocks": ",".join(map(str, fused["removed"])), "--seed": str(seed)}, [],
                             zero_shot)
-    # the frontier first (the question users ask first); on SmolLM2, where a cell takes an hour here,
-    # what might push fusion down to the targets (a C4 mix, logits), 2x, the seeds, then the rest
+    # the frontier first (the question users ask first); on SmolLM2 2x, the seeds (the spread that
+    # every comparison there needs), what might push fusion down to the targets (a C4 mix, logits), then the rest
     budgets = dict(sorted(budgets.items(), key=lambda item: _factor(item[0])))  # every 2x before any 4x
     if model != "smollm2":
         return {**defaults, **grids, **budgets, **seeds, **later}
     first = {k: v for k, v in budgets.items() if _factor(k) <= 2}
     fusion_push = {k: v for k, v in later.items() if "-lora-" not in k}
-    return {**defaults, **grids, **dict(list(fusion_push.items())[:2]), **first, **fusion_push, **seeds, **budgets,
+    return {**defaults, **grids, **first, **seeds, **dict(list(fusion_push.items())[:2]), **budgets, **fusion_push,
             **later}
 
 

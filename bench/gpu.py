@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -69,6 +71,16 @@ def scale(args) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
+
+    def stopped(signum, frame):  # a run stopped at its time limit still says how far it got, and its peaks
+        gib = 2**30
+        print(json.dumps({"stopped_after_seconds": round(time.perf_counter() - started, 1),
+                          "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / gib, 2) if cuda else None,
+                          "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}),
+              flush=True)
+        os._exit(124)
+
+    signal.signal(signal.SIGTERM, stopped)
     result = compress(model, tokenizer, config, progress=True, model_name="llama-2-7b-shaped")
     seconds = time.perf_counter() - started
     report = result.report
