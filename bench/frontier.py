@@ -42,8 +42,8 @@ RECYCLE = {"pydoc": {"seam": {"--global-coef-lr": "3e-3", "--lr": "3e-3", "--sea
            # normalised donors on SmolLM2: bench/robust.py's rescaled-fuse-norm (the same model by invariance)
            "smollm2": {}}
 BUDGETS = {"pydoc": (2, 4, 8), "smollm2": (2, 4)}  # SmolLM2 at 8x: 6 hours a cell here
-# where a model's 1x learning-rate grid may have run instead (SmolLM2's: a minute a cell on an
-# H200, an hour here); the chosen settings, their budgets and seeds then run in this suite
+# where a model's frontier ran instead (SmolLM2's: a minute a cell on an H200, an hour here): its
+# cells come first wherever a cell is looked up, so one machine's cells are compared with each other
 GRID_ELSEWHERE = {"smollm2": ("frontier-smollm2-cuda",)}
 SEEDS = {"pydoc": (), "smollm2": (1, 2)}
 DEFAULT_EPOCHS = 4  # the default's global epochs: budget 1x
@@ -76,9 +76,9 @@ def _given(model: str, sparsity: str) -> str | None:
     return ",".join(map(str, cell["removed"])) if cell else None
 
 
-def _grid_cell(model: str, name: str) -> dict | None:
-    """A 1x grid cell from this suite, else from the suite that ran the model's grid elsewhere."""
-    for folder in dict.fromkeys([suite(model), *GRID_ELSEWHERE.get(model, ())]):
+def _cell(model: str, name: str) -> dict | None:
+    """A cell from the suite where the model's frontier ran elsewhere, else from this one."""
+    for folder in dict.fromkeys([*GRID_ELSEWHERE.get(model, ()), suite(model)]):
         cell = cached(folder, name)
         if cell is not None:
             return cell
@@ -87,7 +87,7 @@ def _grid_cell(model: str, name: str) -> dict | None:
 
 def best(model: str, sparsity: str, repair: str) -> dict | None:
     """The lowest mean dev perplexity (the geometric mean over the dev sources) among the 1x cells of a repair."""
-    cells = [c for c in (_grid_cell(model, n) for n in grid_names(model, sparsity)[repair]) if c is not None]
+    cells = [c for c in (_cell(model, n) for n in grid_names(model, sparsity)[repair]) if c is not None]
     return min(cells, key=lambda c: _mean(c["dev"]), default=None)
 
 
@@ -130,9 +130,9 @@ def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
             grid[f"{s}-fuse-c{coef}-lr{lr}"] = (pinned(blocks=blocks, global_coef_lr=coef, lr=lr), [], False)
         for name, change in RECYCLE[model].items():
             grid[f"{s}-fuse-{name}"] = (switched(pinned(blocks=blocks), change), [], False)
-        grids.update({name: cell for name, cell in grid.items() if _grid_cell(model, name) is None})
+        grids.update({name: cell for name, cell in grid.items() if _cell(model, name) is None})
         for repair, names in grid_names(model, sparsity).items():
-            if any(_grid_cell(model, n) is None for n in names):
+            if any(_cell(model, n) is None for n in names):
                 continue  # the best setting is known once the whole grid is
             chosen = best(model, sparsity, repair)
             base = dict(chosen["settings"])
@@ -199,8 +199,7 @@ def curve(model: str, sparsity: str, repair: str) -> list[dict]:
     chosen = best(model, sparsity, repair)
     if chosen is None:
         return []
-    cells = [cached(suite(model), chosen["name"]) or chosen,
-             *(cached(suite(model), f"{chosen['name']}-x{f}") for f in BUDGETS[model])]
+    cells = [_cell(model, chosen["name"]), *(_cell(model, f"{chosen['name']}-x{f}") for f in BUDGETS[model])]
     return [c for c in cells if c is not None]
 
 
@@ -214,7 +213,7 @@ def summary(model: str) -> str:
         for repair, names in grid_names(model, sparsity).items():
             chosen = best(model, sparsity, repair)
             for name in names:
-                c = _grid_cell(model, name)
+                c = _cell(model, name)
                 if c is None:
                     continue
                 mark = "**" if chosen and c["name"] == chosen["name"] else ""
@@ -230,8 +229,59 @@ def summary(model: str) -> str:
                 out.append(f"| {'fusion' if repair == 'fuse' else 'LoRA'} ({_setting(c)}) | {budget} | "
                            f"{c['block_passes']:,} | {_ppl(c['test'])} | {zero_shot(c)} | "
                            f"{c['compress_seconds']:.0f} ({c['stages'].get('heal', 0):.0f}) |")
-        out.append("")
+        out += _seeds(model, sparsity) + _pushed(model, sparsity) + [""]
     return "\n".join(out)
+
+
+def _spread(values: list[float], digits: int = 2) -> str:
+    mean = sum(values) / len(values)
+    deviation = (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
+    return f"{mean:.{digits}f} ± {deviation:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+
+
+def _seeds(model: str, sparsity: str) -> list[str]:
+    """Each repair's best setting over its seeds (seed 0: the grid's cell): test PPL mean ± sample deviation."""
+    rows = []
+    for repair in ("fuse", "lora"):
+        chosen = best(model, sparsity, repair)
+        if chosen is None or not SEEDS[model]:
+            continue
+        cells = [chosen, *(c for c in (_cell(model, f"{tag(sparsity)}-{repair}-best-seed{seed}") for seed in SEEDS[model])
+                          if c is not None)]
+        if len(cells) < 2:
+            continue
+        sources = list(chosen["test"])
+        zero = [c["zero_shot"]["mean"]["value"] for c in cells if c.get("zero_shot")]
+        rows.append(f"| {'fusion' if repair == 'fuse' else 'LoRA'} ({_setting(chosen, short=True)}) | {len(cells)} | "
+                    + " | ".join(_spread([c["test"][s] for c in cells]) for s in sources)
+                    + f" | {_spread(zero, 4) + f' ({len(zero)} seeds)' if zero else '-'} |")
+    if not rows:
+        return []
+    return [f"\n**{model}, sparsity {sparsity}: seeds at 1x** (seeds 0, {', '.join(map(str, SEEDS[model]))}: "
+            "calibration windows, initialisation and order; fusion chooses its blocks again with each seed, LoRA heals "
+            "fusion's blocks of the same seed; test PPL mean ± sample deviation)\n",
+            "| repair | seeds | " + " | ".join(f"test {s}" for s in sources) + " | zero-shot |",
+            "| --- | --- | " + " | ".join("---" for _ in sources) + " | --- |", *rows]
+
+
+def _pushed(model: str, sparsity: str) -> list[str]:
+    """The `push` variants of each repair's best setting at 1x, on dev beside the setting itself."""
+    rows = []
+    for repair in ("fuse", "lora"):
+        chosen = best(model, sparsity, repair)
+        if chosen is None:
+            continue
+        for suffix, change, extra in [("", {}, []), *push(model)]:
+            c = _cell(model, f"{chosen['name']}-{suffix}" if suffix else chosen["name"])
+            if c is not None:
+                rows.append(f"| {'fusion' if repair == 'fuse' else 'LoRA'} ({_setting(chosen, short=True)}) | "
+                            f"{suffix or 'as chosen'} | {_ppl(c['dev'])} | {_ppl(c['test'])} |")
+    if len(rows) <= 2:
+        return []
+    return [f"\n**{model}, sparsity {sparsity}: what else at 1x** (each repair's best setting; logits: distil the "
+            "dense next-token distributions; warm: 10% warm-up; n256e2: twice the windows, half the epochs; mix: half "
+            "the calibration from C4; chosen on dev)\n",
+            "| repair | variant | dev PPL | test PPL |", "| --- | --- | --- | --- |", *rows]
 
 
 def _setting(cell: dict, short: bool = False) -> str:

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from .calibrate import BlockStack, capture_block_inputs
+from .calibrate import BlockStack, capture_block_inputs, onloaded
 from . import distributed
 from .checkpoint import Checkpoint
 from . import catalog
@@ -148,7 +148,8 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     # merge: fold every fused linear back into a plain one; install the kept blocks
     merging = time.perf_counter()
     for block in stack.blocks:
-        merge_block(adapter, block)
+        with onloaded([block], device):  # a streamed block folds on the GPU (a 7B's took a minute on the host)
+            merge_block(adapter, block)
     adapter.set_blocks(model, stack.blocks, stack.origin)
     report.seconds["merge"] = time.perf_counter() - merging
     report.seconds["total"] = time.perf_counter() - started
