@@ -1,4 +1,4 @@
-"""The compressed SmolLM2 in llama.cpp: its GGUF (at the input's Q4_1, at Q8_0 and F16) written from a
+"""The compressed SmolLM2 in llama.cpp: its GGUF (at the input's Q4_1, at Q4_K_M, Q5_K_M, Q8_0 and F16) written from a
 compressed cell's output, then perplexity with llama.cpp's logits (our windowing: the first 16
 windows of 512 tokens of WikiText-2 test) beside transformers' perplexity of the HF output on the
 same windows, and prefill / decode tokens/s of the dense and the compressed GGUF, measured in turn
@@ -95,7 +95,8 @@ def main() -> None:
     report = json.loads((folder / "fusegpt_report.json").read_text())
     source = MODELS["smollm2"]
     model, tokenizer = load_model(str(folder))
-    files = {kind: OUTPUTS / "gguf" / cell / f"smollm2-compressed.{kind}.gguf" for kind in ("Q4_1", "Q8_0", "F16")}
+    files = {kind: OUTPUTS / "gguf" / cell / f"smollm2-compressed.{kind}.gguf"
+             for kind in ("Q4_1", "Q4_K_M", "Q5_K_M", "Q8_0", "F16")}
     for kind, path in files.items():
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,11 @@ SUITE = "headline-smollm2"
 BLOCKS = "14,17,13,26,16,18,15,12"  # the default's choice on this protocol (frontier-smollm2/s25-default)
 CELLS = {"default": pinned(sparsity="0.25", normalize_donors=None),
          "default-raw": pinned(sparsity="0.25"),  # the default until 2026-12-04: donors at their own scale
-         "lora": pinned(method="kl-lora", blocks=BLOCKS, lr="1e-3")}
+         "lora": pinned(method="kl-lora", blocks=BLOCKS, lr="1e-3"),
+         # distilling the dense model's logits instead of its final hidden states (frontier.py's push
+         # variant, which won on SmolLM2's dev for both repairs), for the default and for LoRA
+         "logits": pinned(sparsity="0.25", normalize_donors=None, distill="logits"),
+         "lora-logits": pinned(method="kl-lora", blocks=BLOCKS, lr="1e-3", distill="logits")}
 
 
 def timed(name: str) -> dict:

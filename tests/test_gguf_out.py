@@ -130,8 +130,3 @@ def test_the_cli_writes_the_gguf_beside_the_model_and_refuses_what_it_cannot_wri
     assert "llama-cpp-python" in _one_line_error(capsys) and (tmp_path / "q" / "config.json").exists()
     assert main(_compress(source, tmp_path / "d", text_file, "--num-remove", "1")) == 0
     assert "no GGUF written" in capsys.readouterr().err and not list((tmp_path / "d").glob("*.gguf"))
-
-
-def test_gguf_out_from_a_huggingface_model_is_refused_before_any_work(tmp_path, model_dir, text_file, capsys):
-    assert main(_compress(model_dir, tmp_path / "out", text_file, "--num-remove", "1", "--gguf")) == 2
-    assert "needs a GGUF input" in _one_line_error(capsys) and not (tmp_path / "out").exists()

@@ -44,9 +44,10 @@ def _compress_parser(sub) -> None:
                         help="fraction of blocks to remove; K = ceil(depth * S)")
     amount.add_argument("--num-remove", type=int, help="number of blocks to remove (instead of --sparsity)")
     p.add_argument("--gguf", action=argparse.BooleanOptionalAction, default=None,
-                   help="also write the result as OUT/<input name>.gguf for llama.cpp (default: for a GGUF input)")
-    p.add_argument("--gguf-type", help="the GGUF's type: F32, F16, Q8_0, Q4_K_M, ... (default: the input's; "
-                                       "quantised types need llama-cpp-python)")
+                   help="also write the result as OUT/<input name>.gguf for llama.cpp (default: for a GGUF input; "
+                        "from a HF model: Llama, Mistral, Qwen2 and Qwen3)")
+    p.add_argument("--gguf-type", help="the GGUF's type: F32, F16, Q8_0, Q4_K_M, ... (default: the input's, F16 "
+                                       "for a HF model; quantised types need llama-cpp-python)")
     p.add_argument("--ppl", default="", help="also evaluate the result on these comma-separated sources")
     p.add_argument("--ppl-windows", type=int, help="perplexity on the first N protocol windows (default: all)")
     p.add_argument("--ppl-seqlen", type=int, help="perplexity window length (default: --seqlen, the calibration one)")

@@ -207,16 +207,26 @@ def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str |
     else:
         written = _quantise(changed, arch, metadata, all_tensors, target_type) if changed else {}
     export = GGUFExport(file=str(out), file_type=target_type.name.removeprefix("MOSTLY_").removeprefix("ALL_"), bytes=0)
+    write_file(out, arch, metadata, target_type,
+               [(new, *written.get(new, (np.array(tensor.data), tensor.tensor_type))) for new, tensor in plan], export)
+    export.quantised = sum(new in written for new, _ in plan)
+    export.copied = len(plan) - export.quantised
+    return export
+
+
+def write_file(out: Path, arch: str, metadata, file_type, tensors: list[tuple], export: GGUFExport) -> None:
+    """Write a GGUF file atomically (beside, then renamed): `metadata(writer)`'s keys, the file type,
+    and `tensors` as (name, data, GGML type); the types and the size go into `export`."""
+    import gguf
 
     def write(path: Path) -> None:
         writer = gguf.GGUFWriter(str(path), arch)
         metadata(writer)
-        writer.add_key_value(gguf.Keys.General.FILE_TYPE, int(target_type), gguf.GGUFValueType.UINT32)
-        for new, tensor in plan:
-            data, kind = written.get(new, (np.array(tensor.data), tensor.tensor_type))
-            writer.add_tensor(new, data, raw_dtype=kind)  # a quantised tensor's shape comes from its byte rows
-            name = gguf.GGMLQuantizationType(kind).name
-            export.tensor_types[name] = export.tensor_types.get(name, 0) + 1
+        writer.add_key_value(gguf.Keys.General.FILE_TYPE, int(file_type), gguf.GGUFValueType.UINT32)
+        for name, data, kind in tensors:
+            writer.add_tensor(name, data, raw_dtype=kind)  # a quantised tensor's shape comes from its byte rows
+            type_name = gguf.GGMLQuantizationType(kind).name
+            export.tensor_types[type_name] = export.tensor_types.get(type_name, 0) + 1
         writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file()
         writer.close()
 
@@ -225,7 +235,4 @@ def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str |
     except OSError as error:
         raise FuseGPTError(f"could not write '{out}': {error.strerror or error}; free space or choose another --out") \
             from error
-    export.quantised = sum(new in written for new, _ in plan)
-    export.copied = len(plan) - export.quantised
     export.bytes = out.stat().st_size
-    return export

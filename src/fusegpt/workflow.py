@@ -42,10 +42,12 @@ def checked_output(job: Job) -> tuple[Path, Path]:
                            "or delete that folder to start over")
     if job.resume and not (folder / STATE).exists():
         raise FuseGPTError(f"--resume: no checkpoint in {folder}; run without --resume")
-    if job.gguf and gguf_file(job.model) is None:
-        raise FuseGPTError("--gguf from a HuggingFace model is not supported yet (GGUF out needs a GGUF input, whose "
-                           "tokenizer and settings it keeps); convert the result with llama.cpp's "
-                           "convert_hf_to_gguf.py, or start from the model's GGUF")
+    if job.gguf and gguf_file(job.model) is None:  # a HF model's family must be one the GGUF writer knows
+        from transformers import AutoConfig
+
+        from .gguf_hf import architecture
+
+        architecture(AutoConfig.from_pretrained(job.model))
     from .gguf_out import check_gguf_type
 
     check_gguf_type(job.gguf_type)
@@ -96,14 +98,20 @@ def run(job: Job):
         checkpoint.remove()
     source = gguf_file(job.model)
     try:
-        if source is not None and job.gguf is not False:
+        if (source is not None and job.gguf is not False) or job.gguf:
             from dataclasses import asdict
 
+            from .gguf_hf import write_gguf_from_hf
             from .gguf_out import MissingQuantiser, write_gguf
 
             writing = time.perf_counter()
             try:
-                report.gguf = asdict(write_gguf(result.model, report.kept, source, out / source.name, job.gguf_type))
+                if source is not None:  # the input's own file, its blocks cut and renumbered
+                    export = write_gguf(result.model, report.kept, source, out / source.name, job.gguf_type)
+                else:  # a HF model's settings and tokenizer under GGUF's keys
+                    export = write_gguf_from_hf(result.model, tokenizer, out / f"{Path(job.model).name}.gguf",
+                                                job.gguf_type, model_path if model_path.is_dir() else None)
+                report.gguf = asdict(export)
                 report.seconds["gguf"] = time.perf_counter() - writing
             except MissingQuantiser as missing:
                 if job.gguf or job.gguf_type:  # asked for: an error; by default, the HF model alone and a warning

@@ -1,0 +1,174 @@
+"""GGUF out for a HuggingFace model: settings and tokenizer under GGUF's keys, tensors under its
+names and layout; llama.cpp (when installed) computes the logits transformers computes, and splits
+text into the tokens transformers does."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+from fusegpt import load_model
+from fusegpt.cli import main
+from fusegpt.gguf_hf import _pre_tokenizer, write_gguf_from_hf
+from gguf_writer import MERGES, write_tiny_gguf
+from test_cli import _compress, _one_line_error
+
+gguf = pytest.importorskip("gguf")
+ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets" / "models"
+TEXT = "Once upon a time, there was a little dog named Max. He played with his 3 friends!\n  def f(x): return x**2"
+
+
+def _llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError:
+        pytest.skip("llama-cpp-python is not installed (it is in the test extra: pip install -e '.[test]')")
+    return llama_cpp
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer(tmp_path_factory):
+    """The tiny GGUF's byte-level BPE tokenizer, as transformers builds it."""
+    _, tokenizer = load_model(str(write_tiny_gguf(tmp_path_factory.mktemp("tok") / "tiny.gguf")))
+    return tokenizer
+
+
+def _config(family: str, vocab: int):
+    shape = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=128, bos_token_id=vocab - 1, eos_token_id=vocab - 1)
+    return {"llama": lambda: LlamaConfig(**shape),
+            "llama-tied": lambda: LlamaConfig(**shape, tie_word_embeddings=True),
+            "llama3-rope": lambda: LlamaConfig(**{**shape, "max_position_embeddings": 64}, rope_scaling={
+                "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16}),
+            "mistral": lambda: MistralConfig(**shape, sliding_window=None),
+            "qwen2": lambda: Qwen2Config(**shape),  # biases on q, k, v
+            "qwen3": lambda: Qwen3Config(**shape, head_dim=32)}[family]()  # q/k norms, a head wider than hidden/heads
+
+
+def _model(family: str, vocab: int):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_config(family, vocab)).eval()
+    with torch.no_grad():  # norms away from 1 and larger weights, so that a misplaced tensor shows
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+            elif "embed" not in name:
+                p.mul_(4.0)
+    return model
+
+
+def _llama_cpp_logits(path: Path, ids: list[int], f32_cache: bool = True) -> np.ndarray:
+    llama_cpp = _llama_cpp()
+    cache = llama_cpp.GGML_TYPE_F32 if f32_cache else llama_cpp.GGML_TYPE_F16
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=128, verbose=False, type_k=cache, type_v=cache)
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[:len(ids)])
+    finally:
+        llm.close()
+
+
+def _relative_difference(ours: np.ndarray, model, ids: list[int]) -> float:
+    with torch.no_grad():
+        theirs = model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
+@pytest.mark.parametrize("family", ["llama", "llama-tied", "llama3-rope", "mistral", "qwen2", "qwen3"])
+def test_each_family_computes_in_llama_cpp_what_it_computes_in_transformers(tmp_path, bpe_tokenizer, family):
+    """At F32 the only differences are the arithmetic's: 1e-5 of the largest logit (measured: 6-8e-7)."""
+    _llama_cpp()
+    vocab = len(bpe_tokenizer)
+    model = _model(family, vocab)
+    out = tmp_path / f"{family}.gguf"
+    exported = write_gguf_from_hf(model, bpe_tokenizer, out, "F32")
+    assert exported.file_type == "F32" and exported.bytes == out.stat().st_size
+    reader = gguf.GGUFReader(out)
+    arch = reader.fields["general.architecture"].contents()
+    assert arch == {"mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}.get(family, "llama")
+    assert reader.fields[f"{arch}.block_count"].contents() == 3
+    assert ("output.weight" in {t.name for t in reader.tensors}) == (family != "llama-tied")
+    ids = [vocab - 1, *range(5, 45)]  # past the llama3 rope's original context of 16
+    assert _relative_difference(_llama_cpp_logits(out, ids), model, ids) < 1e-5
+
+
+def test_the_tokenizer_keys_are_those_of_the_gguf_it_came_from(tmp_path, bpe_tokenizer):
+    """The tiny GGUF's tokenizer, loaded by transformers, written back: the same tokens, types,
+    merges and special ids as the file it came from."""
+    source = gguf.GGUFReader(write_tiny_gguf(tmp_path / "tiny.gguf"))
+    model = _model("llama", len(bpe_tokenizer))
+    out = tmp_path / "round.gguf"
+    write_gguf_from_hf(model, bpe_tokenizer, out, "F16")
+    written = gguf.GGUFReader(out)
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
+                "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+        assert written.fields[key].contents() == source.fields[key].contents(), key
+    assert written.fields["tokenizer.ggml.merges"].contents() == MERGES
+    types = {t.name: t.tensor_type.name for t in written.tensors}
+    assert types["blk.0.attn_q.weight"] == "F16" and types["blk.0.attn_norm.weight"] == "F32"  # norms stay F32
+
+
+def test_the_pre_tokenizer_is_named_from_the_split_pattern(capsys):
+    llama3 = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+                                               "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}},
+        {"type": "ByteLevel"}]}
+    smollm = {"type": "Sequence", "pretokenizers": [{"type": "Digits"}, {"type": "ByteLevel"}]}
+    assert _pre_tokenizer({"pre_tokenizer": llama3}) == "llama-bpe"
+    assert _pre_tokenizer({"pre_tokenizer": smollm}) == "smollm"
+    assert _pre_tokenizer({"pre_tokenizer": {"type": "ByteLevel"}}) == "gpt-2"
+    assert capsys.readouterr().err == ""
+    assert _pre_tokenizer({"pre_tokenizer": {"type": "Whitespace"}}) == "default"
+    assert "no pre-tokenizer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,with_spm", [("stories260K", True), ("stories260K", False), ("pydoc-llama-12L", False)])
+def test_real_models_tokenise_and_compute_in_llama_cpp_as_in_transformers(tmp_path, name, with_spm):
+    """stories260K's BPE with byte fallback goes out as llama.cpp's `llama` tokenizer (from its
+    tokenizer.model, or scored from its merges without one), pydoc's byte-level BPE as `gpt2`: each
+    splits text into transformers' tokens, and the logits agree."""
+    if not (ASSETS / name).is_dir():
+        pytest.skip(f"{ASSETS / name} not found (the shared assets are not beside this checkout)")
+    llama_cpp = _llama_cpp()
+    model, tokenizer = load_model(str(ASSETS / name))
+    out = tmp_path / f"{name}.gguf"
+    write_gguf_from_hf(model, tokenizer, out, "F32", ASSETS / name if with_spm else None)
+    ids = tokenizer(TEXT)["input_ids"]
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=128, verbose=False, vocab_only=True)
+    try:
+        assert llm.tokenize(TEXT.encode(), add_bos=ids[0] == tokenizer.bos_token_id, special=False) == ids
+    finally:
+        llm.close()
+    assert _relative_difference(_llama_cpp_logits(out, ids), model, ids) < 1e-5
+
+
+def test_compress_of_a_hf_model_writes_its_gguf_and_refuses_a_family_it_cannot(tmp_path, bpe_tokenizer, text_file,
+                                                                               capsys):
+    folder = tmp_path / "tiny-llama"
+    _model("llama", len(bpe_tokenizer)).save_pretrained(folder)
+    bpe_tokenizer.save_pretrained(folder)
+    out = tmp_path / "out"
+    assert main(_compress(folder, out, text_file, "--num-remove", "1", "--gguf")) == 0
+    report = json.loads((out / "fusegpt_report.json").read_text())
+    assert report["gguf"]["file"] == str(out / "tiny-llama.gguf") and report["gguf"]["file_type"] == "F16"
+    assert gguf.GGUFReader(out / "tiny-llama.gguf").fields["llama.block_count"].contents() == 2
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        pass
+    else:  # the GGUF computes what the saved HF model computes (F16 weights and cache: 5e-3 of the largest)
+        ids = [len(bpe_tokenizer) - 1, *range(5, 30)]
+        saved = AutoModelForCausalLM.from_pretrained(out).eval()
+        assert _relative_difference(_llama_cpp_logits(out / "tiny-llama.gguf", ids, f32_cache=False), saved, ids) < 5e-3
+    gpt2 = tmp_path / "tiny-gpt2"
+    AutoModelForCausalLM.from_config(GPT2Config(vocab_size=len(bpe_tokenizer), n_embd=32, n_layer=2, n_head=2,
+                                                n_positions=64)).save_pretrained(gpt2)
+    bpe_tokenizer.save_pretrained(gpt2)
+    capsys.readouterr()
+    assert main(_compress(gpt2, tmp_path / "refused", text_file, "--num-remove", "1", "--gguf")) == 2
+    assert "gpt2 model is not supported" in _one_line_error(capsys) and not (tmp_path / "refused").exists()
