@@ -55,6 +55,7 @@ class Shape:
     block_parameters: int  # one block's
     context: int  # the longest window it takes (calibration windows are capped at it)
     linears: tuple[tuple[int, int], ...] = ()  # (in, out) of each role linear of a block
+    vocab: int = 0  # the LM head's rows
 
 
 def model_shape(name: str) -> Shape:
@@ -83,7 +84,7 @@ def shape_of(model) -> Shape:
     return Shape(depth=len(blocks), hidden=hidden, ffn=ffn,
                  parameters=sum(p.numel() for p in model.parameters()),
                  block_parameters=sum(p.numel() for p in blocks[0].parameters()), context=context_length(model),
-                 linears=linears)
+                 linears=linears, vocab=getattr(text, "vocab_size", 0) or 0)
 
 
 @dataclass
@@ -148,6 +149,7 @@ class Plan:
                                f"{self.available / GIB:.1f} GiB are available; try {', '.join(fixes)}")
 
 
+LOGIT_TEMPORARIES = 6 * 2**25 * 4  # a chunk's logits, log-probabilities and gradient (tuning/losses.py)
 GPU_TEMPORARIES = 4  # one block's fp32 effective weights and their gradients, in P_block x 4 bytes (estimated)
 CPU_SLACK = 13  # the host's: the same temporaries and the allocator's slack around them, measured (bench/memory.py --tune)
 
@@ -210,6 +212,8 @@ def tuning_memory(shape: Shape, config: CompressConfig, tuned: int, k: int, on_g
         temporaries     one block's fp32 effective weights and gradients: 4 P_block x 4 on a GPU;
                         on the host, measured with the allocator's slack: 13 P_block x 4
         on a GPU also   the tuned blocks and the removed blocks injected into them, in b bytes
+        logits          with --distill logits, the head (V x H b) and a chunk's vocabulary-wide fp32
+                        tensors (about 6 x 2^25 x 4 bytes: LogitDistillation's chunking)
     """
     b = 2 if config.dtype == "bfloat16" else 4
     t, h, f, p = min(config.seqlen, shape.context), shape.hidden, shape.ffn, shape.block_parameters
@@ -223,6 +227,8 @@ def tuning_memory(shape: Shape, config: CompressConfig, tuned: int, k: int, on_g
     trained = trainable_count(shape, config, tuned, injections)
     memory = TuningMemory(checkpointed, micro, on_host)
     working = {"activations": activations, "kept weights": kept}
+    if config.tune.distill == "logits":
+        working["logits"] = shape.vocab * h * b + LOGIT_TEMPORARIES
     if on_gpu:
         memory.device.update(working)
         memory.device["trainables"] = trained * (4 if on_host else 16)
