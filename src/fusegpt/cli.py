@@ -45,7 +45,7 @@ def _compress_parser(sub) -> None:
     amount.add_argument("--num-remove", type=int, help="number of blocks to remove (instead of --sparsity)")
     p.add_argument("--gguf", action=argparse.BooleanOptionalAction, default=None,
                    help="also write the result as OUT/<input name>.gguf for llama.cpp (default: for a GGUF input; "
-                        "from a HF model: Llama, Mistral, Qwen2 and Qwen3)")
+                        "from a HF model: Llama, Mistral, Qwen2, Qwen3 and Gemma 3)")
     p.add_argument("--gguf-type", help="the GGUF's type: F32, F16, Q8_0, Q4_K_M, ... (default: the input's, F16 "
                                        "for a HF model; quantised types need llama-cpp-python)")
     p.add_argument("--ppl", default="", help="also evaluate the result on these comma-separated sources")

@@ -19,7 +19,7 @@ from .errors import FuseGPTError
 from .gguf_out import UNQUANTISED, GGUFExport, _file_type, _processor, _quantise, _to_gguf, write_file
 
 # HF model type -> llama.cpp architecture (Mistral's dense models run as llama there)
-ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3"}
 DEFAULT_TYPE = "F16"  # what llama.cpp's own converter writes by default
 
 # the pre-tokenizer llama.cpp must use, told by the split pattern of tokenizer.json (llama.cpp's
@@ -99,9 +99,12 @@ def _merge_scores(tokenizer_json: dict, size: int) -> list[float]:
     return scores
 
 
-def _rope_parameters(text) -> dict:
-    """Rope settings across transformers' spellings (rope_parameters in v5, rope_theta/rope_scaling before)."""
+def _rope_parameters(text, layer_type: str = "full_attention") -> dict:
+    """Rope settings across transformers' spellings (rope_parameters in v5, per layer type where
+    layers differ; rope_theta/rope_scaling before)."""
     params = dict(getattr(text, "rope_parameters", None) or {})
+    if layer_type in params:
+        params = dict(params[layer_type])
     if "rope_theta" not in params:
         params["rope_theta"] = getattr(text, "rope_theta", 10000.0)
     params.update(getattr(text, "rope_scaling", None) or {})
@@ -143,6 +146,15 @@ def _add_settings(writer, config, depth: int, name: str) -> dict[str, np.ndarray
         writer.add_value_length(head_dim)
     rope = _rope_parameters(text)
     writer.add_rope_freq_base(float(rope["rope_theta"]))
+    scalar = getattr(text, "query_pre_attn_scalar", None)  # llama.cpp scales Gemma's queries by head_dim (27B: H/heads)
+    if scalar is not None and scalar not in (head_dim, text.hidden_size // heads):
+        raise FuseGPTError(f"GGUF out: llama.cpp cannot scale queries by {scalar} (only by the head size); "
+                           "pass --no-gguf")
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types and "sliding_attention" in layer_types:  # which blocks slide: the kept blocks' own entries
+        writer.add_sliding_window(text.sliding_window)
+        writer.add_sliding_window_pattern([kind == "sliding_attention" for kind in layer_types])
+        writer.add_rope_freq_base_swa(float(_rope_parameters(text, "sliding_attention")["rope_theta"]))
     if rope["rope_type"] == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))
