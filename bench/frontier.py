@@ -135,7 +135,7 @@ def plan(model: str) -> dict[str, tuple[dict, list[str], bool]]:
             if any(_cell(model, n) is None for n in names):
                 continue  # the best setting is known once the whole grid is
             chosen = best(model, sparsity, repair)
-            base = dict(chosen["settings"])
+            base = switched(pinned(), dict(chosen["settings"]))  # what a cell cached before a pin was added ran
             base.pop("--sparsity", None)  # on the default's blocks, without choosing them again
             base["--blocks"] = blocks
             if chosen["name"] in grid:  # the chosen setting on this machine too (the grid may have run elsewhere)

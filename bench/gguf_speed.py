@@ -96,7 +96,7 @@ def main() -> None:
     source = MODELS["smollm2"]
     model, tokenizer = load_model(str(folder))
     files = {kind: OUTPUTS / "gguf" / cell / f"smollm2-compressed.{kind}.gguf"
-             for kind in ("Q4_1", "Q4_K_M", "Q5_K_M", "Q8_0", "F16")}
+             for kind in ("Q4_1", "Q8_0", "F16", "Q5_K_M", "Q4_K_M")}  # K-quants last: llama.cpp may fall back
     for kind, path in files.items():
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)

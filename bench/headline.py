@@ -19,13 +19,14 @@ from common import OUTPUTS, RESULTS, alone, flags_of, pinned, protocol, require_
 
 SUITE = "headline-smollm2"
 BLOCKS = "14,17,13,26,16,18,15,12"  # the default's choice on this protocol (frontier-smollm2/s25-default)
-CELLS = {"default": pinned(sparsity="0.25", normalize_donors=None),
-         "default-raw": pinned(sparsity="0.25"),  # the default until 2026-12-04: donors at their own scale
-         "lora": pinned(method="kl-lora", blocks=BLOCKS, lr="1e-3"),
-         # distilling the dense model's logits instead of its final hidden states (frontier.py's push
-         # variant, which won on SmolLM2's dev for both repairs), for the default and for LoRA
-         "logits": pinned(sparsity="0.25", normalize_donors=None, distill="logits"),
-         "lora-logits": pinned(method="kl-lora", blocks=BLOCKS, lr="1e-3", distill="logits")}
+CELLS = {"default": pinned(sparsity="0.25", normalize_donors=None, distill="logits"),
+         # LoRA healing at its best dev rate, with the default's target (the dense model's logits)
+         "lora": pinned(method="kl-lora", blocks=BLOCKS, lr="1e-3", distill="logits"),
+         # the earlier defaults and their baseline: the dense model's final hidden states as the target
+         # (until late 2026-12-04), donors at their own scale too (until early 2026-12-04)
+         "default-hidden": pinned(sparsity="0.25", normalize_donors=None),
+         "default-raw": pinned(sparsity="0.25"),
+         "lora-hidden": pinned(method="kl-lora", blocks=BLOCKS, lr="1e-3")}
 
 
 def timed(name: str) -> dict:

@@ -30,7 +30,7 @@ RUNS = {
 # what the working tree has added since, set to what fc400f7 did: the exact criterion on every
 # candidate to the end, donors at their own scale
 NOW_ONLY = ["--kl-top-k", "0", "--kl-stride", "1", "--rescore", "0", "--full-scores", "--no-normalize-donors",
-            "--no-gguf"]
+            "--distill", "hidden", "--warmup", "0", "--no-gguf"]
 
 
 def _run(source: str | None, name: str, out) -> None:

@@ -89,10 +89,11 @@ class TuneConfig:
     # norms). Starting at zero they need more than LoRA's 1e-3 to use the recycled weights; 1e-2
     # fits the calibration corpus (SmolLM2's C4 and zero-shot got worse), 3e-2 diverges
     global_coef_lr: float | None = 3e-3
-    # what the global tune and LoRA healing match: the dense model's final hidden states (by
-    # `loss`), or its next-token distributions through the model's own head (KL over the
-    # vocabulary, a chunk of positions at a time)
-    distill: Distill = "hidden"
+    # what the global tune and LoRA healing match: the dense model's next-token distributions
+    # through the model's own head (KL over the vocabulary, a chunk of positions at a time), or its
+    # final hidden states (by `loss`). Logits won on SmolLM2's dev by 14% / 10% for fusion and LoRA
+    # alike and lost 1-4% on pydoc's (docs/BENCHMARKS.md); they cost the head's passes each step
+    distill: Distill = "logits"
     warmup: float = 0.0  # share of a tune's optimiser steps over which the rates ramp up (then cosine decay)
     # memory of the tunes, without changing what they compute (up to float rounding): windows per
     # forward/backward pass, gradients accumulated over a batch (None: the whole batch), and

@@ -9,7 +9,6 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -54,29 +53,49 @@ class LogitDistillation:
     model's own head (final norm, LM head, soft-cap) applied to final hidden states.
 
     The vocabulary-wide tensors exist for a chunk of positions at a time, and only while that chunk
-    is computed: each chunk is checkpointed (its logits, teacher's included, are recomputed in
-    backward rather than kept), so a 256k-vocabulary model needs ~`max_elements` floats per tensor
-    whatever the batch. The head is frozen; gradients reach the student's hidden states."""
+    is computed, so a 256k-vocabulary model needs ~`max_elements` floats per tensor whatever the
+    batch. The head is frozen: what flows back is the gradient on the student's hidden states, which
+    each chunk computes at once beside its loss (the head's forward for teacher and student and one
+    backward, instead of recomputing both forwards in the backward pass)."""
 
     def __init__(self, head: nn.Module, max_elements: int = 2**25):
         self.head, self.max_elements = head, max_elements
 
-    def _chunk(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def _chunk(self, student: torch.Tensor, teacher: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         with torch.no_grad():
             log_p = F.log_softmax(self.head(teacher).float(), dim=-1)
-        log_q = F.log_softmax(self.head(student).float(), dim=-1)
-        return (log_p.exp() * (log_p - log_q)).sum()
+        with torch.enable_grad():
+            student = student.detach().requires_grad_(grad)
+            log_q = F.log_softmax(self.head(student).float(), dim=-1)
+            loss = (log_p.exp() * (log_p - log_q)).sum()
+            return loss.detach(), (torch.autograd.grad(loss, student)[0] if grad else None)
 
     def __call__(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return _ChunkedKL.apply(student, teacher, self)
+
+
+class _ChunkedKL(torch.autograd.Function):
+    """The mean KL over positions, with the gradient on the student's hidden states computed in
+    the forward pass, chunk by chunk, and only scaled in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, loss: LogitDistillation) -> torch.Tensor:
         s, t = student.flatten(0, -2), teacher.flatten(0, -2)
-        vocab = self.head.lm_head.weight.shape[0]
-        chunk = max(1, self.max_elements // vocab)
-        total = torch.zeros((), device=s.device)
+        chunk = max(1, loss.max_elements // loss.head.lm_head.weight.shape[0])
+        grad = ctx.needs_input_grad[0]
+        total, grads = torch.zeros((), device=s.device), []
         for i in range(0, s.shape[0], chunk):
-            part = (s[i:i + chunk], t[i:i + chunk])
-            total = total + (checkpoint(self._chunk, *part, use_reentrant=False) if torch.is_grad_enabled()
-                             else self._chunk(*part))
+            value, part = loss._chunk(s[i:i + chunk], t[i:i + chunk], grad)
+            total = total + value
+            grads.append(part)
+        if grad:
+            ctx.save_for_backward(torch.cat(grads).view_as(student) / s.shape[0])
         return total / s.shape[0]
+
+    @staticmethod
+    def backward(ctx, upstream: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * upstream.to(grad.dtype), None, None
 
 
 LOSSES: dict[str, Loss] = {"kl_batch": kl_batch, "kl_hidden": kl_hidden, "mse": mse, "relative_mse": relative_mse,
