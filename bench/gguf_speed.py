@@ -35,8 +35,21 @@ def _ids() -> np.ndarray:
 
 
 def _llama(path: Path):
+    """llama.cpp on `path`, without its extra CPU buffer types: with them, this machine's build puts
+    quantised weights in AMX buffers and crashes in its AMX matmul (llama.cpp issue 20824), the
+    dense input as much as ours; both files are measured the same way."""
     import llama_cpp
+    import llama_cpp.llama as api
 
+    defaults = api.llama_cpp.llama_model_default_params
+    if not getattr(defaults, "without_extra_buffers", False):
+        def without_extra_buffers():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        without_extra_buffers.without_extra_buffers = True
+        api.llama_cpp.llama_model_default_params = without_extra_buffers
     return llama_cpp.Llama(model_path=str(path), n_ctx=SEQLEN + DECODE, n_batch=SEQLEN, logits_all=True,
                            n_threads=THREADS,
                            n_threads_batch=THREADS, verbose=False)
