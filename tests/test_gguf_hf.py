@@ -185,3 +185,38 @@ def test_compress_of_a_hf_model_writes_its_gguf_and_refuses_a_family_it_cannot(t
     capsys.readouterr()
     assert main(_compress(gpt2, tmp_path / "refused", text_file, "--num-remove", "1", "--gguf")) == 2
     assert "gpt2 model is not supported" in _one_line_error(capsys) and not (tmp_path / "refused").exists()
+
+
+def test_a_gemma3_gguf_input_keeps_its_kept_blocks_sliding_layout(tmp_path, bpe_tokenizer, monkeypatch):
+    """A Gemma 3 GGUF without a per-block pattern key (llama.cpp then takes every sixth block as
+    global): removing block 2 moves the global block from index 5 to 4, so GGUF out must write the
+    kept blocks' layout explicitly, and llama.cpp then computes what transformers computes."""
+    from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress
+    from fusegpt.gguf_out import write_gguf
+
+    vocab = len(bpe_tokenizer)
+    shape = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                 max_position_embeddings=128, bos_token_id=vocab - 1, eos_token_id=vocab - 1)
+    # head_dim = query_pre_attn_scalar = 256 as in Gemma 3 (transformers' GGUF loader assumes 256)
+    config = Gemma3TextConfig(**shape, num_hidden_layers=8, head_dim=256, query_pre_attn_scalar=256, sliding_window=8,
+                              layer_types=["sliding_attention"] * 5 + ["full_attention"] + ["sliding_attention"] * 2)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    source = tmp_path / "gemma3.gguf"
+    monkeypatch.setattr("gguf.GGUFWriter.add_sliding_window_pattern", lambda self, value: None)
+    write_gguf_from_hf(model, bpe_tokenizer, source, "F32")
+    monkeypatch.undo()
+    assert "gemma3.attention.sliding_window_pattern" not in gguf.GGUFReader(source).fields
+    loaded, tokenizer = load_model(str(source))
+    text = tmp_path / "calib.txt"
+    text.write_text("the cat in the hat sat on the mat and then the cat ran in " * 60)
+    result = compress(loaded, tokenizer, CompressConfig(
+        blocks=[2], sparsity=None, calib=str(text), nsamples=8, seqlen=32, mi_samples=4,
+        fusion=FusionConfig(group_size=2, rank=4, lora_rank=2), tune=TuneConfig(epochs=0, global_epochs=1, batch_size=4)),
+        progress=False)
+    out = tmp_path / "out.gguf"
+    write_gguf(result.model, result.report.kept, source, out, "F32")
+    pattern = gguf.GGUFReader(out).fields["gemma3.attention.sliding_window_pattern"].contents()
+    assert pattern == [True, True, True, True, False, True, True]
+    ids = [vocab - 1, *range(5, 45)]
+    assert _relative_difference(_llama_cpp_logits(out, ids), result.model, ids) < 2e-3

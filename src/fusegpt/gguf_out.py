@@ -193,8 +193,16 @@ def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str |
         if gguf_type or not np.array_equal(original.astype(np.float32), current):
             changed[new] = _to_gguf(processor, current, new)
 
+    pattern_key = f"{arch}.attention.sliding_window_pattern"
+    layer_types = getattr(model.config.get_text_config(), "layer_types", None) or []
+
     def metadata(writer) -> None:
         _copy_metadata(reader, writer, depth, kept)
+        if "sliding_attention" in layer_types and pattern_key not in reader.fields:
+            # llama.cpp would take its built-in period (Gemma 3: every sixth block global), which
+            # removing blocks breaks: the kept blocks' own layout, explicitly
+            writer.add_key_value(pattern_key, [kind == "sliding_attention" for kind in layer_types],
+                                 gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.BOOL)
 
     def all_tensors():
         for new, tensor in plan:
