@@ -36,5 +36,7 @@ def test_fused_beats_removed_on_stories260k(stories):
     removed, removed_blocks = _compress(stories, "remove")
     fused, fused_blocks = _compress(stories, "fusegpt")
     assert removed_blocks[0] == fused_blocks[0] == 4  # the last block has the lowest MI
-    assert dense < fused < removed
-    assert fused - dense < 0.1 * (removed - dense)  # fusion repairs over 90% of the damage
+    assert dense < removed and fused < removed
+    # fusion repairs over 90% of the damage (distilling the dense logits on WikiText-2 takes this
+    # TinyStories model below its own perplexity there: 105.3 against 121.5; hidden states, 129.4)
+    assert fused - dense < 0.1 * (removed - dense)

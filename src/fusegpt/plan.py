@@ -149,7 +149,7 @@ class Plan:
                                f"{self.available / GIB:.1f} GiB are available; try {', '.join(fixes)}")
 
 
-LOGIT_TEMPORARIES = 6 * 2**25 * 4  # a chunk's logits, log-probabilities and gradient (tuning/losses.py)
+LOGIT_TEMPORARIES = 6  # a chunk's vocabulary-wide fp32 tensors: logits, log-probabilities, gradient (tuning/losses.py)
 GPU_TEMPORARIES = 4  # one block's fp32 effective weights and their gradients, in P_block x 4 bytes (estimated)
 CPU_SLACK = 13  # the host's: the same temporaries and the allocator's slack around them, measured (bench/memory.py --tune)
 
@@ -213,7 +213,7 @@ def tuning_memory(shape: Shape, config: CompressConfig, tuned: int, k: int, on_g
                         on the host, measured with the allocator's slack: 13 P_block x 4
         on a GPU also   the tuned blocks and the removed blocks injected into them, in b bytes
         logits          with --distill logits, the head (V x H b) and a chunk's vocabulary-wide fp32
-                        tensors (about 6 x 2^25 x 4 bytes: LogitDistillation's chunking)
+                        tensors (6 x min(2^25, m x T x V) x 4 bytes: LogitDistillation's chunking)
     """
     b = 2 if config.dtype == "bfloat16" else 4
     t, h, f, p = min(config.seqlen, shape.context), shape.hidden, shape.ffn, shape.block_parameters
@@ -227,8 +227,8 @@ def tuning_memory(shape: Shape, config: CompressConfig, tuned: int, k: int, on_g
     trained = trainable_count(shape, config, tuned, injections)
     memory = TuningMemory(checkpointed, micro, on_host)
     working = {"activations": activations, "kept weights": kept}
-    if config.tune.distill == "logits":
-        working["logits"] = shape.vocab * h * b + LOGIT_TEMPORARIES
+    if config.tune.distill == "logits":  # the head, and a chunk of at most 2^25 logits (a micro-batch's, if fewer)
+        working["logits"] = shape.vocab * h * b + LOGIT_TEMPORARIES * min(2**25, micro * t * shape.vocab) * 4
     if on_gpu:
         memory.device.update(working)
         memory.device["trainables"] = trained * (4 if on_host else 16)
