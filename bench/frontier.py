@@ -312,8 +312,12 @@ def plot(path) -> str:
             if not cells:
                 continue
             name = list(cells[0]["test"])[source]
-            ax.plot([c["block_passes"] for c in cells], [c["test"][name] for c in cells], style,
-                    label=f"{'fusion' if repair == 'fuse' else 'LoRA'} ({_setting(cells[0], short=True)})")
+            label = f"{'fusion' if repair == 'fuse' else 'LoRA'} ({_setting(cells[0], short=True)})"
+            line, = ax.plot([c["block_passes"] for c in cells], [c["test"][name] for c in cells], style, label=label)
+            logits = _cell(model, f"{cells[0]['name']}-logits")  # the same setting distilling logits, at 1x
+            if logits is not None:
+                ax.plot([logits["block_passes"]], [logits["test"][name]], "*", color=line.get_color(), markersize=11,
+                        label=f"{label.split(' (')[0]}, logits distilled")
             ax.set_title(f"{model} {sparsity}: {name}", fontsize=9)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("tuning block passes")
