@@ -47,7 +47,12 @@ def checked_output(job: Job) -> tuple[Path, Path]:
 
         from .gguf_hf import architecture
 
-        architecture(AutoConfig.from_pretrained(job.model))
+        try:
+            config = AutoConfig.from_pretrained(job.model)
+        except (OSError, ValueError):
+            config = None  # not a loadable model: loading it says so, in its own words
+        if config is not None:
+            architecture(config)
     from .gguf_out import check_gguf_type
 
     check_gguf_type(job.gguf_type)
