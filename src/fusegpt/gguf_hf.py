@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FuseGPTError
-from .gguf_out import UNQUANTISED, GGUFExport, _file_type, _processor, _quantise, _to_gguf, write_file
+from .gguf_out import UNQUANTISED, GGUFExport, _file_type, _processor, _quantise, _to_gguf, unquantised, write_file
 
 # HF model type -> llama.cpp architecture (Mistral's dense models run as llama there)
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3"}
@@ -213,9 +213,7 @@ def write_gguf_from_hf(model, tokenizer, out: Path, gguf_type: str | None = None
 
     name = target_type.name.removeprefix("MOSTLY_").removeprefix("ALL_")
     if name in UNQUANTISED:
-        half = target_type == gguf.LlamaFileType.MOSTLY_F16
-        written = {k: (v.astype(np.float16), gguf.GGMLQuantizationType.F16) if half and v.ndim > 1
-                   else (v.astype(np.float32), gguf.GGMLQuantizationType.F32) for k, v in tensors.items()}
+        written = {k: unquantised(v, target_type) for k, v in tensors.items()}
     else:
         written = _quantise(tensors, arch, metadata, lambda: iter(tensors.items()), target_type)
     export = GGUFExport(file=str(out), file_type=name, bytes=0, quantised=len(written))

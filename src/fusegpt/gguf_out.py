@@ -208,13 +208,8 @@ def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str |
         for new, tensor in plan:
             yield new, changed.get(new, gguf.dequantize(tensor.data, tensor.tensor_type).astype(np.float32))
 
-    def unquantised(data: np.ndarray):
-        if target_type == gguf.LlamaFileType.MOSTLY_F16 and data.ndim > 1:
-            return data.astype(np.float16), gguf.GGMLQuantizationType.F16
-        return data.astype(np.float32), gguf.GGMLQuantizationType.F32
-
     if target_type.name.removeprefix("ALL_").removeprefix("MOSTLY_") in UNQUANTISED:
-        written = {name: unquantised(data) for name, data in changed.items()}
+        written = {name: unquantised(data, target_type) for name, data in changed.items()}
     else:
         written = _quantise(changed, arch, metadata, all_tensors, target_type) if changed else {}
     export = GGUFExport(file=str(out), file_type=target_type.name.removeprefix("MOSTLY_").removeprefix("ALL_"), bytes=0)
@@ -223,6 +218,15 @@ def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str |
     export.quantised = sum(new in written for new, _ in plan)
     export.copied = len(plan) - export.quantised
     return export
+
+
+def unquantised(data: np.ndarray, file_type) -> tuple[np.ndarray, int]:
+    """(data, GGML type) of a tensor in an F32 or F16 file: matrices at the file's type, vectors (norms) F32."""
+    import gguf
+
+    if file_type == gguf.LlamaFileType.MOSTLY_F16 and data.ndim > 1:
+        return data.astype(np.float16), gguf.GGMLQuantizationType.F16
+    return data.astype(np.float32), gguf.GGMLQuantizationType.F32
 
 
 def write_file(out: Path, arch: str, metadata, file_type, tensors: list[tuple], export: GGUFExport) -> None:
