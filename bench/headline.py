@@ -22,6 +22,9 @@ BLOCKS = "14,17,13,26,16,18,15,12"  # the default's choice on this protocol (fro
 CELLS = {"default": pinned(sparsity="0.25", normalize_donors=None, distill="logits"),
          # the same, timed again once the logit loss computed its gradient beside it (bench/logit_loss.py)
          "default-retimed": pinned(sparsity="0.25", normalize_donors=None, distill="logits"),
+         # the same again once the logit loss reused its buffers in place (bench/logit_loss.py) and
+         # choosing bounded each candidate's KL from k logits before computing it (2026-12-04, late)
+         "default-inplace": pinned(sparsity="0.25", normalize_donors=None, distill="logits"),
          # LoRA healing at its best dev rate, with the default's target (the dense model's logits)
          "lora": pinned(method="kl-lora", blocks=BLOCKS, lr="1e-3", distill="logits"),
          # the earlier defaults and their baseline: the dense model's final hidden states as the target

@@ -1,6 +1,7 @@
 """The logit-distillation loss's cost: its gradient computed beside the loss, chunk by chunk
-(tuning/losses.py, the head's forward for teacher and student and one backward), against the
-same KL recomputed in the backward pass (torch's checkpointing of each chunk: both forwards twice).
+in reused buffers (tuning/losses.py: the head's forward for teacher and student and one backward),
+against the same KL through autograd, recomputed in the backward pass (torch's checkpointing of
+each chunk: both forwards twice, every tensor allocated anew).
 A head of SmolLM2's shape (576 -> 49,152, with its norm) on a batch of 8 x 256 positions, the two
 ways in turn, 3 rounds; prints seconds per forward + backward and their ratio.
 
@@ -16,18 +17,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from fusegpt.models.adapter import OutputHead
 from fusegpt.tuning.losses import LogitDistillation
 
 HIDDEN, BATCH, TOKENS, ROUNDS = 576, 8, 256, 3
 
 
-class Head(nn.Module):
-    def __init__(self, vocab: int):
-        super().__init__()
-        self.norm, self.lm_head = nn.RMSNorm(HIDDEN), nn.Linear(HIDDEN, vocab, bias=False)
-
-    def forward(self, x):
-        return self.lm_head(self.norm(x))
+def head_of(vocab: int) -> OutputHead:
+    return OutputHead([nn.RMSNorm(HIDDEN)], nn.Linear(HIDDEN, vocab, bias=False), None).requires_grad_(False)
 
 
 def recomputed(head: nn.Module, max_elements: int = 2**25):
@@ -49,7 +46,7 @@ def recomputed(head: nn.Module, max_elements: int = 2**25):
 def main() -> None:
     vocab = int(sys.argv[1]) if len(sys.argv) > 1 else 49152
     torch.manual_seed(0)
-    head = Head(vocab).requires_grad_(False)
+    head = head_of(vocab)
     teacher = torch.randn(BATCH, TOKENS, HIDDEN)
     ways = {"recomputed in backward": recomputed(head), "gradient beside the loss": LogitDistillation(head)}
     seconds = {name: [] for name in ways}

@@ -76,14 +76,14 @@ def test_the_default_recipe_at_7b_fits_a_24_gib_gpu_and_48_gib_of_host_memory(tm
 
 
 def test_logit_distillation_adds_the_head_and_one_chunk_to_the_tune(tmp_path, monkeypatch, capsys):
-    """--distill logits: the head, 32,000 x 4096 x 2 bytes = 0.24 GiB, and a chunk's six fp32
-    vocabulary-wide tensors, 6 x 2^25 x 4 bytes = 0.75 GiB: 0.99 GiB more on the device, for which
+    """--distill logits: the head, 32,000 x 4096 x 2 bytes = 0.24 GiB, and a chunk's four fp32
+    vocabulary-wide tensors, 4 x 2^25 x 4 bytes = 0.5 GiB: 0.74 GiB more on the device, for which
     the tune on a 24 GiB card takes smaller micro-batches and still fits."""
     _, hidden, _ = _plan_7b(tmp_path, monkeypatch, capsys, 300 * GIB, "--device", "cuda", "--device-memory", "24",
                             "--distill", "hidden")
     _, logits, _ = _plan_7b(tmp_path / "b", monkeypatch, capsys, 300 * GIB, "--device", "cuda", "--device-memory",
                             "24", "--distill", "logits")
-    assert "logits 1.0" in logits and "logits" not in hidden.split("device memory")[1].split("\n")[0]
+    assert "logits 0.7" in logits and "logits" not in hidden.split("device memory")[1].split("\n")[0]
     assert _gib(logits, "device") < 22 and "micro-batches of 4" in hidden and "micro-batches of 2" in logits
 
 

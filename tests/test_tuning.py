@@ -140,25 +140,26 @@ def test_learning_rate_ramps_up_then_decays_on_a_cosine():
     assert [learning_rate_factor(s, 4, 0.0) for s in range(4)] == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466])
 
 
-class _Head(torch.nn.Module):
-    """An OutputHead stand-in: a norm-free LM head over a vocabulary of 11."""
+def _head(norm: bool = False, bias: bool = False, softcap: float | None = None):
+    """A frozen OutputHead over hidden size 6 and a vocabulary of 11."""
+    from fusegpt.models.adapter import OutputHead
 
-    def __init__(self):
-        super().__init__()
-        self.lm_head = torch.nn.Linear(6, 11, bias=False)
-
-    def forward(self, x):
-        return self.lm_head(x)
+    final = [torch.nn.LayerNorm(6)] if norm else []
+    if norm:
+        torch.nn.init.normal_(final[0].weight, 1.0, 0.2)
+    return OutputHead(final, torch.nn.Linear(6, 11, bias=bias), softcap).requires_grad_(False)
 
 
 @pytest.mark.parametrize("max_elements", [11, 33, 10**6])  # a position per chunk, 3 per chunk, all at once
-def test_logit_distillation_is_the_vocabulary_kl_whatever_the_chunking(max_elements):
+@pytest.mark.parametrize("head", [dict(), dict(norm=True, bias=True, softcap=2.0)], ids=["plain", "norm-bias-softcap"])
+def test_logit_distillation_is_the_vocabulary_kl_whatever_the_chunking(max_elements, head):
     from fusegpt.tuning.losses import LogitDistillation
 
     torch.manual_seed(0)
-    head = _Head().requires_grad_(False)
+    head = _head(**head)
     student, teacher = torch.randn(2, 5, 6, requires_grad=True), torch.randn(2, 5, 6)
-    loss = LogitDistillation(head, max_elements=max_elements)(student, teacher)
+    distill = LogitDistillation(head, max_elements=max_elements)
+    loss = distill(student, teacher)
     expected = _kl_by_hand(head(student.detach()), head(teacher), -1)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     loss.backward()
@@ -166,6 +167,9 @@ def test_logit_distillation_is_the_vocabulary_kl_whatever_the_chunking(max_eleme
     log_p, log_q = torch.log_softmax(head(teacher), -1), torch.log_softmax(head(reference), -1)
     (log_p.exp() * (log_p - log_q)).sum(-1).mean().backward()
     assert torch.allclose(student.grad, reference.grad, atol=1e-6)
+    # the reused buffers: a second call, with fewer positions, gives its own KL
+    assert distill(student[:1, :3], teacher[:1, :3]).item() == pytest.approx(
+        _kl_by_hand(head(student[:1, :3].detach()), head(teacher[:1, :3]), -1), rel=1e-5)
     assert LogitDistillation(head)(teacher, teacher).item() == pytest.approx(0.0, abs=1e-6)
 
 

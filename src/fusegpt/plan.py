@@ -149,7 +149,9 @@ class Plan:
                                f"{self.available / GIB:.1f} GiB are available; try {', '.join(fixes)}")
 
 
-LOGIT_TEMPORARIES = 6  # a chunk's vocabulary-wide fp32 tensors: logits, log-probabilities, gradient (tuning/losses.py)
+# a chunk's vocabulary-wide fp32 tensors (tuning/losses.py): the teacher's probabilities and the logits,
+# reused in place; a soft-cap's tanh, or a bf16 head's products before and after the float32 copy
+LOGIT_TEMPORARIES = 4
 GPU_TEMPORARIES = 4  # one block's fp32 effective weights and their gradients, in P_block x 4 bytes (estimated)
 CPU_SLACK = 13  # the host's: the same temporaries and the allocator's slack around them, measured (bench/memory.py --tune)
 
@@ -213,7 +215,7 @@ def tuning_memory(shape: Shape, config: CompressConfig, tuned: int, k: int, on_g
                         on the host, measured with the allocator's slack: 13 P_block x 4
         on a GPU also   the tuned blocks and the removed blocks injected into them, in b bytes
         logits          with --distill logits, the head (V x H b) and a chunk's vocabulary-wide fp32
-                        tensors (6 x min(2^25, m x T x V) x 4 bytes: LogitDistillation's chunking)
+                        tensors (4 x min(2^25, m x T x V) x 4 bytes: LogitDistillation's chunking)
     """
     b = 2 if config.dtype == "bfloat16" else 4
     t, h, f, p = min(config.seqlen, shape.context), shape.hidden, shape.ffn, shape.block_parameters

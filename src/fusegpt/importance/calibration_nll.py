@@ -6,6 +6,7 @@ The input to block i comes from the cache, so only blocks after i, the final nor
 head are run."""
 from __future__ import annotations
 
+import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -27,11 +28,11 @@ def _next_token_nll(head: nn.Module, hidden: torch.Tensor, input_ids: torch.Tens
 
 def calibration_nll(stack: BlockStack, head: nn.Module, input_ids: torch.Tensor, samples: int,
                     candidates: list[int] | None = None, progress: bool = False,
-                    prior: dict[int, float] | None = None) -> dict[int, float]:
+                    prior: dict[int, float] | None = None, to_beat: float = math.inf) -> dict[int, float]:
     """NLL without each candidate (current index; default every block) by original index, on the
     first `samples` calibration windows. `head` maps the last block's output to logits
     (DecoderAdapter.head)."""
     ids = input_ids[:samples]
     measure = Measure(lambda final, windows: _next_token_nll(head, final, ids[windows], stack), ids.shape[1] - 1)
     with onloaded([head], stack.device):
-        return score_each(stack, measure, candidates, samples, "calibration nll", progress, prior)
+        return score_each(stack, measure, candidates, samples, "calibration nll", progress, prior, to_beat)

@@ -4,11 +4,15 @@ A criterion is a mean over the positions of the scoring windows of something nev
 (1 - cosine, a KL, a negative log-likelihood) of the final hidden states without the candidate. So
 a candidate whose sum over the windows run so far, divided by all the positions, already exceeds the
 lowest full score cannot be chosen: its run stops there, and its score is that lower bound (still a
-valid bound for lazy rescoring, since scores only grow from step to step). Candidates run in the
-order of their last scores, or of Block Influence (free from the cached boundaries) before any,
-so the likely winners come first. Exact: the same block is chosen as with every run completed."""
+valid bound for lazy rescoring, since scores only grow from step to step). A criterion may also
+give a cheap lower bound of its sum (the KL's, from k of the vocabulary's logits): the candidate's
+windows are then all run and bounded first, and the costly exact values computed only while the
+bounds leave it a chance. Candidates run in the order of their last scores, or of Block Influence
+(free from the cached boundaries) before any, so the likely winners come first. Exact: the same
+block is chosen as with every run completed."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,13 +33,43 @@ class Measure:
 
     total: Callable[[torch.Tensor, slice], float]
     positions: int
+    # a cheap lower bound of `total` on the same arguments, or None
+    bound: Callable[[torch.Tensor, slice], float] | None = None
+
+
+def _score(stack: BlockStack, i: int, measure: Measure, samples: int, best: float) -> tuple[float, bool]:
+    """Candidate i's mean of `measure`, or (with `stack.prune_candidates`) a lower bound of it once
+    that exceeds `best`; True when it is such a bound."""
+    count = measure.positions * samples
+    size = max(1, -(-samples // CHUNKS))
+    parts = [slice(start, min(start + size, samples)) for start in range(0, samples, size)]
+    known, pending = 0.0, []  # exact sums, plus the bounds of the `pending` parts (no exact sum yet)
+
+    def ruled_out(exact: bool) -> bool:
+        return stack.prune_candidates and not exact and known / count > best
+
+    for n, windows in enumerate(parts, 1):
+        final = stack.run(i + 1, len(stack), stack.boundaries[i][windows])
+        if measure.bound is None:
+            known += measure.total(final, windows)
+        else:
+            pending.append((windows, final, measure.bound(final, windows)))
+            known += pending[-1][2]
+        if ruled_out(n == len(parts) and not pending):
+            return known / count, True
+    for n, (windows, final, lower) in enumerate(pending, 1):  # the bounds left it a chance
+        known += measure.total(final, windows) - lower
+        if ruled_out(n == len(pending)):
+            return known / count, True
+    return known / count, False
 
 
 def score_each(stack: BlockStack, measure: Measure, candidates: list[int] | None, samples: int, desc: str,
-               progress: bool, prior: dict[int, float] | None = None) -> dict[int, float]:
+               progress: bool, prior: dict[int, float] | None = None, to_beat: float = math.inf) -> dict[int, float]:
     """{original index: mean of `measure` without the candidate, on the first `samples` windows} of
     every candidate (current index; None: every current block), or a lower bound above the lowest
-    score for a candidate that cannot be chosen (its index goes into `stack.score_bounds`). A streamed model runs its candidates together
+    score (or `to_beat`, the lowest found this step before this call) for a candidate that cannot be
+    chosen (its index goes into `stack.score_bounds`). A streamed model runs its candidates together
     instead (BlockStack.outputs_without), to the end. Under torchrun each rank scores its share and
     every rank gets all the scores."""
     candidates = list(range(len(stack))) if candidates is None else list(candidates)
@@ -50,17 +84,12 @@ def score_each(stack: BlockStack, measure: Measure, candidates: list[int] | None
                 scores[stack.origin[i]] = measure.total(final, slice(0, samples)) / count
                 bar.update()
             return gather(scores)
-        best = float("inf")
-        size = max(1, -(-samples // CHUNKS))
+        best = to_beat
         for i in mine:
-            total = 0.0
-            for start in range(0, samples, size):
-                windows = slice(start, min(start + size, samples))
-                total += measure.total(stack.run(i + 1, len(stack), stack.boundaries[i][windows]), windows)
-                if stack.prune_candidates and total / count > best and windows.stop < samples:
-                    stack.score_bounds.add(stack.origin[i])
-                    break  # cannot be the lowest any more
-            scores[stack.origin[i]] = total / count
-            best = min(best, total / count)
+            score, bounded = _score(stack, i, measure, samples, best)
+            scores[stack.origin[i]] = score
+            if bounded:
+                stack.score_bounds.add(stack.origin[i])
+            best = min(best, score)
             bar.update()
     return gather(scores)

@@ -3,6 +3,7 @@ sooner) and chooses one; a one-shot criterion (catalog.CRITERIA) scores the dens
 keeps its scores."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -50,17 +51,17 @@ class Selection:
 SELECTIONS: dict[str, Selection] = {
     # FuseGPT: the block without which the final hidden states change least (iterative)
     "mi": Selection("macro_influence", lambda ctx: macro_influence(ctx.stack, ctx.config.mi_samples, ctx.candidates,
-                                                                   ctx.progress, ctx.prior)),
+                                                                   ctx.progress, ctx.prior, ctx.to_beat)),
     # ShortGPT: the block that changes its own input least, scored once
     "bi": Selection("block_influence", lambda ctx: block_influence(ctx.stack, ctx.config.mi_samples)),
     # SLEB: the block without which the calibration loss is lowest (iterative)
     "nll": Selection("calibration_nll", lambda ctx: calibration_nll(
         ctx.stack, ctx.adapter.head(ctx.model), ctx.input_ids, ctx.config.mi_samples, ctx.candidates, ctx.progress,
-        ctx.prior)),
+        ctx.prior, ctx.to_beat)),
     # SLEB's criterion against the dense model's predictions instead of the text's next tokens (iterative)
     "kl": Selection("output_divergence", lambda ctx: output_divergence(
         ctx.stack, ctx.adapter.head(ctx.model), ctx.config.mi_samples, ctx.config.kl_top_k, ctx.config.kl_stride,
-        ctx.candidates, ctx.progress, ctx.prior)),
+        ctx.candidates, ctx.progress, ctx.prior, ctx.to_beat)),
     # "Reassessing Layer Pruning": the blocks just before the final one
     "last": Selection("position", lambda ctx: [float(i) for i in ctx.stack.origin], first_of_the_tail),
     # ReplaceMe / "Unreasonable Ineffectiveness of the Deeper Layers": the contiguous span of K
@@ -80,8 +81,8 @@ def score_step(ctx: StepContext, selection: Selection, latest: Scores, chunk: in
     fresh one cannot be the lowest; exact as long as that holds (bench/criterion.py measures it)."""
     stack = ctx.stack
 
-    def scored_for(candidates: list[int] | None) -> Scores:
-        computed = selection.score(replace(ctx, candidates=candidates, prior=latest or None))
+    def scored_for(candidates: list[int] | None, to_beat: float = math.inf) -> Scores:
+        computed = selection.score(replace(ctx, candidates=candidates, prior=latest or None, to_beat=to_beat))
         return computed if isinstance(computed, dict) else dict(zip(stack.origin, computed))
 
     if not chunk or any(o not in latest for o in stack.origin):
@@ -89,7 +90,7 @@ def score_step(ctx: StepContext, selection: Selection, latest: Scores, chunk: in
     order = sorted(range(len(stack)), key=lambda i: latest[stack.origin[i]])
     fresh: Scores = {}
     for start in range(0, len(order), chunk):
-        fresh.update(scored_for(sorted(order[start:start + chunk])))
+        fresh.update(scored_for(sorted(order[start:start + chunk]), min(fresh.values(), default=math.inf)))
         rest = order[start + chunk:]
         if not rest or min(fresh.values()) <= latest[stack.origin[rest[0]]]:
             return fresh

@@ -1,6 +1,7 @@
 """What a method gets to work with and what it reports back for one removal."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,7 @@ class StepContext:
     progress: bool = True
     candidates: list[int] | None = None  # current indices an iterative criterion scores this step (None: all)
     prior: dict[int, float] | None = None  # each block's latest score (original index): the order candidates run in
+    to_beat: float = math.inf  # the lowest score found this step so far: a candidate that cannot get below it stops early
 
 
 @dataclass

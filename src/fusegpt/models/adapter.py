@@ -31,10 +31,14 @@ class OutputHead(nn.Module):
         self.lm_head = lm_head
         self.softcap = softcap
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the LM head reads: the last block's output through the final layers (the norm)."""
         for layer in self.final_layers:
             hidden = layer(hidden)
-        logits = self.lm_head(hidden)
+        return hidden
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(self.features(hidden))
         if self.softcap:  # Gemma-style final logit soft-capping, as the causal LM's forward does it
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits

@@ -4,11 +4,14 @@ Inputs are hidden states of shape (batch, tokens, hidden). `LogitDistillation` c
 through the model's own head instead: the next-token distributions they predict."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..models.adapter import OutputHead
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -50,28 +53,80 @@ def cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 class LogitDistillation:
     """KL(teacher's next-token distribution || student's), mean over tokens, where both are the
-    model's own head (final norm, LM head, soft-cap) applied to final hidden states.
+    model's own head (final norm, LM head, soft-cap: an `OutputHead`) applied to final hidden states.
 
-    The vocabulary-wide tensors exist for a chunk of positions at a time, and only while that chunk
-    is computed, so a 256k-vocabulary model needs ~`max_elements` floats per tensor whatever the
-    batch. The head is frozen: what flows back is the gradient on the student's hidden states, which
-    each chunk computes at once beside its loss (the head's forward for teacher and student and one
-    backward, instead of recomputing both forwards in the backward pass)."""
+    The vocabulary-wide tensors exist for a chunk of ~`max_elements` logits at a time, in two
+    buffers (three with a soft-cap) that every chunk and step reuses in place: a 256k-vocabulary
+    model needs no more whatever the batch, and no step pays for fresh pages (on a CPU, allocating
+    the tensors anew cost as much as the head's matrix products). The head is frozen: what flows
+    back is the gradient on the student's hidden states, which each chunk computes at once beside
+    its loss (softmax(student) - softmax(teacher) on the logits, through the head's weight and its
+    final layers)."""
 
-    def __init__(self, head: nn.Module, max_elements: int = 2**25):
+    def __init__(self, head: OutputHead, max_elements: int = 2**25):
         self.head, self.max_elements = head, max_elements
+        self._buffers: list[torch.Tensor] = []
+
+    def rows_per_chunk(self) -> int:
+        return max(1, self.max_elements // self.head.lm_head.weight.shape[0])
+
+    def _scratch(self, rows: int, like: torch.Tensor) -> list[torch.Tensor]:
+        """(rows, vocabulary) fp32 views of the reused buffers on `like`'s device."""
+        if not self._buffers or self._buffers[0].device != like.device or len(self._buffers[0]) < rows:
+            size = (rows, self.head.lm_head.weight.shape[0])
+            self._buffers = [torch.empty(size, device=like.device) for _ in range(3 if self.head.softcap else 2)]
+        return [b[:rows] for b in self._buffers]
+
+    def _logits(self, features: torch.Tensor, out: torch.Tensor, capped: torch.Tensor | None) -> torch.Tensor:
+        """The head's logits of `features` (rows, hidden), written into `out`; with a soft-cap,
+        `out` keeps tanh(logits / cap) (its derivative's ingredient) and `capped` the capped logits."""
+        weight, bias = self.head.lm_head.weight, self.head.lm_head.bias
+        if weight.dtype == out.dtype:
+            torch.mm(features, weight.t(), out=out) if bias is None else torch.addmm(bias, features, weight.t(), out=out)
+        else:
+            out.copy_(F.linear(features, weight, bias))
+        if capped is None:
+            return out
+        out.div_(self.head.softcap).tanh_()
+        return torch.mul(out, self.head.softcap, out=capped)
 
     def _chunk(self, student: torch.Tensor, teacher: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        with torch.no_grad():
-            log_p = F.log_softmax(self.head(teacher).float(), dim=-1)
+        """The chunk's summed KL, and its gradient on the student's hidden states (when `grad`)."""
+        p, logits, *capped = self._scratch(student.shape[0], student)
+        capped = capped[0] if capped else None
+        with torch.no_grad():  # the teacher: p = softmax(t), and <p, t - max t> - log z_t = sum p log p
+            t = self._logits(self.head.features(teacher), logits, capped)
+            t.sub_(t.amax(-1, keepdim=True))
+            torch.exp(t, out=p)
+            z = p.sum(-1, keepdim=True)
+            p.div_(z)
+            loss = _row_dot(p, t) - z.log().squeeze(-1)
         with torch.enable_grad():
             student = student.detach().requires_grad_(grad)
-            log_q = F.log_softmax(self.head(student).float(), dim=-1)
-            loss = (log_p.exp() * (log_p - log_q)).sum()
-            return loss.detach(), (torch.autograd.grad(loss, student)[0] if grad else None)
+            features = self.head.features(student)
+        with torch.no_grad():  # the student: KL = sum p log p - <p, s - max s> + log z_s
+            s = self._logits(features.detach(), logits, capped)
+            s.sub_(s.amax(-1, keepdim=True))
+            loss -= _row_dot(p, s)
+            q = s.exp_()
+            z = q.sum(-1, keepdim=True)
+            loss += z.log().squeeze(-1)
+            if not grad:
+                return loss.sum(), None
+            gradient = q.div_(z).sub_(p)  # d KL / d logits = q - p
+            if capped is not None:  # through cap * tanh(x / cap): times 1 - tanh^2
+                gradient.mul_(logits.square_().neg_().add_(1))
+            weight = self.head.lm_head.weight
+            upstream = torch.mm(gradient.to(weight.dtype), weight)
+        return loss.sum(), torch.autograd.grad(features, student, upstream.to(features.dtype))[0]
 
     def __call__(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return _ChunkedKL.apply(student, teacher, self)
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Each row's dot product, without a (rows, vocabulary) product in between."""
+    return (a.unsqueeze(1) @ b.unsqueeze(-1)).view(-1)
 
 
 class _ChunkedKL(torch.autograd.Function):
@@ -81,7 +136,7 @@ class _ChunkedKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, loss: LogitDistillation) -> torch.Tensor:
         s, t = student.flatten(0, -2), teacher.flatten(0, -2)
-        chunk = max(1, loss.max_elements // loss.head.lm_head.weight.shape[0])
+        chunk = loss.rows_per_chunk()
         grad = ctx.needs_input_grad[0]
         total, grads = torch.zeros((), device=s.device), []
         for i in range(0, s.shape[0], chunk):
