@@ -6,6 +6,8 @@
                                             # a 32,768-token vocabulary (memory beyond the head)
     python bench/criterion.py speed         # exact and default scoring on pydoc (seed 0), each timed alone
     python bench/criterion.py table         # the blocks and seconds of what is cached (docs/BENCHMARKS.md)
+    python bench/criterion.py budget        # every block scored every step: where each step's winner stood
+                                            # in the order of the previous step's scores
     python bench/criterion.py blocks [NAMES] # the blocks chosen by each variant (default: exact and the
                                             # default's): pydoc seeds 0-4 at 0.25 and 0.5, SmolLM2 at 0.25
 
@@ -31,10 +33,17 @@ VARIANTS = {
     # the same flags with the code of 2026-12-04: candidates in the order of their last scores (Block
     # Influence at first), each stopped once its partial sum rules it out (importance/candidates.py)
     "default": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4"],
+    # the same flags with the code of late 2026-12-04: each candidate's KL first bounded from the k
+    # dense top tokens' logits on every window, the vocabulary's head run only while the bounds
+    # leave it a chance; the best score carried from one lazy chunk to the next
+    "bounded": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4"],
+    # the default's criterion, every block scored every step and run to the end (bench/criterion.py budget)
+    "every": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "0", "--full-scores"],
     # the criterion as it was before 2026-12-02: every candidate, the whole vocabulary, run to the end
     "exact-full": [*EXACT, "--full-scores"],
 }
-CHEAP = "default"  # the default's settings
+RUNS = [("pydoc", sparsity, seed) for sparsity in ("0.25", "0.5") for seed in range(5)] + [("smollm2", "0.25", 0)]
+CHEAP = "bounded"  # the default's settings and code
 RESULT = RESULTS / "criterion.json"
 SELECT = ["--selection", "kl", "--repair", "none", "--seed"]
 
@@ -60,6 +69,7 @@ def _compress(model: str, out: Path, flags: list[str]) -> dict:
     rss = next(int(line.split()[1]) for line in run.stderr.splitlines() if line.startswith("MAXRSS"))
     return {"removed": report["removed"], "score_seconds": round(sum(s["seconds"]["score"] for s in report["steps"]), 1),
             "scored_blocks": sum(len(s["scores"]) for s in report["steps"]),
+            "scores": [s["scores"] for s in report["steps"]],
             "score_passes": sum(s.get("score_passes", 0) for s in report["steps"]), "peak_rss_gib": round(rss / 2**20, 2)}
 
 
@@ -100,8 +110,7 @@ def timing() -> None:
 
 def blocks(names: list[str]) -> None:
     results = _load()
-    runs = [("pydoc", sparsity, seed) for sparsity in ("0.25", "0.5") for seed in range(5)] + [("smollm2", "0.25", 0)]
-    for model, sparsity, seed in runs:
+    for model, sparsity, seed in RUNS:
         proto = protocol(model)
         for name in names:
             flags = VARIANTS[name]
@@ -111,6 +120,31 @@ def blocks(names: list[str]) -> None:
             _record(key, _compress(str(proto.model), OUTPUTS / "criterion" / "blocks",
                                    [*proto.calib, "--sparsity", sparsity, *SELECT, str(seed), *flags]))
             print(key, _load()[key], flush=True)
+
+
+def winner_ranks(scores: list[dict[str, float]]) -> list[int]:
+    """Where each step's winner stood (1 = first) when every remaining block is ordered by its latest
+    score, the previous step's: how many a rescoring of only the best few would have had to rescore
+    to take the same block. `scores` are every block's full scores, step by step."""
+    latest, ranks = dict(scores[0]), []
+    for step in scores[1:]:
+        order = sorted(step, key=lambda block: latest[block])
+        ranks.append(order.index(min(step, key=step.get)) + 1)
+        latest.update(step)
+    return ranks
+
+
+def budget() -> None:
+    """The default's criterion with every block scored every step (--rescore 0 --full-scores), on
+    the blocks runs; prints each step's winner's rank by the previous step's scores."""
+    for model, sparsity, seed in RUNS:
+        proto = protocol(model)
+        key = f"budget {model} {sparsity} seed{seed}"
+        if key not in _load():
+            _record(key, _compress(str(proto.model), OUTPUTS / "criterion" / "budget",
+                                   [*proto.calib, "--sparsity", sparsity, *SELECT, str(seed), *VARIANTS["every"]]))
+        entry = _load()[key]
+        print(key, entry["removed"], "winner ranks", winner_ranks(entry["scores"]), flush=True)
 
 
 def exact_passes(model: str, sparsity: str) -> int:
@@ -183,5 +217,7 @@ if __name__ == "__main__":
         timing()
     elif sys.argv[1:2] == ["speed"]:
         speed()
+    elif sys.argv[1:2] == ["budget"]:
+        budget()
     else:
         blocks(sys.argv[2].split(",") if len(sys.argv) > 2 else ["exact", CHEAP])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -162,6 +163,33 @@ def test_a_strided_kl_scores_every_nth_position_in_chunks_of_any_size(tokenizer,
         assert targets.positions.tolist() == list(range(4, 32, 5))
         total = divergence_from(head, hidden, targets, torch.device("cpu"), max_elements=max_elements)
         assert total / (4 * len(targets.positions)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_kl_bound_from_k_logits_is_below_the_kl_and_equal_to_it_when_the_top_mass_agrees():
+    """One position, vocabulary 4, the dense model's top 2 tokens: the bound is P x KL of the
+    top-2 distributions renormalised, where P is the dense top-2 mass."""
+    from fusegpt.importance.output_divergence import dense_targets, divergence_bound, divergence_from
+    from fusegpt.models.adapter import OutputHead
+
+    identity = torch.nn.Linear(4, 4, bias=False)
+    identity.weight.data = torch.eye(4)
+    head, cpu = OutputHead([], identity, None), torch.device("cpu")
+    dense = torch.tensor([[[2.0, 1.0, 0.0, 0.0]]])  # its hidden states are its logits
+    targets = dense_targets(head, dense, top_k=2, stride=1, device=cpu)
+    p = torch.softmax(dense[0, 0], -1).tolist()
+    # the top two swapped: the same top mass, so the rest bins agree and the bound is the KL itself
+    swapped = torch.tensor([[[1.0, 2.0, 0.0, 0.0]]])
+    q = torch.softmax(swapped[0, 0], -1).tolist()
+    by_hand = p[0] * math.log(p[0] / q[0]) + p[1] * math.log(p[1] / q[1])
+    assert divergence_from(head, swapped, targets, cpu) == pytest.approx(by_hand, rel=1e-5)
+    assert divergence_bound(head, swapped, targets, cpu) == pytest.approx(by_hand, rel=1e-4)
+    # more mass on the top two than the dense model gives them: the bound is below the KL
+    peaked = torch.tensor([[[3.0, 0.0, -1.0, -1.0]]])
+    top, mass = [math.exp(3.0), 1.0], p[0] + p[1]
+    conditional = [v / sum(top) for v in top]
+    bound = sum(p[v] * math.log(p[v] / mass / conditional[v]) for v in range(2))
+    assert divergence_bound(head, peaked, targets, cpu) == pytest.approx(bound, rel=1e-4)
+    assert 0 < divergence_bound(head, peaked, targets, cpu) < divergence_from(head, peaked, targets, cpu) * 0.9
 
 
 def test_the_automatic_stride_scores_fewer_positions_only_when_the_head_outweighs_the_blocks():
@@ -491,6 +519,26 @@ def test_the_catalog_and_the_registries_name_the_same_criteria_repairs_and_metho
     assert all(m.selection in SELECTIONS and m.repair in REPAIRS for m in catalog.METHODS.values())
     assert set(catalog.ALIASES.values()) <= set(catalog.METHODS) and not set(catalog.ALIASES) & set(catalog.METHODS)
     assert set(METHODS) == set(catalog.METHODS)
+
+
+def test_a_rescoring_limit_scores_only_the_best_few_by_their_last_scores(tokenizer, text_file):
+    """--rescore-limit 3: after the first step, at most 3 blocks are scored, the 3 lowest by their
+    latest scores (a block left out keeps its older, lower score and comes first later)."""
+    config = _config(text_file, method="kl-fuse", num_remove=4, rescore=2, rescore_limit=3, kl_top_k=0,
+                     full_scores=True)
+    report = compress(tiny_llama(depth=8), tokenizer, config, progress=False).report
+    unlimited = compress(tiny_llama(depth=8), tokenizer, replace(config, rescore_limit=0), progress=False).report
+    assert max(len(step.scores) for step in unlimited.steps[1:]) == 4  # the lazy bound alone rescored 4 once
+    first, *later = report.steps
+    assert len(first.scores) == 8
+    latest, gone = dict(first.scores), {first.removed}
+    for step in later:
+        order = sorted((o for o in latest if o not in gone), key=latest.get)
+        assert len(step.scores) <= 3 and sorted(step.scores) == sorted(order[:len(step.scores)])
+        assert step.removed == min(step.scores, key=step.scores.get)
+        latest.update(step.scores)
+        gone.add(step.removed)
+    assert any(len(step.scores) == 3 for step in later)  # the limit, not the lazy bound, stopped a step
 
 
 def test_an_old_method_name_runs_the_same_method_and_the_label_says_what_ran(tokenizer, text_file):

@@ -20,7 +20,7 @@ class Criterion:
     settings: tuple[str, ...] = ()  # CompressConfig fields that shape its choice (a cell's fingerprint)
 
 
-ITERATIVE = ("mi_samples", "rescore")
+ITERATIVE = ("mi_samples", "rescore", "rescore_limit")
 CRITERIA: dict[str, Criterion] = {
     "mi": Criterion("Macro Influence: without which block the final hidden states change least (FuseGPT), "
                     "iterative", runs_blocks=True, settings=ITERATIVE),

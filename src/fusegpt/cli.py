@@ -82,6 +82,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
             "run on all; 0: every position unless the LM head outweighs the blocks)")
     _recipe(p, "--rescore", "", "rescore", int, "iterative criteria: after the first step, rescore N blocks at a "
             "time in the order of their last scores, until no other can beat the best (0: every block every step)")
+    _recipe(p, "--rescore-limit", "", "rescore_limit", int, "iterative criteria: rescore at most N blocks a step "
+            "after the first, the best by their last scores (0: as many as --rescore needs)")
     p.add_argument("--full-scores", action="store_true", default=None,
                    help="iterative criteria: score every candidate to the end (every reported score exact) "
                         "instead of stopping one once it cannot be chosen; the same blocks, slower%(default).0s")
@@ -214,7 +216,8 @@ def _config(args, **amount) -> CompressConfig:
                     hidden_cache=args.hidden_cache, offload=args.offload,
                     data_dir=args.data_dir)
     given = {key: value for key, value in vars(args).items() if value is not None}
-    for key in ("method", "nsamples", "seqlen", "mi_samples", "kl_top_k", "kl_stride", "rescore", "full_scores"):
+    for key in ("method", "nsamples", "seqlen", "mi_samples", "kl_top_k", "kl_stride", "rescore", "rescore_limit",
+                "full_scores"):
         setattr(config, key, given.get(key, getattr(config, key)))
     for section in ("tune", "fusion"):
         for key, value in given.items():

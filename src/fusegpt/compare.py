@@ -25,7 +25,7 @@ NEUTRAL_TUNE = {"global_coef_lr": None, "distill": "hidden", "warmup": 0.0,
 FUSION_ONLY_TUNE = ("global_coef_lr",)  # shapes fusing repairs only
 MEMORY_TUNE = ("micro_batch", "checkpoint_activations", "optimizer_on_host")  # results equal up to rounding
 NEUTRAL_FUSION = {"normalize_donors": False}  # cells cached before it existed ran without
-NEUTRAL_SCORING = ("kl_top_k", "kl_stride", "rescore")  # rescore 0 is what ran before it existed
+NEUTRAL_SCORING = ("kl_top_k", "kl_stride", "rescore", "rescore_limit")  # 0: what ran before each existed
 
 
 def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list[str], limit: int | None,
@@ -43,7 +43,7 @@ def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list
             del settings["tune"][name]
     shaping = set(catalog.CRITERIA[selection].settings) if selection else set()
     for name in NEUTRAL_SCORING:  # added after cells were cached: only the criteria they shape see them
-        if name not in shaping or (name == "rescore" and not settings[name]):
+        if name not in shaping or (name in ("rescore", "rescore_limit") and not settings[name]):
             del settings[name]
     settings = {**settings, "method": None, "sparsity": None, "num_remove": None, "device": None, "device_memory_gib": None,
                 "hidden_cache": None, "offload": None, "full_scores": None, "ppl": ppl, "tasks": tasks,

@@ -146,6 +146,9 @@ class CompressConfig:
     # after the first step, an iterative criterion rescores lazily, `rescore` blocks at a time in
     # the order of their last scores, until no unscored block can beat the best (0: every block)
     rescore: int = 4
+    # and rescores at most `rescore_limit` blocks a step, the best by their last scores (0: no limit):
+    # a budget, no longer exact, that took the exact choice's blocks in every run measured
+    rescore_limit: int = 0
     # score every candidate to the end (every reported score exact, for plots of them) instead of
     # stopping one once its partial score rules it out: the same blocks either way, slower
     full_scores: bool = False
@@ -226,6 +229,7 @@ class CompressConfig:
             (self.kl_top_k >= 0, f"--kl-top-k must be 0 (the whole vocabulary) or more, got {self.kl_top_k}"),
             (self.kl_stride >= 0, f"--kl-stride must be 0 (automatic) or more, got {self.kl_stride}"),
             (self.rescore >= 0, f"--rescore must be 0 (every block) or more, got {self.rescore}"),
+            (self.rescore_limit >= 0, f"--rescore-limit must be 0 (no limit) or more, got {self.rescore_limit}"),
             (self.fuse_eval_candidates >= 0, f"--fuse-eval must be 0 (off) or more, got {self.fuse_eval_candidates}"),
             (self.selection is None or self.selection in SELECTION_NAMES,
              f"--selection must be one of {', '.join(SELECTION_NAMES)}, got {self.selection!r}"),

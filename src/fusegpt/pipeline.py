@@ -117,7 +117,8 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
         scored, passes = time.perf_counter(), stack.forward_passes
         stack.score_bounds.clear()
         if step == 0 or not catalog.CRITERIA[selection_name].one_shot:
-            scores = score_step(ctx, selection, latest, config.rescore if step else 0)
+            scores = score_step(ctx, selection, latest, config.rescore if step else 0,
+                                config.rescore_limit if step else 0)
             latest = {**latest, **scores}
             if catalog.CRITERIA[selection_name].runs_blocks:  # the criteria that run blocks, split over the ranks
                 for r in range(ranks):

@@ -16,6 +16,9 @@ not the blocks, is most of a candidate's cost:
   is a lower bound of the full KL, equal to it once k reaches the vocabulary less one);
 - only every `stride`-th position is scored (the blocks still run on every position: attention
   needs them); by default only where the head outweighs the blocks (`automatic_stride`);
+- a candidate's KL is first bounded from below with the student's logits of each position's k
+  dense tokens only (`divergence_bound`), and the whole vocabulary's logits are computed only while
+  those bounds leave the candidate a chance (candidates.py): most candidates never run the full head;
 - logits exist for a chunk of positions at a time (`max_elements` floats), so memory does not grow
   with the vocabulary beyond the head's own weights."""
 from __future__ import annotations

@@ -73,12 +73,13 @@ SELECTIONS: dict[str, Selection] = {
 }
 
 
-def score_step(ctx: StepContext, selection: Selection, latest: Scores, chunk: int) -> Scores:
+def score_step(ctx: StepContext, selection: Selection, latest: Scores, chunk: int, limit: int = 0) -> Scores:
     """This step's scores. With `chunk` 0 (or a block never scored), every block's. Otherwise lazily:
     the blocks in the order of their latest scores, `chunk` at a time, until the best fresh score is
-    no higher than the next block's latest one. Removing blocks moves the output further from the
-    dense model's, so scores grow from step to step, and a block whose old score already exceeds a
-    fresh one cannot be the lowest; exact as long as that holds (bench/criterion.py measures it)."""
+    no higher than the next block's latest one, or `limit` blocks (if set) are scored. Removing
+    blocks moves the output further from the dense model's, so scores grow from step to step, and a
+    block whose old score already exceeds a fresh one cannot be the lowest; exact as long as that
+    holds and no limit stops it (bench/criterion.py measures both)."""
     stack = ctx.stack
 
     def scored_for(candidates: list[int] | None, to_beat: float = math.inf) -> Scores:
@@ -87,7 +88,7 @@ def score_step(ctx: StepContext, selection: Selection, latest: Scores, chunk: in
 
     if not chunk or any(o not in latest for o in stack.origin):
         return scored_for(None)
-    order = sorted(range(len(stack)), key=lambda i: latest[stack.origin[i]])
+    order = sorted(range(len(stack)), key=lambda i: latest[stack.origin[i]])[:limit or None]
     fresh: Scores = {}
     for start in range(0, len(order), chunk):
         fresh.update(scored_for(sorted(order[start:start + chunk]), min(fresh.values(), default=math.inf)))
