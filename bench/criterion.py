@@ -35,8 +35,12 @@ VARIANTS = {
     "default": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4"],
     # the same flags with the code of late 2026-12-04: each candidate's KL first bounded from the k
     # dense top tokens' logits on every window, the vocabulary's head run only while the bounds
-    # leave it a chance; the best score carried from one lazy chunk to the next
+    # leave it a chance; the best score carried from one lazy chunk to the next; candidates stopped
+    # early ranked by their estimates (not their bounds) for the next step's order
     "bounded": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4"],
+    # the same, rescoring at most 8 blocks a step after the first: in the budget runs no step's winner
+    # stood below 5th by the previous step's full scores, but the run ranks by bounds (not the default)
+    "limit8": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4", "--rescore-limit", "8"],
     # the default's criterion, every block scored every step and run to the end (bench/criterion.py budget)
     "every": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "0", "--full-scores"],
     # the criterion as it was before 2026-12-02: every candidate, the whole vocabulary, run to the end
@@ -59,8 +63,9 @@ def _record(key: str, value: dict) -> None:
     RESULT.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 
 
-def _compress(model: str, out: Path, flags: list[str]) -> dict:
-    """Run compress under /usr/bin/time; its report's removed blocks and score seconds, and the peak RSS."""
+def _compress(model: str, out: Path, flags: list[str], scores: bool = False) -> dict:
+    """Run compress under /usr/bin/time; its report's removed blocks and score seconds, and the peak
+    RSS (and with `scores`, every step's scores)."""
     run = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M", sys.executable, "-m", "fusegpt", "compress", model,
                           "--out", str(out), "--overwrite", *flags, "--quiet"], capture_output=True, text=True)
     if run.returncode:
@@ -69,7 +74,7 @@ def _compress(model: str, out: Path, flags: list[str]) -> dict:
     rss = next(int(line.split()[1]) for line in run.stderr.splitlines() if line.startswith("MAXRSS"))
     return {"removed": report["removed"], "score_seconds": round(sum(s["seconds"]["score"] for s in report["steps"]), 1),
             "scored_blocks": sum(len(s["scores"]) for s in report["steps"]),
-            "scores": [s["scores"] for s in report["steps"]],
+            **({"scores": [s["scores"] for s in report["steps"]]} if scores else {}),
             "score_passes": sum(s.get("score_passes", 0) for s in report["steps"]), "peak_rss_gib": round(rss / 2**20, 2)}
 
 
@@ -142,7 +147,8 @@ def budget() -> None:
         key = f"budget {model} {sparsity} seed{seed}"
         if key not in _load():
             _record(key, _compress(str(proto.model), OUTPUTS / "criterion" / "budget",
-                                   [*proto.calib, "--sparsity", sparsity, *SELECT, str(seed), *VARIANTS["every"]]))
+                                   [*proto.calib, "--sparsity", sparsity, *SELECT, str(seed), *VARIANTS["every"]],
+                                   scores=True))
         entry = _load()[key]
         print(key, entry["removed"], "winner ranks", winner_ranks(entry["scores"]), flush=True)
 

@@ -25,6 +25,10 @@ CELLS = {"default": pinned(sparsity="0.25", normalize_donors=None, distill="logi
          # the same again once the logit loss reused its buffers in place (bench/logit_loss.py) and
          # choosing bounded each candidate's KL from k logits before computing it (2026-12-04, late)
          "default-inplace": pinned(sparsity="0.25", normalize_donors=None, distill="logits"),
+         # choosing rescoring at most 8 blocks a step after the first (--rescore-limit 8): other blocks
+         "default-limit8": pinned(sparsity="0.25", normalize_donors=None, distill="logits", rescore_limit="8"),
+         # the default once candidates stopped early ranked by their estimates instead of their bounds
+         "default-ranked": pinned(sparsity="0.25", normalize_donors=None, distill="logits"),
          # LoRA healing at its best dev rate, with the default's target (the dense model's logits)
          "lora": pinned(method="kl-lora", blocks=BLOCKS, lr="1e-3", distill="logits"),
          # the earlier defaults and their baseline: the dense model's final hidden states as the target

@@ -125,3 +125,15 @@ def test_dry_run_estimate_is_within_30_percent_of_the_measured_peak(tmp_path, te
     # the same run peaks at 1.39 GiB alone and at 1.71-1.73 GiB late in the full suite (6-32-256;
     # the criterion does not matter: kl-fuse and sleb-fuse both peak at 1.39 alone), hence 30%
     assert abs(estimate * GIB / int(peak) - 1) < 0.3, (estimate, int(peak) / GIB)
+
+
+def test_the_rescoring_limit_caps_the_planned_scoring_passes(tmp_path, monkeypatch, capsys):
+    """After the first step at most 8 candidates run, at most the 8 longest tails: step s (depth
+    d = 32 - s) saves d(d-1)/2 - (8d - 36) of every candidate's tails, 32 windows each; d = 31..25:
+    253 + 231 + 210 + 190 + 171 + 153 + 136 = 1,344 x 32 = 43,008 forward passes."""
+    def passes(out: str) -> int:
+        return int(re.search(r"~([\d,]+) forward-only", out).group(1).replace(",", ""))
+
+    _, limited, _ = _plan_7b(tmp_path, monkeypatch, capsys, 300 * GIB, "--rescore-limit", "8")
+    _, every, _ = _plan_7b(tmp_path / "b", monkeypatch, capsys, 300 * GIB)
+    assert passes(every) - passes(limited) == 43_008

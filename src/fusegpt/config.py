@@ -147,7 +147,8 @@ class CompressConfig:
     # the order of their last scores, until no unscored block can beat the best (0: every block)
     rescore: int = 4
     # and rescores at most `rescore_limit` blocks a step, the best by their last scores (0: no limit):
-    # a budget, no longer exact, that took the exact choice's blocks in every run measured
+    # a budget, no longer exact. Off: at 8 it took another block on SmolLM2, since a candidate
+    # stopped early keeps a bound just above that step's best, not a score to rank by (docs/BENCHMARKS.md)
     rescore_limit: int = 0
     # score every candidate to the end (every reported score exact, for plots of them) instead of
     # stopping one once its partial score rules it out: the same blocks either way, slower

@@ -324,10 +324,12 @@ def plan(name: str, config: CompressConfig, shape: Shape | None = None) -> Plan:
     # compute: tuning passes (block x window, forward + backward), as the run counts them, and forward-only passes
     result.tuning_passes = needs.passes(config, shape.depth, k, n)
     forward = shape.depth * n  # the first pass
+    limit = config.rescore_limit if config.rescore else 0
     for step in range(k):
         depth = shape.depth - step
         if catalog.CRITERIA[selection].runs_blocks:  # each candidate's input is cached; the blocks after it run
-            forward += depth * (depth - 1) // 2 * m
+            scored = depth if step == 0 or not limit else min(limit, depth)  # at most the first ones: the longest
+            forward += sum(depth - 1 - i for i in range(scored)) * m
         forward += depth * m  # refresh (at most)
         if config.hidden_cache != "all":  # a group's input (and dense teacher) from the embeddings, at most
             forward += needs.recomputes(config) * depth * n

@@ -37,9 +37,10 @@ class Measure:
     bound: Callable[[torch.Tensor, slice], float] | None = None
 
 
-def _score(stack: BlockStack, i: int, measure: Measure, samples: int, best: float) -> tuple[float, bool]:
+def _score(stack: BlockStack, i: int, measure: Measure, samples: int, best: float) -> tuple[float, bool, float]:
     """Candidate i's mean of `measure`, or (with `stack.prune_candidates`) a lower bound of it once
-    that exceeds `best`; True when it is such a bound."""
+    that exceeds `best`; True when it is such a bound; and an estimate of the mean to rank it by
+    (the bound's sum over the windows it covers)."""
     count = measure.positions * samples
     size = max(1, -(-samples // CHUNKS))
     parts = [slice(start, min(start + size, samples)) for start in range(0, samples, size)]
@@ -56,12 +57,12 @@ def _score(stack: BlockStack, i: int, measure: Measure, samples: int, best: floa
             pending.append((windows, final, measure.bound(final, windows)))
             known += pending[-1][2]
         if ruled_out(n == len(parts) and not pending):
-            return known / count, True
+            return known / count, True, known / (measure.positions * windows.stop)
     for n, (windows, final, lower) in enumerate(pending, 1):  # the bounds left it a chance
         known += measure.total(final, windows) - lower
         if ruled_out(n == len(pending)):
-            return known / count, True
-    return known / count, False
+            return known / count, True, known / count
+    return known / count, False, known / count
 
 
 def score_each(stack: BlockStack, measure: Measure, candidates: list[int] | None, samples: int, desc: str,
@@ -75,7 +76,8 @@ def score_each(stack: BlockStack, measure: Measure, candidates: list[int] | None
     candidates = list(range(len(stack))) if candidates is None else list(candidates)
     if prior is None or any(stack.origin[i] not in prior for i in candidates):
         prior = dict(zip(stack.origin, block_influence(stack, samples)))
-    mine = sorted(share(candidates), key=lambda i: prior[stack.origin[i]])
+    # the likely winners first: a candidate stopped early ranks by its estimate, not its bound
+    mine = sorted(share(candidates), key=lambda i: stack.score_estimates.get(stack.origin[i], prior[stack.origin[i]]))
     count = measure.positions * samples
     scores: dict[int, float] = {}
     with tqdm(total=len(mine), desc=desc, unit="block", leave=False, disable=not progress) as bar:
@@ -86,7 +88,7 @@ def score_each(stack: BlockStack, measure: Measure, candidates: list[int] | None
             return gather(scores)
         best = to_beat
         for i in mine:
-            score, bounded = _score(stack, i, measure, samples, best)
+            score, bounded, stack.score_estimates[stack.origin[i]] = _score(stack, i, measure, samples, best)
             scores[stack.origin[i]] = score
             if bounded:
                 stack.score_bounds.add(stack.origin[i])
