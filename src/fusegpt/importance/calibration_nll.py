@@ -7,6 +7,7 @@ head are run."""
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -46,11 +46,11 @@ class DenseTargets:
     log_rest: torch.Tensor  # (M, P) log of the probability of every other token
 
 
-def _chunks(hidden: torch.Tensor, head: nn.Module, max_elements: int):
-    """(slice, fp32 log-probabilities) of the head over `hidden` (positions x H), a chunk of positions at a time."""
+def _chunks(positions: int, head: nn.Module, max_elements: int):
+    """Slices of `positions` small enough that their logits hold at most `max_elements` floats."""
     size = max(1, max_elements // head.lm_head.weight.shape[0])
-    for start in range(0, hidden.shape[0], size):
-        yield slice(start, start + size), F.log_softmax(head(hidden[start:start + size]).float(), dim=-1)
+    for start in range(0, positions, size):
+        yield slice(start, start + size)
 
 
 def _log_rest(log_top: torch.Tensor) -> torch.Tensor:
@@ -69,7 +69,8 @@ def dense_targets(head: nn.Module, dense: torch.Tensor, top_k: int, stride: int,
     ids, log_p = [], []
     for window in dense:
         hidden = window[positions].to(device)
-        for _, log_probs in _chunks(hidden, head, max_elements):
+        for part in _chunks(len(hidden), head, max_elements):
+            log_probs = F.log_softmax(head(hidden[part]).float(), dim=-1)
             top = log_probs.topk(k, dim=-1)
             ids.append(top.indices.cpu()), log_p.append(top.values.cpu())
     m = dense.shape[0]
@@ -83,12 +84,10 @@ def divergence_from(head: nn.Module, hidden: torch.Tensor, targets: DenseTargets
     """Sum over the scored positions of KL(dense || head(hidden)) between the (k + 1)-bin
     distributions; `hidden` holds the final hidden states of the scoring windows `windows`."""
     total = 0.0
-    size = max(1, max_elements // head.lm_head.weight.shape[0])
     for window, ids, log_p, log_rest in zip(hidden, targets.ids[windows], targets.log_p[windows],
                                             targets.log_rest[windows]):
         scored = window[targets.positions].to(device)
-        for start in range(0, scored.shape[0], size):
-            part = slice(start, start + size)
+        for part in _chunks(len(scored), head, max_elements):
             logits = head(scored[part]).float()
             p_ids, p_log, p_rest = ids[part].to(device), log_p[part].to(device), log_rest[part].to(device)
             top = logits.gather(-1, p_ids)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
