@@ -29,6 +29,8 @@ CELLS = {"default": pinned(sparsity="0.25", normalize_donors=None, distill="logi
          "default-limit8": pinned(sparsity="0.25", normalize_donors=None, distill="logits", rescore_limit="8"),
          # the default once candidates stopped early ranked by their estimates instead of their bounds
          "default-ranked": pinned(sparsity="0.25", normalize_donors=None, distill="logits"),
+         # the limit of 8 ranking blocks by their margins behind their steps' best (2026-12-05; the default since)
+         "default-margins": pinned(sparsity="0.25", normalize_donors=None, distill="logits", rescore_limit="8"),
          # LoRA healing at its best dev rate, with the default's target (the dense model's logits)
          "lora": pinned(method="kl-lora", blocks=BLOCKS, lr="1e-3", distill="logits"),
          # the earlier defaults and their baseline: the dense model's final hidden states as the target

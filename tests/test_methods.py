@@ -541,6 +541,38 @@ def test_a_rescoring_limit_scores_only_the_best_few_by_their_last_scores(tokeniz
     assert any(len(step.scores) == 3 for step in later)  # the limit, not the lazy bound, stopped a step
 
 
+def test_a_rescoring_limit_ranks_blocks_by_their_margins_behind_their_steps_best():
+    """Block 3 was stopped early last step with a bound of 1.1 (just above that step's best) but an
+    estimate 4.0 above the best; block 4 was last scored steps ago, at 0.9 then, 3.0 behind that
+    step's best; blocks 1 and 2 were 1.0 and 2.0 behind. A limit of 2 rescores 1 and 2, and their
+    margins become their distances from this step's best. With no limit the lazy order is by the
+    latest scores (4, 3, 1, 2), and every block runs since none of the fresh scores beats an old one."""
+    from fusegpt.methods.selection import Selection, score_step
+
+    class Stack(list):  # what score_step reads of a BlockStack
+        def __init__(self):
+            super().__init__([None] * 4)
+            self.origin, self.score_estimates = [1, 2, 3, 4], {}
+            self.score_margins = {1: 1.0, 2: 2.0, 3: 4.0, 4: 3.0}
+
+    latest = {1: 2.0, 2: 3.0, 3: 1.1, 4: 0.9}
+    fresh = {1: 3.2, 2: 3.5, 3: 6.0, 4: 5.0}
+    asked: list[list[int]] = []
+
+    def score(ctx):
+        asked.append([ctx.stack.origin[i] for i in ctx.candidates])
+        return {ctx.stack.origin[i]: fresh[ctx.stack.origin[i]] for i in ctx.candidates}
+
+    limited = StepContext(None, Stack(), None, None, None, to_remove=2, step=1)
+    assert score_step(limited, Selection("test", score), latest, chunk=1, limit=2) == {1: 3.2, 2: 3.5}
+    assert asked == [[1], [2]]  # 1 (3.2) did not beat 2's old 3.0, so 2 ran too; 3 and 4 are past the limit
+    assert limited.stack.score_margins == pytest.approx({1: 0.0, 2: 0.3, 3: 4.0, 4: 3.0})
+    asked.clear()
+    unlimited = StepContext(None, Stack(), None, None, None, to_remove=2, step=1)
+    assert score_step(unlimited, Selection("test", score), latest, chunk=1) == fresh
+    assert asked == [[4], [3], [1], [2]]
+
+
 def test_an_old_method_name_runs_the_same_method_and_the_label_says_what_ran(tokenizer, text_file):
     old = compress(tiny_llama(), tokenizer, _config(text_file, method="remove"), progress=False).report
     new = compress(tiny_llama(), tokenizer, _config(text_file, method="mi"), progress=False).report

@@ -135,5 +135,5 @@ def test_the_rescoring_limit_caps_the_planned_scoring_passes(tmp_path, monkeypat
         return int(re.search(r"~([\d,]+) forward-only", out).group(1).replace(",", ""))
 
     _, limited, _ = _plan_7b(tmp_path, monkeypatch, capsys, 300 * GIB, "--rescore-limit", "8")
-    _, every, _ = _plan_7b(tmp_path / "b", monkeypatch, capsys, 300 * GIB)
+    _, every, _ = _plan_7b(tmp_path / "b", monkeypatch, capsys, 300 * GIB, "--rescore-limit", "0")
     assert passes(every) - passes(limited) == 43_008

@@ -165,7 +165,10 @@ class BlockStack:
         self.candidate_group = 1
         self.prune_candidates = False
         self.score_bounds: set[int] = set()  # original indices whose latest score is such a lower bound
-        self.score_estimates: dict[int, float] = {}  # each scored block's latest estimate: the order candidates run in
+        self.score_estimates: dict[int, float] = {}  # each scored block's latest estimate of its mean
+        # each scored block's estimate minus the best score of the step it was scored in: how far
+        # behind it was, which stays comparable as scores grow (the order candidates run in)
+        self.score_margins: dict[int, float] = {}
         self.forward_passes = 0  # block x window forward passes so far (what choosing costs, by step)
         self.cached = embeddings.shape[0] if keep_all or cached is None else min(cached, embeddings.shape[0])
         # the dense model: its blocks (removed ones too, when a dense teacher needs them), and the

@@ -47,7 +47,7 @@ class Checkpoint:
         is complete (written beside it, then renamed over it)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         state = {"identity": self.identity, "blocks": stack.blocks, "origin": stack.origin, "scores": scores,
-                 "steps": [asdict(s) for s in report.steps], "rng": torch.get_rng_state()}
+                 "margins": stack.score_margins, "steps": [asdict(s) for s in report.steps], "rng": torch.get_rng_state()}
         write_atomic(self.path, lambda path: torch.save(state, path))
 
     def restore(self, stack: BlockStack, report: Report) -> dict[int, float]:
@@ -64,6 +64,7 @@ class Checkpoint:
                                f"the same model and arguments, or delete {self.folder} to start over")
         every_kwargs = stack.block_kwargs
         stack.blocks, stack.origin = state["blocks"], state["origin"]
+        stack.score_margins = state.get("margins", {})
         stack.block_kwargs = [every_kwargs[o] for o in stack.origin]
         del stack.boundaries[len(stack.blocks) + 1:]
         stack.refresh(0)

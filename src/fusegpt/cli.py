@@ -83,7 +83,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     _recipe(p, "--rescore", "", "rescore", int, "iterative criteria: after the first step, rescore N blocks at a "
             "time in the order of their last scores, until no other can beat the best (0: every block every step)")
     _recipe(p, "--rescore-limit", "", "rescore_limit", int, "iterative criteria: rescore at most N blocks a step "
-            "after the first, the best by their last scores (0: as many as --rescore needs)")
+            "after the first, those closest to the best of the step they were last scored in (0: as many as "
+            "--rescore needs, exact)")
     p.add_argument("--full-scores", action="store_true", default=None,
                    help="iterative criteria: score every candidate to the end (every reported score exact) "
                         "instead of stopping one once it cannot be chosen; the same blocks, slower%(default).0s")

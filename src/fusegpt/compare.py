@@ -43,7 +43,8 @@ def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list
             del settings["tune"][name]
     shaping = set(catalog.CRITERIA[selection].settings) if selection else set()
     for name in NEUTRAL_SCORING:  # added after cells were cached: only the criteria they shape see them
-        if name not in shaping or (name in ("rescore", "rescore_limit") and not settings[name]):
+        if name not in shaping or (name in ("rescore", "rescore_limit") and not settings[name]) \
+                or (name == "rescore_limit" and not settings["rescore"]):  # every block every step: no limit
             del settings[name]
     settings = {**settings, "method": None, "sparsity": None, "num_remove": None, "device": None, "device_memory_gib": None,
                 "hidden_cache": None, "offload": None, "full_scores": None, "ppl": ppl, "tasks": tasks,

@@ -146,10 +146,10 @@ class CompressConfig:
     # after the first step, an iterative criterion rescores lazily, `rescore` blocks at a time in
     # the order of their last scores, until no unscored block can beat the best (0: every block)
     rescore: int = 4
-    # and rescores at most `rescore_limit` blocks a step, the best by their last scores (0: no limit):
-    # a budget, no longer exact. Off: at 8 it took another block on SmolLM2, since a candidate
-    # stopped early keeps a bound just above that step's best, not a score to rank by (docs/BENCHMARKS.md)
-    rescore_limit: int = 0
+    # and rescores at most `rescore_limit` blocks a step (0: no limit), those that were closest to
+    # the best of the step they were last scored in: a budget, no longer exact. At 8 it chose the
+    # lazy default's blocks on pydoc (10 runs) and SmolLM2 in a third of the time (docs/BENCHMARKS.md)
+    rescore_limit: int = 8
     # score every candidate to the end (every reported score exact, for plots of them) instead of
     # stopping one once its partial score rules it out: the same blocks either way, slower
     full_scores: bool = False

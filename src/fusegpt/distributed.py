@@ -51,11 +51,11 @@ def share(items: list[T]) -> list[T]:
     return items[rank()::world_size()]
 
 
-def gather(mine: dict[int, float]) -> dict[int, float]:
+def gather(mine: dict[int, T]) -> dict[int, T]:
     """Every rank's {item: value} merged, on every rank."""
     if world_size() == 1:
         return dict(mine)
-    gathered: list[dict[int, float]] = [{} for _ in range(world_size())]
+    gathered: list[dict[int, T]] = [{} for _ in range(world_size())]
     dist.all_gather_object(gathered, mine)
     return {i: v for part in gathered for i, v in part.items()}
 

@@ -76,22 +76,29 @@ def score_each(stack: BlockStack, measure: Measure, candidates: list[int] | None
     candidates = list(range(len(stack))) if candidates is None else list(candidates)
     if prior is None or any(stack.origin[i] not in prior for i in candidates):
         prior = dict(zip(stack.origin, block_influence(stack, samples)))
-    # the likely winners first: a candidate stopped early ranks by its estimate, not its bound
-    mine = sorted(share(candidates), key=lambda i: stack.score_estimates.get(stack.origin[i], prior[stack.origin[i]]))
+    # the likely winners first: by their margins behind their steps' best (a candidate stopped early
+    # has an estimate, not only its bound), or by the prior before any
+    mine = sorted(share(candidates), key=lambda i: stack.score_margins.get(stack.origin[i], prior[stack.origin[i]]))
     count = measure.positions * samples
     scores: dict[int, float] = {}
+    estimates: dict[int, float] = {}
+    bounds: list[int] = []
     with tqdm(total=len(mine), desc=desc, unit="block", leave=False, disable=not progress) as bar:
         if stack.candidate_group > 1:
             for i, final in stack.outputs_without(mine, samples):
-                scores[stack.origin[i]] = measure.total(final, slice(0, samples)) / count
+                scores[stack.origin[i]] = estimates[stack.origin[i]] = measure.total(final, slice(0, samples)) / count
                 bar.update()
-            return gather(scores)
-        best = to_beat
-        for i in mine:
-            score, bounded, stack.score_estimates[stack.origin[i]] = _score(stack, i, measure, samples, best)
-            scores[stack.origin[i]] = score
-            if bounded:
-                stack.score_bounds.add(stack.origin[i])
-            best = min(best, score)
-            bar.update()
-    return gather(scores)
+        else:
+            best = to_beat
+            for i in mine:
+                score, bounded, estimates[stack.origin[i]] = _score(stack, i, measure, samples, best)
+                scores[stack.origin[i]] = score
+                if bounded:
+                    bounds.append(stack.origin[i])
+                best = min(best, score)
+                bar.update()
+    # every rank gets every score, bound and estimate (so all rank the next step's candidates alike)
+    everything = gather({o: (scores[o], estimates[o], o in bounds) for o in scores})
+    stack.score_estimates.update({o: estimate for o, (_, estimate, _) in everything.items()})
+    stack.score_bounds.update(o for o, (_, _, bounded) in everything.items() if bounded)
+    return {o: score for o, (score, _, _) in everything.items()}

@@ -76,23 +76,32 @@ SELECTIONS: dict[str, Selection] = {
 def score_step(ctx: StepContext, selection: Selection, latest: Scores, chunk: int, limit: int = 0) -> Scores:
     """This step's scores. With `chunk` 0 (or a block never scored), every block's. Otherwise lazily:
     the blocks in the order of their latest scores, `chunk` at a time, until the best fresh score is
-    no higher than the next block's latest one, or `limit` blocks (if set) are scored. Removing
-    blocks moves the output further from the dense model's, so scores grow from step to step, and a
-    block whose old score already exceeds a fresh one cannot be the lowest; exact as long as that
-    holds and no limit stops it (bench/criterion.py measures both)."""
+    no higher than any unscored block's latest one. Removing blocks moves the output further from the
+    dense model's, so scores grow from step to step, and a block whose old score already exceeds a
+    fresh one cannot be the lowest; exact as long as that holds. With `limit`, only the `limit`
+    blocks that were closest to their steps' best are candidates (`BlockStack.score_margins`): a
+    heuristic, since an old score says little of a block's rank once others' scores have grown, and
+    a block stopped early kept only a bound just above its step's best (bench/criterion.py)."""
     stack = ctx.stack
 
     def scored_for(candidates: list[int] | None, to_beat: float = math.inf) -> Scores:
         computed = selection.score(replace(ctx, candidates=candidates, prior=latest or None, to_beat=to_beat))
         return computed if isinstance(computed, dict) else dict(zip(stack.origin, computed))
 
+    def rank(i: int) -> float:
+        return stack.score_margins.get(stack.origin[i], latest[stack.origin[i]]) if limit else latest[stack.origin[i]]
+
     if not chunk or any(o not in latest for o in stack.origin):
-        return scored_for(None)
-    order = sorted(range(len(stack)), key=lambda i: latest[stack.origin[i]])[:limit or None]
-    fresh: Scores = {}
-    for start in range(0, len(order), chunk):
-        fresh.update(scored_for(sorted(order[start:start + chunk]), min(fresh.values(), default=math.inf)))
-        rest = order[start + chunk:]
-        if not rest or min(fresh.values()) <= latest[stack.origin[rest[0]]]:
-            return fresh
+        fresh = scored_for(None)
+    else:
+        order = sorted(range(len(stack)), key=rank)[:limit or None]
+        fresh = {}
+        for start in range(0, len(order), chunk):
+            fresh.update(scored_for(sorted(order[start:start + chunk]), min(fresh.values(), default=math.inf)))
+            rest = order[start + chunk:]
+            if not rest or min(fresh.values()) <= min(latest[stack.origin[i]] for i in rest):
+                break
+    best = min(fresh.values())
+    stack.score_margins.update({o: stack.score_estimates.get(o, score) - best for o, score in fresh.items()})
+    return fresh
     return fresh
