@@ -149,6 +149,26 @@ def test_a_top_k_dense_side_is_exact_with_one_token_left_and_a_lower_bound_with_
     assert all(0 < coarse[i] <= finer[i] * (1 + 1e-5) and finer[i] <= exact[i] * (1 + 1e-5) for i in range(4))
 
 
+def test_the_kl_is_bounded_from_k_logits_only_when_k_is_a_small_part_of_the_vocabulary(tokenizer, text_file,
+                                                                                          monkeypatch):
+    """The bound gathers k rows of the head for every position: with the whole vocabulary (or more
+    than a 16th of it) that costs more than the head itself, so the exact KL runs without it."""
+    import importlib
+
+    divergence = importlib.import_module("fusegpt.importance.output_divergence")  # the module, not its function
+    model = tiny_llama(depth=4)
+    head, stack = adapter_for(model).head(model), _stack(model, tokenizer, text_file)
+    stack.prune_candidates = True
+    bounded: list[int] = []
+    real = divergence.divergence_bound
+    monkeypatch.setattr(divergence, "divergence_bound", lambda *a, **k: bounded.append(1) or real(*a, **k))
+    small = model.config.vocab_size // divergence.BOUND_FRACTION
+    for top_k, used in ((0, False), (small + 1, False), (small, True)):
+        bounded.clear()
+        output_divergence(stack, head, samples=4, top_k=top_k, stride=1)
+        assert bool(bounded) == used, top_k
+
+
 def test_a_strided_kl_scores_every_nth_position_in_chunks_of_any_size(tokenizer, text_file):
     from fusegpt.importance.output_divergence import dense_targets, divergence_from
 
