@@ -104,4 +104,3 @@ def score_step(ctx: StepContext, selection: Selection, latest: Scores, chunk: in
     best = min(fresh.values())
     stack.score_margins.update({o: stack.score_estimates.get(o, score) - best for o, score in fresh.items()})
     return fresh
-    return fresh
