@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from fusegpt.cli import main
@@ -22,7 +23,10 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def _args(model_dir, out, text_file) -> list[str]:
-    return _compress(model_dir, out, text_file, "--num-remove", "3", "--epochs", "40")
+    # a rescoring limit that binds (2 of the 3 blocks left after the first step): what it ranks by
+    # must survive the crash too
+    return _compress(model_dir, out, text_file, "--num-remove", "3", "--rescore", "1", "--rescore-limit", "2",
+                     "--epochs", "40")
 
 
 def _start(argv: list[str]) -> subprocess.Popen:
@@ -63,6 +67,9 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, model_dir, text_file
     process.kill()
     assert process.wait() == -signal.SIGKILL
     assert not out.exists() and checkpoint_folder(out).exists()
+    # every block's margin behind its step's best is kept (the step's winner: 0), for the limit to rank by
+    margins = torch.load(checkpoint_folder(out) / STATE, weights_only=False)["margins"]
+    assert sorted(margins) == [0, 1, 2, 3] and 0.0 in margins.values()
 
     assert main(_args(model_dir, out, text_file)) == 2  # without --resume: refused, the checkpoint kept
     assert "pass --resume" in _one_line_error(capsys)
