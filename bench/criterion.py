@@ -29,15 +29,15 @@ EXACT = ["--kl-top-k", "0", "--kl-stride", "1", "--rescore", "0"]
 VARIANTS = {
     "exact": EXACT,
     "top64": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "0"],
-    "top64-lazy4": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4"],  # measured before 2026-12-04
+    "top64-lazy4": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4", "--rescore-limit", "0"],  # measured before 2026-12-04
     # the same flags with the code of 2026-12-04: candidates in the order of their last scores (Block
     # Influence at first), each stopped once its partial sum rules it out (importance/candidates.py)
-    "default": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4"],
+    "default": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4", "--rescore-limit", "0"],
     # the same flags with the code of late 2026-12-04: each candidate's KL first bounded from the k
     # dense top tokens' logits on every window, the vocabulary's head run only while the bounds
     # leave it a chance; the best score carried from one lazy chunk to the next; candidates stopped
     # early ranked by their estimates (not their bounds) for the next step's order
-    "bounded": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4"],
+    "bounded": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4", "--rescore-limit", "0"],
     # the same, rescoring at most 8 blocks a step after the first: in the budget runs no step's winner
     # stood below 5th by the previous step's full scores, but the run ranks by bounds (not the default)
     "limit8": ["--kl-top-k", "64", "--kl-stride", "0", "--rescore", "4", "--rescore-limit", "8"],
