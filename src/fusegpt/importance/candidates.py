@@ -7,9 +7,9 @@ lowest full score cannot be chosen: its run stops there, and its score is that l
 valid bound for lazy rescoring, since scores only grow from step to step). A criterion may also
 give a cheap lower bound of its sum (the KL's, from k of the vocabulary's logits): the candidate's
 windows are then all run and bounded first, and the costly exact values computed only while the
-bounds leave it a chance. Candidates run in the order of their last scores, or of Block Influence
-(free from the cached boundaries) before any, so the likely winners come first. Exact: the same
-block is chosen as with every run completed."""
+bounds leave it a chance. Candidates run in the order of how far they were behind the best of the
+step they were last scored in, or of Block Influence (free from the cached boundaries) before any,
+so the likely winners come first. Exact: the same block is chosen as with every run completed."""
 from __future__ import annotations
 
 import math
