@@ -541,9 +541,10 @@ def test_the_catalog_and_the_registries_name_the_same_criteria_repairs_and_metho
     assert set(METHODS) == set(catalog.METHODS)
 
 
-def test_a_rescoring_limit_scores_only_the_best_few_by_their_last_scores(tokenizer, text_file):
-    """--rescore-limit 3: after the first step, at most 3 blocks are scored, the 3 lowest by their
-    latest scores (a block left out keeps its older, lower score and comes first later)."""
+def test_a_rescoring_limit_scores_only_the_best_few_by_their_margins(tokenizer, text_file):
+    """--rescore-limit 3: after the first step, at most 3 blocks are scored, the 3 that were closest
+    to the best of the step they were last scored in (every score in full here, so a block's
+    margin is its score minus that step's lowest)."""
     config = _config(text_file, method="kl-fuse", num_remove=4, rescore=2, rescore_limit=3, kl_top_k=0,
                      full_scores=True)
     report = compress(tiny_llama(depth=8), tokenizer, config, progress=False).report
@@ -551,12 +552,16 @@ def test_a_rescoring_limit_scores_only_the_best_few_by_their_last_scores(tokeniz
     assert max(len(step.scores) for step in unlimited.steps[1:]) == 4  # the lazy bound alone rescored 4 once
     first, *later = report.steps
     assert len(first.scores) == 8
-    latest, gone = dict(first.scores), {first.removed}
+
+    def margins(scores: dict[int, float]) -> dict[int, float]:
+        return {block: score - min(scores.values()) for block, score in scores.items()}
+
+    behind, gone = margins(first.scores), {first.removed}
     for step in later:
-        order = sorted((o for o in latest if o not in gone), key=latest.get)
+        order = sorted((o for o in behind if o not in gone), key=behind.get)
         assert len(step.scores) <= 3 and sorted(step.scores) == sorted(order[:len(step.scores)])
         assert step.removed == min(step.scores, key=step.scores.get)
-        latest.update(step.scores)
+        behind.update(margins(step.scores))
         gone.add(step.removed)
     assert any(len(step.scores) == 3 for step in later)  # the limit, not the lazy bound, stopped a step
 
