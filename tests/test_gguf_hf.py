@@ -4,6 +4,7 @@ text into the tokens transformers does."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,13 +58,15 @@ def _config(family: str, vocab: int):
                                                             "sliding_attention", "full_attention"])}[family]()
 
 
-def _model(family: str, vocab: int):
+def _model(family: str, vocab: int, norms: float = 0.1):
+    """A tiny model of the family with norms moved by `norms` (a real Gemma 3's reach 300) and larger
+    weights, so that a misplaced tensor shows."""
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(_config(family, vocab)).eval()
-    with torch.no_grad():  # norms away from 1 and larger weights, so that a misplaced tensor shows
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
+                p.add_(torch.randn_like(p).abs() * norms if norms > 1 else torch.randn_like(p) * norms)
             elif "embed" not in name:
                 p.mul_(4.0)
     return model
@@ -78,6 +81,13 @@ def _llama_cpp_logits(path: Path, ids: list[int], f32_cache: bool = True) -> np.
         return np.array(llm.scores[:len(ids)])
     finally:
         llm.close()
+
+
+def _transformers_logits(path: Path, ids: list[int]) -> np.ndarray:
+    """The logits of a GGUF file as transformers reads it."""
+    model, _ = load_model(str(path))
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
 
 
 def _relative_difference(ours: np.ndarray, model, ids: list[int]) -> float:
@@ -187,10 +197,46 @@ def test_compress_of_a_hf_model_writes_its_gguf_and_refuses_a_family_it_cannot(t
     assert "gpt2 model is not supported" in _one_line_error(capsys) and not (tmp_path / "refused").exists()
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_a_gguf_input_with_real_norm_magnitudes_comes_back_after_a_repair_that_tunes_them(tmp_path, bpe_tokenizer,
+                                                                                      text_file, family):
+    """Norms of a real model's size (here up to ~60), moved by a global tune: the GGUF written back
+    computes in llama.cpp what the compressed model computes in transformers (5e-5 of the largest
+    logit: the arithmetic of larger activations). Gemma 3 below; transformers' GGUF loader reads no
+    Qwen3 whose head is wider than hidden / heads, which is the tiny Qwen3 here."""
+    from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress
+    from fusegpt.gguf_out import write_gguf
+
+    _llama_cpp()
+    vocab = len(bpe_tokenizer)
+    source = tmp_path / f"{family}.gguf"
+    write_gguf_from_hf(_model(family, vocab, norms=20.0), bpe_tokenizer, source, "F32")
+    loaded, tokenizer = load_model(str(source))
+    result = compress(loaded, tokenizer, CompressConfig(
+        blocks=[1], sparsity=None, calib=str(text_file), nsamples=8, seqlen=32, mi_samples=4,
+        fusion=FusionConfig(group_size=2, rank=4, lora_rank=2), tune=TuneConfig(epochs=0, global_epochs=1, batch_size=4,
+                                                                               lr=1e-1)), progress=False)
+    norm = next(p for n, p in result.model.named_parameters() if n.endswith("input_layernorm.weight"))
+    assert norm.abs().max() > 10  # real magnitudes, and moved by the tune (below)
+    out = tmp_path / "out.gguf"
+    write_gguf(result.model, result.report.kept, source, out, "F32")
+    written = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    original = {t.name: t for t in gguf.GGUFReader(source).tensors}
+    assert not np.array_equal(written["blk.0.attn_norm.weight"].data, original["blk.0.attn_norm.weight"].data)
+    ids = [vocab - 1, *range(5, 45)]
+    assert _relative_difference(_llama_cpp_logits(out, ids), result.model, ids) < 5e-5
+
+
 def test_a_gemma3_gguf_input_keeps_its_kept_blocks_sliding_layout(tmp_path, bpe_tokenizer, monkeypatch):
     """A Gemma 3 GGUF without a per-block pattern key (llama.cpp then takes every sixth block as
     global): removing block 2 moves the global block from index 5 to 4, so GGUF out must write the
-    kept blocks' layout explicitly, and llama.cpp then computes what transformers computes."""
+    kept blocks' layout explicitly, and llama.cpp then computes what transformers computes. With
+    norms of a real Gemma 3's size (stored as 1 + w, whose fp32 rounding grows with w; the real
+    model's reach 300) moved by the tune, transformers reads back from the GGUF the model it wrote
+    (on 8 tokens, inside the window, where the layout it assumes cannot matter). llama.cpp's Gemma 3
+    arithmetic parts from transformers' on random weights with large norms (1-20% of the largest logit
+    on the GGUF written straight from the HF model); on the real model it agrees (the slow test in
+    test_gguf_out.py)."""
     from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress
     from fusegpt.gguf_out import write_gguf
 
@@ -207,16 +253,27 @@ def test_a_gemma3_gguf_input_keeps_its_kept_blocks_sliding_layout(tmp_path, bpe_
     write_gguf_from_hf(model, bpe_tokenizer, source, "F32")
     monkeypatch.undo()
     assert "gemma3.attention.sliding_window_pattern" not in gguf.GGUFReader(source).fields
-    loaded, tokenizer = load_model(str(source))
     text = tmp_path / "calib.txt"
     text.write_text("the cat in the hat sat on the mat and then the cat ran in " * 60)
-    result = compress(loaded, tokenizer, CompressConfig(
-        blocks=[2], sparsity=None, calib=str(text), nsamples=8, seqlen=32, mi_samples=4,
-        fusion=FusionConfig(group_size=2, rank=4, lora_rank=2), tune=TuneConfig(epochs=0, global_epochs=1, batch_size=4)),
-        progress=False)
+    settings = CompressConfig(blocks=[2], sparsity=None, calib=str(text), nsamples=8, seqlen=32, mi_samples=4,
+                              fusion=FusionConfig(group_size=2, rank=4, lora_rank=2),
+                              tune=TuneConfig(epochs=0, global_epochs=1, batch_size=4))
+    result = compress(*load_model(str(source)), settings, progress=False)
     out = tmp_path / "out.gguf"
     write_gguf(result.model, result.report.kept, source, out, "F32")
     pattern = gguf.GGUFReader(out).fields["gemma3.attention.sliding_window_pattern"].contents()
     assert pattern == [True, True, True, True, False, True, True]
     ids = [vocab - 1, *range(5, 45)]
     assert _relative_difference(_llama_cpp_logits(out, ids), result.model, ids) < 2e-3
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.randn_like(p).abs() * 20)
+    write_gguf_from_hf(model, bpe_tokenizer, source, "F32")
+    result = compress(*load_model(str(source)), replace(settings, blocks=[6], tune=replace(settings.tune, lr=1e-1)),
+                      progress=False)
+    norm = result.model.model.layers[0].input_layernorm.weight
+    assert norm.abs().max() > 10
+    write_gguf(result.model, result.report.kept, source, out, "F32")
+    assert _relative_difference(_transformers_logits(out, ids), result.model, ids) < 1e-6

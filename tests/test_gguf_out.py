@@ -124,9 +124,80 @@ def test_the_cli_writes_the_gguf_beside_the_model_and_refuses_what_it_cannot_wri
     capsys.readouterr()
     assert main(_compress(source, tmp_path / "bad", text_file, "--num-remove", "1", "--gguf-type", "Q9_9")) == 2
     assert "not a llama.cpp file type" in _one_line_error(capsys) and not (tmp_path / "bad").exists()
-    # no quantiser: asked for, one line, exit 2, the HF model kept; by default, a warning and the HF model
+    # no quantiser: asked for, one line and exit 2 before any work; by default, a warning and the HF model
     monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)
     assert main(_compress(source, tmp_path / "q", text_file, "--num-remove", "1", "--gguf-type", "Q8_0")) == 2
-    assert "llama-cpp-python" in _one_line_error(capsys) and (tmp_path / "q" / "config.json").exists()
+    assert "llama-cpp-python" in _one_line_error(capsys) and not (tmp_path / "q").exists()
     assert main(_compress(source, tmp_path / "d", text_file, "--num-remove", "1")) == 0
-    assert "no GGUF written" in capsys.readouterr().err and not list((tmp_path / "d").glob("*.gguf"))
+    assert "no GGUF will be written" in capsys.readouterr().err and not list((tmp_path / "d").glob("*.gguf"))
+
+
+def test_a_gguf_that_cannot_be_written_stops_the_run_before_calibration(tmp_path, text_file, capsys, monkeypatch):
+    """A loader transform that is no permutation plus an offset (here: it squares the norms) is found by
+    the probe on the loaded model, before the calibration windows are even read: one line, exit 2,
+    nothing written. With --no-gguf the same run goes on (into the sentinel that stands for calibration)."""
+    import fusegpt.gguf_out as gguf_out
+
+    (tmp_path / "in").mkdir()
+    source = write_tiny_gguf(tmp_path / "in" / "tiny.gguf")
+    loader = gguf_out._from_gguf
+    monkeypatch.setattr(gguf_out, "_from_gguf", lambda processor, weights, name: (
+        loader(processor, weights, name) ** 2 if "norm" in name else loader(processor, weights, name)))
+
+    def calibration(*args, **kwargs):
+        raise RuntimeError("calibration reached")
+
+    monkeypatch.setattr("fusegpt.pipeline.calibration_windows", calibration)
+    out = tmp_path / "out"
+    assert main(_compress(source, out, text_file, "--num-remove", "1")) == 2
+    error = _one_line_error(capsys)
+    assert "blk.0.attn_norm.weight" in error and "--no-gguf" in error and not out.exists()
+    assert main(_compress(source, out, text_file, "--num-remove", "1", "--no-gguf")) == 1
+    assert "calibration reached" in capsys.readouterr().err
+
+
+def test_a_gguf_that_fails_at_the_end_keeps_the_hf_model_and_names_the_way_out(tmp_path, text_file, capsys,
+                                                                              monkeypatch):
+    (tmp_path / "in").mkdir()
+    source = write_tiny_gguf(tmp_path / "in" / "tiny.gguf")
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("unforeseen")
+
+    monkeypatch.setattr("fusegpt.gguf_out.write_gguf", fails)
+    out = tmp_path / "out"
+    assert main(_compress(source, out, text_file, "--num-remove", "1")) == 2
+    error = _one_line_error(capsys)
+    assert "GGUF out failed (RuntimeError: unforeseen)" in error and "--no-gguf" in error and str(out) in error
+    assert (out / "config.json").exists() and (out / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_a_real_gemma3_gguf_with_its_norms_tuned_comes_back_computing_what_transformers_computes(tmp_path):
+    """Gemma 3 270M (norms up to 300, stored as 1 + w) with block 9 removed and every kept block's
+    norms LoRA-healed: its F32 GGUF gives llama.cpp's logits within 2e-3 of the largest of
+    transformers' on the saved HF model (measured 7e-4: Gemma's arithmetic, as in the synthetic test)."""
+    from conftest import ASSETS, gemma3_gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (the test extra)")
+    source = gemma3_gguf()
+    out = tmp_path / "out"
+    assert main(["compress", str(source), "--out", str(out), "--selection", "given", "--blocks", "9", "--repair", "lora",
+                 "--heal-epochs", "1", "--distill", "hidden", "--calib", str(ASSETS / "text/wikitext-2-raw/wiki.valid.raw"),
+                 "--nsamples", "4", "--seqlen", "64", "--mi-samples", "2", "--gguf-type", "F32", "--quiet"]) == 0
+    written = out / source.name
+    assert gguf.GGUFReader(written).fields["gemma3.block_count"].contents() == 17
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer("The capital of France is Paris. The quick brown fox jumps over the lazy dog, and then")["input_ids"]
+    with torch.no_grad():
+        theirs = AutoModelForCausalLM.from_pretrained(out).eval()(input_ids=torch.tensor([ids])).logits[0].numpy()
+    llm = llama_cpp.Llama(model_path=str(written), logits_all=True, n_ctx=64, verbose=False,
+                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+    try:
+        llm.eval(ids)
+        ours = np.array(llm.scores[:len(ids)])
+    finally:
+        llm.close()
+    assert np.abs(ours - theirs).max() < 2e-3 * np.abs(theirs).max()
+    assert (ours.argmax(-1) == theirs.argmax(-1)).all()

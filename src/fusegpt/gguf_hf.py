@@ -165,45 +165,65 @@ def _add_settings(writer, config, depth: int, name: str) -> dict[str, np.ndarray
     return {}
 
 
-def _tensors(model, arch: str) -> dict[str, np.ndarray]:
-    """Every weight of `model` under its GGUF name, in GGUF's layout, fp32."""
+def _hf_tensors(model, arch: str):
+    """(processor, [(GGUF name, elements, HF values in fp32)]) for every weight of `model` (a
+    tied head is the embedding in llama.cpp too), the values a function called when wanted."""
     from transformers.modeling_gguf_pytorch_utils import get_gguf_hf_weights_map
 
     processor = _processor(arch, model.config.to_dict())
     names = get_gguf_hf_weights_map(model, processor, model_type=arch)  # GGUF name -> HF name
     state = model.state_dict()
     tied = model.config.get_text_config().tie_word_embeddings
-    tensors = {}
-    for gguf_name, hf_name in names.items():
-        if hf_name not in state or (tied and gguf_name == "output.weight"):
-            continue  # a tied head is the embedding in llama.cpp too
-        tensors[gguf_name + ("" if gguf_name.endswith((".weight", ".bias")) else ".weight")] = \
-            _to_gguf(processor, state[hf_name].detach().float().cpu().numpy(), gguf_name)
     missing = sorted(set(state) - set(names.values()) - ({"lm_head.weight"} if tied else set()))
     if missing:
         raise FuseGPTError(f"GGUF out has no GGUF name for {', '.join(missing[:3])}; pass --no-gguf")
-    return tensors
+    return processor, [(gguf_name + ("" if gguf_name.endswith((".weight", ".bias")) else ".weight"),
+                        state[hf_name].numel(), lambda hf=hf_name: state[hf].detach().float().cpu().numpy())
+                       for gguf_name, hf_name in names.items()
+                       if hf_name in state and not (tied and gguf_name == "output.weight")]
+
+
+def _metadata(model, tokenizer, name: str, source: Path | None) -> tuple[dict, dict[str, np.ndarray]]:
+    """The GGUF keys of `model`'s settings and `tokenizer` (written to no file), and the tensors the
+    settings imply (rope factors). A SentencePiece `tokenizer.model` in the `source` folder is used
+    as llama.cpp's converter uses it (transformers saves only tokenizer.json)."""
+    import gguf
+
+    with tempfile.TemporaryDirectory(prefix="fusegpt-tokenizer-") as scratch:
+        tokenizer.save_pretrained(scratch)
+        if source is not None and (source / "tokenizer.model").is_file():
+            shutil.copyfile(source / "tokenizer.model", Path(scratch) / "tokenizer.model")
+        probe = gguf.GGUFWriter(None, architecture(model.config))
+        implied = _add_settings(probe, model.config, model.config.get_text_config().num_hidden_layers, name)
+        _add_tokenizer(probe, Path(scratch))
+        return dict(probe.kv_data[0]), implied
+
+
+def probe_gguf_from_hf(model, tokenizer, gguf_type: str | None = None, source: Path | None = None) -> int:
+    """Stop in seconds, before any work, a run whose GGUF (from a HF model) could not be written at
+    its end: the family, its settings and tokenizer under GGUF's keys, every kind of tensor a repair
+    changes through the layout's inverse, and the quantiser for a quantised type. Returns the
+    number of tensor kinds probed."""
+    from .gguf_out import probe_layout, require_quantiser
+
+    _metadata(model, tokenizer, "probe", source)
+    processor, tensors = _hf_tensors(model, architecture(model.config))
+    probed = probe_layout(processor, tensors)
+    require_quantiser(_file_type(gguf_type or DEFAULT_TYPE))
+    return probed
 
 
 def write_gguf_from_hf(model, tokenizer, out: Path, gguf_type: str | None = None,
                        source: Path | None = None) -> GGUFExport:
     """Write the HF `model` (and `tokenizer`) as a GGUF file `out` at `gguf_type` (default F16);
-    atomically. A SentencePiece `tokenizer.model` in the `source` folder is used as llama.cpp's
-    converter uses it (transformers saves only tokenizer.json)."""
+    atomically. `source`: the model's folder, for its SentencePiece `tokenizer.model`."""
     import gguf
 
     arch = architecture(model.config)
     target_type = _file_type(gguf_type or DEFAULT_TYPE)
-    tensors = _tensors(model, arch)
-    depth = model.config.get_text_config().num_hidden_layers
-    with tempfile.TemporaryDirectory(prefix="fusegpt-tokenizer-") as scratch:
-        tokenizer.save_pretrained(scratch)
-        if source is not None and (source / "tokenizer.model").is_file():
-            shutil.copyfile(source / "tokenizer.model", Path(scratch) / "tokenizer.model")
-        probe = gguf.GGUFWriter(None, arch)  # settings and tokenizer checked before anything is written
-        implied = _add_settings(probe, model.config, depth, out.stem)
-        _add_tokenizer(probe, Path(scratch))
-        fields = dict(probe.kv_data[0])
+    fields, implied = _metadata(model, tokenizer, out.stem, source)  # checked before anything is written
+    processor, named = _hf_tensors(model, arch)
+    tensors = {name: _to_gguf(processor, values(), name) for name, _, values in named}
     tensors.update(implied)
 
     def metadata(writer) -> None:

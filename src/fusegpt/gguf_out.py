@@ -33,6 +33,10 @@ class MissingQuantiser(FuseGPTError):
     """llama-cpp-python is not installed and the GGUF needs quantised tensors."""
 
 
+class GGUFLayoutError(FuseGPTError):
+    """A tensor whose GGUF layout cannot be recovered from the loader's transform."""
+
+
 @dataclass
 class GGUFExport:
     """What was written, for the report."""
@@ -74,18 +78,92 @@ def _from_gguf(processor, weights: np.ndarray, name: str) -> np.ndarray:
 
 def _to_gguf(processor, hf: np.ndarray, name: str) -> np.ndarray:
     """The GGUF layout of an HF tensor: the inverse of the loader's transform, found by applying it
-    to zeros (its offset) and to the element indices (its permutation)."""
+    to zeros (its offset) and to the element indices (its permutation). A transform that is not a
+    permutation plus an offset is refused in one line (GGUFLayoutError)."""
+    refusal = GGUFLayoutError(f"GGUF out: transformers' GGUF loader transforms {name} in a way we cannot invert "
+                              "(not a permutation plus an offset); pass --no-gguf")
     offset = _from_gguf(processor, np.zeros(hf.shape, np.float64), name)
     order = _from_gguf(processor, np.arange(hf.size, dtype=np.float64).reshape(hf.shape), name) - offset
+    indices = order.reshape(-1).astype(np.int64)
+    if order.shape != hf.shape or not np.array_equal(np.sort(indices), np.arange(hf.size)):
+        raise refusal
     out = np.empty(hf.size, np.float64)
-    out[order.reshape(-1).astype(np.int64)] = (hf.astype(np.float64) - offset).reshape(-1)
+    out[indices] = (hf.astype(np.float64) - offset).reshape(-1)
     result = out.reshape(hf.shape).astype(np.float32)
-    # exact for a permutation; with an offset (Gemma's norms are stored as 1 + w) up to fp32's rounding of w + 1
-    rounding = 2 * np.finfo(np.float32).eps * (1 + np.abs(offset).max(initial=0))
+    # exact for a permutation; with an offset (Gemma's norms are stored as 1 + w) up to fp32's rounding
+    # of w + offset and back, which grows with each value (a real Gemma 3's norms reach 300)
     back = _from_gguf(processor, result, name).astype(np.float64)
-    if back.shape != hf.shape or np.abs(back - hf.astype(np.float64)).max(initial=0) > rounding:
-        raise NotImplementedError(f"GGUF out: the loader's transform of {name} is not a permutation plus an offset")
+    if (np.abs(back - hf) > 2 * np.finfo(np.float32).eps * (np.abs(hf) + np.abs(offset))).any():
+        raise refusal
     return result
+
+
+def _kind(name: str) -> str:
+    """A tensor's kind: its GGUF name without the block index (blk.3.attn_q.weight: attn_q.weight)."""
+    return name.split(".", 2)[2] if name.startswith("blk.") else name
+
+
+def _moved(values: np.ndarray, seed: int = 0) -> np.ndarray:
+    """`values` moved as a repair moves them: each by a few percent of itself and of the tensor's spread."""
+    rng = np.random.default_rng(seed)
+    spread = float(values.std()) if values.size > 1 else 1.0
+    return (values * (1 + 0.05 * rng.standard_normal(values.shape))
+            + 0.05 * (spread or 1.0) * rng.standard_normal(values.shape)).astype(np.float32)
+
+
+PROBED_OUTSIDE_BLOCKS = 2**20  # elements: the norms outside the blocks, not the embeddings or the head
+
+
+def probe_layout(processor, tensors) -> int:
+    """Each kind of tensor once (`tensors`: (GGUF name, elements, HF values) triples, the values a
+    function called only when probed), moved as a repair moves it, through the inverse of the
+    loader's layout and back: what `_to_gguf` will meet at the end, in seconds now. Outside the
+    blocks only the small tensors (norms) are probed: no repair changes the embeddings or the head.
+    Returns the number of kinds probed."""
+    seen: set[str] = set()
+    for name, elements, values in tensors:
+        if _kind(name) in seen or (not name.startswith("blk.") and elements > PROBED_OUTSIDE_BLOCKS):
+            continue
+        seen.add(_kind(name))
+        _to_gguf(processor, _moved(values()), name)
+    return len(seen)
+
+
+def require_quantiser(file_type) -> None:
+    """Raise MissingQuantiser when `file_type` needs llama.cpp's quantiser and it is not installed."""
+    if file_type.name.removeprefix("ALL_").removeprefix("MOSTLY_") in UNQUANTISED:
+        return
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as error:
+        raise MissingQuantiser(f"GGUF out needs llama.cpp's quantiser for {file_type.name} tensors: {QUANTISER_HINT}") \
+            from error
+
+
+def _input_type(reader):
+    import gguf
+
+    return gguf.LlamaFileType(int(reader.fields["general.file_type"].contents())) \
+        if "general.file_type" in reader.fields else gguf.LlamaFileType.ALL_F32
+
+
+def probe_gguf(model, source: Path, gguf_type: str | None = None) -> int:
+    """Stop in seconds, before any work, a run whose GGUF (from the GGUF input `source`) could not be
+    written at its end: every kind of tensor a repair changes goes through the layout's inverse, and
+    the quantiser must be there for a quantised type. Returns the number of tensor kinds probed."""
+    import gguf
+    from transformers.modeling_gguf_pytorch_utils import get_gguf_hf_weights_map
+
+    reader = gguf.GGUFReader(source)
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    processor = _processor(arch, model.config.to_dict())
+    names = get_gguf_hf_weights_map(model, processor)
+    state = model.state_dict()
+    probed = probe_layout(processor, ((t.name, int(t.n_elements),
+                                       lambda hf=names[t.name]: state[hf].detach().float().cpu().numpy())
+                                      for t in reader.tensors if t.name in names))
+    require_quantiser(_file_type(gguf_type) if gguf_type else _input_type(reader))
+    return probed
 
 
 def _copy_metadata(reader, writer, depth: int, kept: list[int]) -> None:
@@ -133,12 +211,9 @@ def _quantise(tensors: dict[str, np.ndarray], arch: str, metadata, every_tensor,
     """llama.cpp's quantisation of `tensors` (GGUF names and layout, fp32): a model file with every
     tensor (`every_tensor()`: (name, fp32 data), the others dequantised) and the output's
     `metadata` goes through llama_model_quantize; its (bytes, type) of these come back."""
-    try:
-        import llama_cpp
-    except ImportError as error:
-        raise MissingQuantiser(f"GGUF out needs llama.cpp's quantiser for {file_type.name} tensors: {QUANTISER_HINT}") \
-            from error
+    require_quantiser(file_type)
     import gguf
+    import llama_cpp
 
     with tempfile.TemporaryDirectory(prefix="fusegpt-gguf-") as scratch:
         source, target = Path(scratch) / "f32.gguf", Path(scratch) / "quantised.gguf"
@@ -174,9 +249,7 @@ def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str |
 
     names = get_gguf_hf_weights_map(model, processor)  # new GGUF name -> HF name
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    input_type = gguf.LlamaFileType(int(reader.fields["general.file_type"].contents())) \
-        if "general.file_type" in reader.fields else gguf.LlamaFileType.ALL_F32
-    target_type = _file_type(gguf_type) if gguf_type else input_type
+    target_type = _file_type(gguf_type) if gguf_type else _input_type(reader)
 
     changed: dict[str, np.ndarray] = {}  # new name -> fp32 in GGUF layout
     plan: list[tuple[str, object]] = []  # (new name, the input tensor)

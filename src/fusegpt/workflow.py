@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import CompressConfig
-from .errors import FuseGPTError
+from .errors import FuseGPTError, first_line
 
 
 @dataclass
@@ -59,16 +59,51 @@ def checked_output(job: Job) -> tuple[Path, Path]:
     return out, folder
 
 
-def load_and_compress(model_name: str, config: CompressConfig, progress: bool = True, checkpoint=None):
-    """(compress result, tokenizer) of a freshly loaded model, its source recorded in the report."""
+def load_and_compress(model_name: str, config: CompressConfig, progress: bool = True, checkpoint=None,
+                      check=None):
+    """(compress result, tokenizer) of a freshly loaded model, its source recorded in the report;
+    `check(model, tokenizer)` runs between loading and compressing (what must hold before the work)."""
     from .io import load_model, model_source
     from .pipeline import compress
 
     source = model_source(model_name)
     model, tokenizer = load_model(model_name, config.dtype)
+    if check is not None:
+        check(model, tokenizer)
     result = compress(model, tokenizer, config, progress=progress, model_name=model_name, checkpoint=checkpoint)
     result.report.source = source
     return result, tokenizer
+
+
+def gguf_probe(job: Job):
+    """The check run on the loaded model before any work when the job writes a GGUF: its writer
+    probed (`gguf_out.probe_gguf`, `gguf_hf.probe_gguf_from_hf`), so that a GGUF that cannot be
+    written stops the run in seconds. A default GGUF without llama.cpp's quantiser is dropped with a
+    warning, now. Returns (the check, or None when no GGUF is written; whether one still is)."""
+    from .paths import gguf_file
+
+    source = gguf_file(job.model)
+    if job.gguf is False or (source is None and not job.gguf):
+        return None, lambda: False
+    wanted = [True]
+
+    def check(model, tokenizer) -> None:
+        from .gguf_hf import probe_gguf_from_hf
+        from .gguf_out import MissingQuantiser, probe_gguf
+
+        try:
+            if source is not None:
+                probe_gguf(model, source, job.gguf_type)
+            else:
+                folder = Path(job.model).expanduser()
+                probe_gguf_from_hf(model, tokenizer, job.gguf_type, folder if folder.is_dir() else None)
+        except MissingQuantiser as missing:
+            if job.gguf or job.gguf_type:  # asked for: an error; by default, the HF model alone and a warning
+                raise
+            print(f"fusegpt: warning: no GGUF will be written: {missing}", file=sys.stderr)
+            wanted[0] = False
+
+    return check, lambda: wanted[0]
 
 
 def run(job: Job):
@@ -82,8 +117,9 @@ def run(job: Job):
     out, folder = checked_output(job)
     model_path = Path(job.model).expanduser()
     checkpoint = Checkpoint(folder, job.config.to_dict(), str(model_path.resolve()) if model_path.exists() else job.model)
+    check, writes_gguf = gguf_probe(job)
     try:
-        result, tokenizer = load_and_compress(job.model, job.config, job.progress, checkpoint)
+        result, tokenizer = load_and_compress(job.model, job.config, job.progress, checkpoint, check)
     except KeyboardInterrupt:
         if checkpoint.exists():
             raise KeyboardInterrupt(f"interrupted; every finished step is kept in {folder}: rerun the same command "
@@ -103,11 +139,11 @@ def run(job: Job):
         checkpoint.remove()
     source = gguf_file(job.model)
     try:
-        if (source is not None and job.gguf is not False) or job.gguf:
+        if writes_gguf():
             from dataclasses import asdict
 
             from .gguf_hf import write_gguf_from_hf
-            from .gguf_out import MissingQuantiser, write_gguf
+            from .gguf_out import write_gguf
 
             writing = time.perf_counter()
             try:
@@ -116,12 +152,13 @@ def run(job: Job):
                 else:  # a HF model's settings and tokenizer under GGUF's keys
                     export = write_gguf_from_hf(result.model, tokenizer, out / f"{Path(job.model).name}.gguf",
                                                 job.gguf_type, model_path if model_path.is_dir() else None)
-                report.gguf = asdict(export)
-                report.seconds["gguf"] = time.perf_counter() - writing
-            except MissingQuantiser as missing:
-                if job.gguf or job.gguf_type:  # asked for: an error; by default, the HF model alone and a warning
-                    raise
-                print(f"fusegpt: warning: no GGUF written: {missing}", file=sys.stderr)
+            except FuseGPTError:
+                raise
+            except Exception as error:  # what the probe did not foresee: the HF model stays, the way out is named
+                raise FuseGPTError(f"GGUF out failed ({type(error).__name__}: {first_line(error)}); pass --no-gguf, "
+                                   "or another --gguf-type") from error
+            report.gguf = asdict(export)
+            report.seconds["gguf"] = time.perf_counter() - writing
         if job.ppl:
             from .evaluation.ppl import evaluate_perplexity
             from .placement import place_for_inference, resolve_device
