@@ -43,6 +43,19 @@ MODELS = {
     "stories": ASSETS / "models/stories260K",
 }
 MODELS = {name: Path(os.environ.get(f"BENCH_MODEL_{name.upper()}", path)) for name, path in MODELS.items()}
+
+
+def gemma3_path() -> Path:
+    """Gemma 3 270M's GGUF ($BENCH_MODEL_GEMMA3, else fetched by ../shared's script into its cache)."""
+    if os.environ.get("BENCH_MODEL_GEMMA3"):
+        return Path(os.environ["BENCH_MODEL_GEMMA3"])
+    script = ASSETS / "fetch" / "gemma3-270m.sh"
+    if not script.exists():
+        sys.exit(f"needs {script} to fetch Gemma 3 270M (../shared/assets beside the repository)")
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"could not fetch Gemma 3 270M: {done.stderr.strip()}")
+    return Path(done.stdout.strip().splitlines()[-1])
 DEVICE = os.environ.get("BENCH_DEVICE")  # None: this machine's CPU, as every committed cell
 ZERO_SHOT = os.environ.get("BENCH_ZERO_SHOT", "1") != "0"
 
@@ -141,6 +154,14 @@ def protocol(name: str) -> Protocol:
                         ppl=["--ppl-windows", "64", "--seqlen", "512"],
                         tasks=["--tasks", "piqa,arc_easy,hellaswag,winogrande", "--limit", "500",
                                "--tasks-dir", str(TASKS_DIR)])
+    if name == "gemma3":  # the held-out run's protocol (64 calibration windows), SmolLM2's dev and test text
+        return Protocol(gemma3_path(),
+                        ["--calib", str(data["wiki-calib"]), "--nsamples", "64", "--seqlen", "256", "--mi-samples", "8"],
+                        dev=[str(data["wiki-dev"]), str(data["c4-dev"])],
+                        test=[str(TEXT / "wikitext-2-raw/wiki.test.raw"), str(TEXT / "c4/c4_validation_2k.parquet")],
+                        ppl=["--ppl-windows", "32", "--seqlen", "512"],
+                        tasks=["--tasks", "piqa,arc_easy,hellaswag,winogrande", "--limit", "500",
+                               "--tasks-dir", str(TASKS_DIR)])
     if name == "pydoc":
         return Protocol(MODELS["pydoc"],
                         ["--calib", str(data["pydoc-calib"]), "--nsamples", "128", "--seqlen", "256", "--mi-samples", "32"],
@@ -151,7 +172,7 @@ def protocol(name: str) -> Protocol:
                         dev=[str(data["wiki-dev"])], test=[str(TEXT / "wikitext-2-raw/wiki.test.raw")],
                         ppl=["--seqlen", "256"],
                         tasks=["--tasks", "piqa,arc_easy,hellaswag", "--limit", "200", "--tasks-dir", str(TASKS_DIR)])
-    raise SystemExit(f"unknown protocol {name!r}; one of smollm2, pydoc, stories")
+    raise SystemExit(f"unknown protocol {name!r}; one of smollm2, gemma3, pydoc, stories")
 
 
 def compare_flags(name: str, settings: dict[str, str | None], zero_shot: bool = True) -> list[str]:

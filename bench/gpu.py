@@ -21,7 +21,6 @@ import resource
 import signal
 import sys
 import time
-from pathlib import Path
 
 from common import ASSETS, RESULTS, TEXT
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 gguf = pytest.importorskip("gguf", reason="GGUF tests need the gguf package (a fusegpt dependency)")
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from conftest import tiny_llama
 from fusegpt import CompressConfig, FusionConfig, TuneConfig
 from fusegpt.compare import compare, run_cell
 

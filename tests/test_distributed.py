@@ -3,7 +3,6 @@ mean over windows, the same merged weights as one process; one output, written b
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -170,7 +170,8 @@ def test_the_kl_is_bounded_from_k_logits_only_when_k_is_a_small_part_of_the_voca
 
 
 def test_a_strided_kl_scores_every_nth_position_in_chunks_of_any_size(tokenizer, text_file):
-    from fusegpt.importance.output_divergence import dense_targets, divergence_from
+    from fusegpt.importance.output_divergence import divergence_from
+    from fusegpt.predictions import dense_targets
 
     model = tiny_llama(depth=4)
     ids, head = _windows(tokenizer, text_file)[:4], adapter_for(model).head(model)
@@ -188,7 +189,8 @@ def test_a_strided_kl_scores_every_nth_position_in_chunks_of_any_size(tokenizer,
 def test_the_kl_bound_from_k_logits_is_below_the_kl_and_equal_to_it_when_the_top_mass_agrees():
     """One position, vocabulary 4, the dense model's top 2 tokens: the bound is P x KL of the
     top-2 distributions renormalised, where P is the dense top-2 mass."""
-    from fusegpt.importance.output_divergence import dense_targets, divergence_bound, divergence_from
+    from fusegpt.importance.output_divergence import divergence_bound, divergence_from
+    from fusegpt.predictions import dense_targets
     from fusegpt.models.adapter import OutputHead
 
     identity = torch.nn.Linear(4, 4, bias=False)

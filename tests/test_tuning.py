@@ -173,6 +173,36 @@ def test_logit_distillation_is_the_vocabulary_kl_whatever_the_chunking(max_eleme
     assert LogitDistillation(head)(teacher, teacher).item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("max_elements", [11, 33, 10**6])
+@pytest.mark.parametrize("head", [dict(), dict(norm=True, bias=True, softcap=2.0)], ids=["plain", "norm-bias-softcap"])
+@pytest.mark.parametrize("k", [3, 10, 11])
+def test_logit_distillation_against_the_dense_top_k_is_the_k_plus_one_bin_kl(max_elements, head, k):
+    """Against the dense model's k most likely tokens and the rest's mass (computed once), the loss
+    is the KL between the (k + 1)-bin distributions and its gradient that of plain autograd, for a
+    small k, a k of the vocabulary less one (the full KL) and the whole vocabulary."""
+    from fusegpt.predictions import dense_targets
+    from fusegpt.tuning.losses import LogitDistillation
+
+    torch.manual_seed(0)
+    head = _head(**head)
+    student, teacher = torch.randn(2, 5, 6, requires_grad=True), torch.randn(2, 5, 6)
+    targets = dense_targets(head, teacher, top_k=k, stride=1, device=torch.device("cpu"))
+    distill = LogitDistillation(head, max_elements=max_elements)
+    loss = distill(student, targets)
+    loss.backward()
+    reference = student.detach().clone().requires_grad_(True)
+    log_q = torch.log_softmax(head(reference), -1)
+    log_q_top = log_q.gather(-1, targets.ids)
+    log_q_rest = torch.log1p(-log_q_top.exp().sum(-1).clamp(max=1 - 1e-6))
+    p, p_rest = targets.log_p.exp(), targets.log_rest.exp()
+    expected = ((p * (targets.log_p - log_q_top)).sum(-1) + p_rest * (targets.log_rest - log_q_rest)).mean()
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
+    assert torch.allclose(student.grad, reference.grad, atol=1e-6)
+    if k >= 10:  # every token but at most one: the whole vocabulary's KL
+        assert loss.item() == pytest.approx(LogitDistillation(head)(student.detach(), teacher).item(), rel=1e-4)
+
+
 @pytest.mark.parametrize("memory", [dict(checkpoint_activations=True), dict(micro_batch=1),
                                     dict(micro_batch=3, checkpoint_activations=True), dict(optimizer_on_host=True),
                                     dict(micro_batch=1, checkpoint_activations=True, optimizer_on_host=True)])
@@ -197,3 +227,31 @@ def test_checkpointed_and_micro_batched_global_tunes_equal_the_plain_one(tokeniz
     assert moved  # the tune changed the kept blocks
     assert plain.keys() == other.keys()
     assert all(torch.allclose(plain[k], other[k], atol=1e-5, rtol=0) for k in plain)
+
+
+def test_the_tune_reports_progress_every_step_with_its_running_loss(tokenizer, text_file, monkeypatch):
+    """The tune's bar moves once per optimiser step (4 a epoch here), each move showing the epoch and
+    its running loss; the report keeps every step's loss, whose means per epoch are the epoch losses."""
+    from conftest import tiny_llama
+    from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress
+    from fusegpt.tuning import trainer
+
+    moves = []
+
+    class Recorded(trainer.tqdm):
+        def update(self, n=1):
+            super().update(n)
+            if self.desc == "tune":
+                moves.append((self.n, self.total, self.postfix))
+
+    monkeypatch.setattr(trainer, "tqdm", Recorded)
+    config = CompressConfig(method="kl-fuse", calib=str(text_file), nsamples=8, seqlen=32, mi_samples=4, num_remove=1,
+                            sparsity=None, fusion=FusionConfig(group_size=2, rank=4, lora_rank=2),
+                            tune=TuneConfig(epochs=0, global_epochs=2, batch_size=2))
+    report = compress(tiny_llama(depth=4), tokenizer, config, progress=True).report
+    assert [(n, total) for n, total, _ in moves] == [(n, 8) for n in range(1, 9)]
+    assert moves[0][2].startswith("epoch 1/2, loss ") and moves[5][2].startswith("epoch 2/2, loss ")
+    steps = report.heal.step_losses
+    assert len(steps) == report.heal.optimizer_steps == 8
+    assert report.heal.losses == pytest.approx([sum(steps[:4]) / 4, sum(steps[4:]) / 4], rel=1e-6)
+    assert float(moves[1][2].rsplit(" ", 1)[1]) == pytest.approx((steps[0] + steps[1]) / 2, abs=1e-4)

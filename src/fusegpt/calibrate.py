@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from .models import DecoderAdapter
@@ -151,7 +152,8 @@ class BlockStack:
 
     def __init__(self, blocks: list[nn.Module], block_kwargs: list[dict], embeddings: torch.Tensor,
                  device: torch.device, batch_size: int, cached: int | None = None, keep_all: bool = False,
-                 norms: list[nn.Parameter] = (), keep_dense_blocks: bool = True, keep_dense_final: bool = True):
+                 norms: list[nn.Parameter] = (), keep_dense_blocks: bool = True, keep_dense_final: bool = True,
+                 progress: bool = False):
         self.blocks = list(blocks)
         self.origin = list(range(len(blocks)))  # original index of each current block
         self.device = torch.device(device)
@@ -178,7 +180,7 @@ class BlockStack:
         self.dense_norms = [(p, p.detach().clone()) for p in norms]
         self.boundaries: list[torch.Tensor] = [embeddings[:self.cached]] * (len(blocks) + 1)
         # one pass over all windows, caching the boundaries; its output is the healing teacher
-        final = self.run(0, len(blocks), embeddings, keep=True)
+        final = self._run(self.blocks, self.block_kwargs, embeddings, 0, desc="calibrate" if progress else None)
         self.dense_final = final if keep_dense_final else None
         self.dense_scoring_final = self.boundaries[-1]  # the dense output on the cached windows
         # the dense boundaries by original index (refresh replaces tensors, never edits them)
@@ -197,10 +199,12 @@ class BlockStack:
 
     @torch.no_grad()
     def _run(self, blocks: list[nn.Module], kwargs: list[dict], x: torch.Tensor,
-             keep_from: int | None = None) -> torch.Tensor:
-        """`blocks` on a copy of x, batch by batch in place: one buffer of x's size, whatever the depth."""
+             keep_from: int | None = None, desc: str | None = None) -> torch.Tensor:
+        """`blocks` on a copy of x, batch by batch in place: one buffer of x's size, whatever the
+        depth (a progress bar over the blocks with a `desc`)."""
         x = x.clone()
-        for offset, (block, kw) in enumerate(zip(blocks, kwargs)):
+        for offset, (block, kw) in enumerate(tqdm(list(zip(blocks, kwargs)), desc=desc, unit="block", leave=False,
+                                                  disable=desc is None)):
             with onloaded([block], self.device):
                 for start in range(0, x.shape[0], self.batch_size):
                     batch = x[start:start + self.batch_size]

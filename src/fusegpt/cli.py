@@ -101,6 +101,9 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     _recipe(p, "--distill", "tune", "distill", str, "what the global tune and LoRA healing match: the dense "
             "model's final hidden states (by --loss) or its next-token distributions (KL over the vocabulary)",
             choices=DISTILLS)
+    _recipe(p, "--distill-top-k", "tune", "distill_top_k", int, "with --distill logits: the dense model's k most "
+            "likely tokens per position and the rest's mass, computed once, are the target (0: the whole vocabulary, "
+            "recomputed every step)")
     _recipe(p, "--warmup", "tune", "warmup", float, "share of each tune's steps over which the learning rates "
             "ramp up linearly before their cosine decay")
     _recipe(p, "--heal-epochs", "tune", "heal_epochs", int, "remove-lora, sleb-lora: LoRA epochs over every kept "

@@ -94,6 +94,10 @@ class TuneConfig:
     # final hidden states (by `loss`). Logits won on SmolLM2's dev by 14% / 10% for fusion and LoRA
     # alike and lost 1-4% on pydoc's (docs/BENCHMARKS.md); they cost the head's passes each step
     distill: Distill = "logits"
+    # with logits: the dense model's k most likely tokens and the rest's mass at every position,
+    # computed once before the tune, are the teacher (the (k + 1)-bin KL; 0: the whole vocabulary,
+    # its logits recomputed every step from the dense model's final hidden states)
+    distill_top_k: int = 0
     warmup: float = 0.0  # share of a tune's optimiser steps over which the rates ramp up (then cosine decay)
     # memory of the tunes, without changing what they compute (up to float rounding): windows per
     # forward/backward pass, gradients accumulated over a batch (None: the whole batch), and
@@ -256,6 +260,8 @@ class CompressConfig:
              f"--global-coef-lr must be positive, got {self.tune.global_coef_lr}"),
             (self.tune.distill in DISTILLS,
              f"--distill must be one of {', '.join(DISTILLS)}, got {self.tune.distill!r}"),
+            (self.tune.distill_top_k >= 0,
+             f"--distill-top-k must be 0 (the whole vocabulary) or more, got {self.tune.distill_top_k}"),
             (0 <= self.tune.warmup < 1, f"--warmup is a share of the tuning steps in [0, 1), got {self.tune.warmup}"),
             (self.tune.micro_batch is None or self.tune.micro_batch >= 1,
              f"--micro-batch must be at least 1, got {self.tune.micro_batch}"),
@@ -284,7 +290,7 @@ PRESETS: dict[str, dict] = {
                          "seam_map": False, "normalize_donors": False},
               "tune": {"loss": "kl_batch", "epochs": 20, "batch_size": 8, "coef_lr": 1e-3, "lr": 9.65e-6,
                        "betas": (0.9, 0.95), "teacher": "group", "global_epochs": 0, "global_coef_lr": None,
-                       "distill": "hidden", "warmup": 0.0, "heal_epochs": None, "micro_batch": None,
+                       "distill": "hidden", "distill_top_k": 0, "warmup": 0.0, "heal_epochs": None, "micro_batch": None,
                        "checkpoint_activations": None, "optimizer_on_host": None}},
 }
 

@@ -133,11 +133,10 @@ def require_quantiser(file_type) -> None:
     """Raise MissingQuantiser when `file_type` needs llama.cpp's quantiser and it is not installed."""
     if file_type.name.removeprefix("ALL_").removeprefix("MOSTLY_") in UNQUANTISED:
         return
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError as error:
-        raise MissingQuantiser(f"GGUF out needs llama.cpp's quantiser for {file_type.name} tensors: {QUANTISER_HINT}") \
-            from error
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise MissingQuantiser(f"GGUF out needs llama.cpp's quantiser for {file_type.name} tensors: {QUANTISER_HINT}")
 
 
 def _input_type(reader):
@@ -235,10 +234,12 @@ def _quantise(tensors: dict[str, np.ndarray], arch: str, metadata, every_tensor,
         return {t.name: (np.array(t.data), t.tensor_type) for t in quantised.tensors if t.name in tensors}
 
 
-def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str | None = None) -> GGUFExport:
+def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str | None = None,
+               progress: bool = False) -> GGUFExport:
     """Write the compressed `model` (its blocks the original ones at `kept`) as GGUF to `out`, from
     the GGUF file it was loaded from; atomically (written beside, then renamed)."""
     import gguf
+    from tqdm.auto import tqdm
 
     reader = gguf.GGUFReader(source)
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
@@ -253,7 +254,7 @@ def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str |
 
     changed: dict[str, np.ndarray] = {}  # new name -> fp32 in GGUF layout
     plan: list[tuple[str, object]] = []  # (new name, the input tensor)
-    for tensor in reader.tensors:
+    for tensor in tqdm(reader.tensors, desc="GGUF", unit="tensor", leave=False, disable=not progress):
         new = _renamed(tensor.name, kept)
         if new is None:
             continue

@@ -92,7 +92,8 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     stack = BlockStack(blocks, block_kwargs, embeddings, device, config.tune.batch_size,
                        cached=config.mi_samples, keep_all=config.hidden_cache == "all",
                        norms=[p for b in blocks for p in adapter.norm_parameters(b)],
-                       keep_dense_blocks=needs.dense_blocks(config), keep_dense_final=needs.final_tune(config))
+                       keep_dense_blocks=needs.dense_blocks(config), keep_dense_final=needs.final_tune(config),
+                       progress=progress)
     stack.candidate_group = 1 if resident or device.type == "cpu" else STREAMED_CANDIDATES
     # a candidate that can no longer be chosen stops early, unless every score is wanted in full, or
     # fusion-aware choice ranks the runners-up too
@@ -144,11 +145,12 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     if outcome:
         _count_passes(report, outcome)
         report.heal = HealRecord(blocks=outcome.group, losses=outcome.losses, optimizer_steps=outcome.optimizer_steps,
-                                 seconds=outcome.seconds, block_passes=outcome.block_passes)
+                                 seconds=outcome.seconds, block_passes=outcome.block_passes,
+                                 step_losses=outcome.step_losses)
 
     # merge: fold every fused linear back into a plain one; install the kept blocks
     merging = time.perf_counter()
-    for block in stack.blocks:
+    for block in tqdm(stack.blocks, desc="merge", unit="block", leave=False, disable=not progress):
         with onloaded([block], device):  # a streamed block folds on the GPU (a 7B's took a minute on the host)
             merge_block(adapter, block)
     adapter.set_blocks(model, stack.blocks, stack.origin)

@@ -148,7 +148,8 @@ def run(job: Job):
             writing = time.perf_counter()
             try:
                 if source is not None:  # the input's own file, its blocks cut and renumbered
-                    export = write_gguf(result.model, report.kept, source, out / source.name, job.gguf_type)
+                    export = write_gguf(result.model, report.kept, source, out / source.name, job.gguf_type,
+                                        job.progress)
                 else:  # a HF model's settings and tokenizer under GGUF's keys
                     export = write_gguf_from_hf(result.model, tokenizer, out / f"{Path(job.model).name}.gguf",
                                                 job.gguf_type, model_path if model_path.is_dir() else None)

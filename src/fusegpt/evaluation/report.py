@@ -33,6 +33,7 @@ class HealRecord:
     optimizer_steps: int
     seconds: dict[str, float]
     block_passes: int = 0
+    step_losses: list[float] = field(default_factory=list)  # each optimiser step's loss
 
 
 @dataclass

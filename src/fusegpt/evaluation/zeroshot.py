@@ -127,7 +127,7 @@ def _build_task(task: str, root: Path | None, limit: int | None):
             return _local_task(name, docs[:limit])
         where = "looked for " + " and ".join(map(str, local_paths(task, root)))
     else:
-        where = f"no --data-dir or $FUSEGPT_DATA given"
+        where = "no --data-dir or $FUSEGPT_DATA given"
     try:
         return _hub_task(name)
     except Exception as exc:  # any Hub failure (no network, dataset moved) means "not available"

@@ -24,59 +24,16 @@ not the blocks, is most of a candidate's cost:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..calibrate import BlockStack, onloaded
+from ..predictions import MAX_ELEMENTS, DenseTargets, chunks, dense_targets, log_rest
 from .candidates import Measure, score_each
 
-MAX_ELEMENTS = 2**24  # logits held at once: 64 MiB in fp32, whatever the vocabulary
 BOUND_FRACTION = 16  # bound a candidate's KL from k logits first only when k <= vocabulary / this
-
-
-@dataclass
-class DenseTargets:
-    """The dense model's predictions at the scored positions of every scoring window."""
-
-    positions: torch.Tensor  # (P,) token positions scored in each window
-    ids: torch.Tensor  # (M, P, k) the k most likely tokens
-    log_p: torch.Tensor  # (M, P, k) their log-probabilities
-    log_rest: torch.Tensor  # (M, P) log of the probability of every other token
-
-
-def _chunks(positions: int, head: nn.Module, max_elements: int):
-    """Slices of `positions` small enough that their logits hold at most `max_elements` floats."""
-    size = max(1, max_elements // head.lm_head.weight.shape[0])
-    for start in range(0, positions, size):
-        yield slice(start, start + size)
-
-
-def _log_rest(log_top: torch.Tensor) -> torch.Tensor:
-    """log(1 - sum of the top probabilities), floored at log(1e-6): fp32 sums of nearly all the
-    mass round to 1, and a rest of zero on one side would make the KL infinite."""
-    return torch.log1p(-log_top.exp().sum(-1).clamp(max=1 - 1e-6))
-
-
-@torch.no_grad()
-def dense_targets(head: nn.Module, dense: torch.Tensor, top_k: int, stride: int, device: torch.device,
-                  max_elements: int = MAX_ELEMENTS) -> DenseTargets:
-    """The dense predictions at every `stride`-th position of `dense` (M x T x H final hidden states)."""
-    positions = torch.arange(stride - 1, dense.shape[1], stride)
-    vocabulary = head.lm_head.weight.shape[0]
-    k = min(top_k or vocabulary, vocabulary)
-    ids, log_p = [], []
-    for window in dense:
-        hidden = window[positions].to(device)
-        for part in _chunks(len(hidden), head, max_elements):
-            log_probs = F.log_softmax(head(hidden[part]).float(), dim=-1)
-            top = log_probs.topk(k, dim=-1)
-            ids.append(top.indices.cpu()), log_p.append(top.values.cpu())
-    m = dense.shape[0]
-    ids, log_p = torch.cat(ids).view(m, len(positions), k), torch.cat(log_p).view(m, len(positions), k)
-    return DenseTargets(positions, ids, log_p, _log_rest(log_p))
 
 
 @torch.no_grad()
@@ -85,17 +42,17 @@ def divergence_from(head: nn.Module, hidden: torch.Tensor, targets: DenseTargets
     """Sum over the scored positions of KL(dense || head(hidden)) between the (k + 1)-bin
     distributions; `hidden` holds the final hidden states of the scoring windows `windows`."""
     total = 0.0
-    for window, ids, log_p, log_rest in zip(hidden, targets.ids[windows], targets.log_p[windows],
+    for window, ids, log_p, rest_log in zip(hidden, targets.ids[windows], targets.log_p[windows],
                                             targets.log_rest[windows]):
         scored = window[targets.positions].to(device)
-        for part in _chunks(len(scored), head, max_elements):
+        for part in chunks(len(scored), head, max_elements):
             logits = head(scored[part]).float()
-            p_ids, p_log, p_rest = ids[part].to(device), log_p[part].to(device), log_rest[part].to(device)
+            p_ids, p_log, p_rest = ids[part].to(device), log_p[part].to(device), rest_log[part].to(device)
             top = logits.gather(-1, p_ids)
             most = logits.amax(-1, keepdim=True)  # log-normaliser in place: no second vocabulary-wide tensor
             q_log = top - (most + logits.sub_(most).exp_().sum(-1, keepdim=True).log())
             kl_top = (p_log.exp() * (p_log - q_log)).sum(-1)
-            rest = p_rest.exp() * (p_rest - _log_rest(q_log))
+            rest = p_rest.exp() * (p_rest - log_rest(q_log))
             total += (kl_top + rest).sum().item()
     return total
 

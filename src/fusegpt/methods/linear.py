@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from ..calibrate import block_output, onloaded
+from ..calibrate import onloaded
 from ..errors import FuseGPTError
 from ..fusion import FusedLinear
 from .step import StepContext, StepOutcome

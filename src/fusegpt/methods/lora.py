@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from ..calibrate import onloaded
 from ..fusion import FusedLinear
+from ..predictions import dense_targets
 from ..tuning import tune_group
 from ..tuning.losses import LogitDistillation
 from .step import StepContext, StepOutcome
@@ -45,9 +46,14 @@ def heal_globally(ctx: StepContext, epochs: int) -> StepOutcome:
     head = adapter.head(ctx.model)
     objective = LogitDistillation(head) if config.tune.distill == "logits" else None
     with onloaded([head] if objective else [], stack.device):
-        tuned = tune_group(stack, 0, len(stack), stack.embeddings, stack.dense_final, coefficients, others, tune,
+        teacher = stack.dense_final
+        if objective and config.tune.distill_top_k:  # the dense predictions once, in place of its hidden states
+            teacher = dense_targets(head, teacher, config.tune.distill_top_k, 1, stack.device, objective.max_elements * 2)
+            stack.dense_final = None
+        tuned = tune_group(stack, 0, len(stack), stack.embeddings, teacher, coefficients, others, tune,
                            seed=config.seed, progress=ctx.progress, objective=objective)
-    return StepOutcome(group=list(stack.origin), losses=tuned.losses, optimizer_steps=tuned.optimizer_steps,
+    return StepOutcome(group=list(stack.origin), losses=tuned.losses, step_losses=tuned.step_losses,
+                       optimizer_steps=tuned.optimizer_steps,
                        block_passes=tuned.block_passes, passes_by_rank=tuned.passes_by_rank,
                        seconds={"tune": time.perf_counter() - started})
 

@@ -31,6 +31,7 @@ class StepContext:
 class StepOutcome:
     group: list[int] = field(default_factory=list)  # original indices of the blocks that absorbed or healed it
     losses: list[float] = field(default_factory=list)  # tuning loss per epoch
+    step_losses: list[float] = field(default_factory=list)  # and per optimiser step
     seconds: dict[str, float] = field(default_factory=dict)
     optimizer_steps: int = 0
     block_passes: int = 0  # tuning compute: forward + backward of one block on one window

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
+from ..predictions import DenseTargets
+
 if TYPE_CHECKING:
     from ..models.adapter import OutputHead
 
@@ -51,8 +53,11 @@ def cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 class LogitDistillation:
-    """KL(teacher's next-token distribution || student's), mean over tokens, where both are the
-    model's own head (final norm, LM head, soft-cap: an `OutputHead`) applied to final hidden states.
+    """KL(teacher's next-token distribution || student's), mean over tokens, where the student's is
+    the model's own head (final norm, LM head, soft-cap: an `OutputHead`) applied to its final hidden
+    states, and the teacher's either the same head applied to the dense model's (`teacher` a tensor of
+    hidden states: the whole vocabulary) or the dense model's k most likely tokens and the rest's mass,
+    computed once (`teacher` a `DenseTargets`: the (k + 1)-bin KL, and no teacher logits per step).
 
     The vocabulary-wide tensors exist for a chunk of ~`max_elements` logits at a time, in two
     buffers (three with a soft-cap) that every chunk and step reuses in place: a 256k-vocabulary
@@ -66,15 +71,19 @@ class LogitDistillation:
         self.head, self.max_elements = head, max_elements
         self._buffers: list[torch.Tensor] = []
 
-    def rows_per_chunk(self) -> int:
-        return max(1, self.max_elements // self.head.lm_head.weight.shape[0])
+    def rows_per_chunk(self, buffers: int = 2) -> int:
+        """Positions per chunk: `max_elements` logits in each of two buffers, as many in all when fewer
+        are needed (the top-k teacher's one: larger chunks run the head's products faster)."""
+        return max(1, 2 * self.max_elements // (buffers * self.head.lm_head.weight.shape[0]))
 
-    def _scratch(self, rows: int, like: torch.Tensor) -> list[torch.Tensor]:
-        """(rows, vocabulary) fp32 views of the reused buffers on `like`'s device."""
-        if not self._buffers or self._buffers[0].device != like.device or len(self._buffers[0]) < rows:
-            size = (rows, self.head.lm_head.weight.shape[0])
-            self._buffers = [torch.empty(size, device=like.device) for _ in range(3 if self.head.softcap else 2)]
-        return [b[:rows] for b in self._buffers]
+    def _scratch(self, rows: int, like: torch.Tensor, count: int) -> list[torch.Tensor]:
+        """`count` (one more with a soft-cap) (rows, vocabulary) fp32 views of the reused buffers on
+        `like`'s device."""
+        count += bool(self.head.softcap)
+        if len(self._buffers) < count or self._buffers[0].device != like.device or len(self._buffers[0]) < rows:
+            size = (max(rows, len(self._buffers[0]) if self._buffers else 0), self.head.lm_head.weight.shape[0])
+            self._buffers = [torch.empty(size, device=like.device) for _ in range(count)]
+        return [b[:rows] for b in self._buffers[:count]]
 
     def _logits(self, features: torch.Tensor, out: torch.Tensor, capped: torch.Tensor | None) -> torch.Tensor:
         """The head's logits of `features` (rows, hidden), written into `out`; with a soft-cap,
@@ -91,7 +100,7 @@ class LogitDistillation:
 
     def _chunk(self, student: torch.Tensor, teacher: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The chunk's summed KL, and its gradient on the student's hidden states (when `grad`)."""
-        p, logits, *capped = self._scratch(student.shape[0], student)
+        p, logits, *capped = self._scratch(student.shape[0], student, 2)
         capped = capped[0] if capped else None
         with torch.no_grad():  # the teacher: p = softmax(t), and <p, t - max t> - log z_t = sum p log p
             t = self._logits(self.head.features(teacher), logits, capped)
@@ -113,11 +122,44 @@ class LogitDistillation:
             if not grad:
                 return loss.sum(), None
             gradient = q.div_(z).sub_(p)  # d KL / d logits = q - p
-            if capped is not None:  # through cap * tanh(x / cap): times 1 - tanh^2
-                gradient.mul_(logits.square_().neg_().add_(1))
+        return loss.sum(), self._backward(features, student, gradient, logits if capped is not None else None)
+
+    def _backward(self, features: torch.Tensor, student: torch.Tensor, gradient: torch.Tensor,
+                  tanh: torch.Tensor | None) -> torch.Tensor:
+        """The gradient on the student's hidden states of `gradient` on its logits (through the
+        soft-cap, whose tanh(x / cap) `tanh` holds, the head's weight and its final layers)."""
+        with torch.no_grad():
+            if tanh is not None:  # through cap * tanh(x / cap): times 1 - tanh^2
+                gradient.mul_(tanh.square_().neg_().add_(1))
             weight = self.head.lm_head.weight
             upstream = torch.mm(gradient.to(weight.dtype), weight)
-        return loss.sum(), torch.autograd.grad(features, student, upstream.to(features.dtype))[0]
+        return torch.autograd.grad(features, student, upstream.to(features.dtype))[0]
+
+    def _top_chunk(self, student: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, log_rest: torch.Tensor,
+                   grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`_chunk` against the dense model's top-k tokens (ids, log_p) and the rest's mass: the
+        (k + 1)-bin KL, whose gradient on the logits is q - p inside the top k and q (1 - p_rest /
+        q_rest) outside it (the rest's mass spread as the student spreads it)."""
+        logits, *capped = self._scratch(student.shape[0], student, 1)
+        capped = capped[0] if capped else None
+        with torch.enable_grad():
+            student = student.detach().requires_grad_(grad)
+            features = self.head.features(student)
+        with torch.no_grad():
+            s = self._logits(features.detach(), logits, capped)
+            e = s.sub_(s.amax(-1, keepdim=True)).exp_()  # the student's probabilities times z
+            top = e.gather(-1, ids)
+            rest = e.scatter_(-1, ids, 0.0).sum(-1)  # summed apart from the top: no cancellation
+            z = top.sum(-1) + rest
+            q_rest = (rest / z).clamp_min(1e-6)  # floored as the dense side's rest is
+            p = log_p.exp()
+            log_q_top = top.clamp_min(1e-30).log() - z.log().unsqueeze(-1)
+            loss = (p * (log_p - log_q_top)).sum(-1) + log_rest.exp() * (log_rest - q_rest.log())
+            if not grad:
+                return loss.sum(), None
+            gradient = e.mul_(((1 - log_rest.exp() / q_rest) / z).unsqueeze(-1))
+            gradient.scatter_(-1, ids, top / z.unsqueeze(-1) - p)
+        return loss.sum(), self._backward(features, student, gradient, logits if capped is not None else None)
 
     def __call__(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return _ChunkedKL.apply(student, teacher, self)
@@ -133,13 +175,27 @@ class _ChunkedKL(torch.autograd.Function):
     the forward pass, chunk by chunk, and only scaled in the backward pass."""
 
     @staticmethod
-    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, loss: LogitDistillation) -> torch.Tensor:
-        s, t = student.flatten(0, -2), teacher.flatten(0, -2)
-        chunk = loss.rows_per_chunk()
+    def forward(ctx, student: torch.Tensor, teacher, loss: LogitDistillation) -> torch.Tensor:
+        s = student.flatten(0, -2)
+        if isinstance(teacher, DenseTargets):
+            if teacher.shape != student.shape[:-1]:
+                raise ValueError(f"targets for {tuple(teacher.shape)} positions, student {tuple(student.shape[:-1])}")
+            ids, log_p = teacher.ids.flatten(0, -2), teacher.log_p.flatten(0, -2)
+            rest = teacher.log_rest.flatten()
+
+            def chunk_of(rows, grad):
+                return loss._top_chunk(s[rows], ids[rows], log_p[rows], rest[rows], grad)
+            chunk = loss.rows_per_chunk(buffers=1)
+        else:
+            t = teacher.flatten(0, -2)
+
+            def chunk_of(rows, grad):
+                return loss._chunk(s[rows], t[rows], grad)
+            chunk = loss.rows_per_chunk()
         grad = ctx.needs_input_grad[0]
         total, grads = torch.zeros((), device=s.device), []
         for i in range(0, s.shape[0], chunk):
-            value, part = loss._chunk(s[i:i + chunk], t[i:i + chunk], grad)
+            value, part = chunk_of(slice(i, i + chunk), grad)
             total = total + value
             grads.append(part)
         if grad:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -22,6 +22,7 @@ class TuneResult:
     optimizer_steps: int  # counted, so that methods can be compared at equal tuning budgets
     block_passes: int = 0  # forward + backward of one block on one window: the compute spent
     passes_by_rank: list[int] | None = None  # each rank's share of them (torch.distributed)
+    step_losses: list[float] = field(default_factory=list)  # each optimiser step's loss (the curve the bar shows)
 
 
 def window_batches(order: torch.Tensor, batch_size: int, no_single: bool) -> list[torch.Tensor]:
@@ -127,11 +128,13 @@ def tune_group(stack: BlockStack, start: int, end: int, inputs: torch.Tensor, te
     result = TuneResult(losses=[], optimizer_steps=0, passes_by_rank=[0] * ranks)
     run = _Forward(stack, start, end, inputs, teacher, loss_fn, config.micro_batch, config.checkpoint_activations)
     reference = None
+    # a step at a time, with its rate, the time left and the epoch's running loss (relative to the first batch's)
+    bar = tqdm(total=config.epochs * steps_per_epoch, desc="tune", unit="step", leave=False, disable=not progress)
     try:
         with onloaded(blocks, stack.device), torch.enable_grad():
-            for _ in tqdm(range(config.epochs), desc="tune", unit="epoch", leave=False, disable=not progress):
+            for epoch in range(config.epochs):
                 permutation = torch.randperm(inputs.shape[0], generator=order)
-                epoch_loss = 0.0
+                epoch_loss, seen = 0.0, 0
                 for chunk in window_batches(permutation, config.batch_size, no_single):
                     # this rank's share of the batch; its mean loss weighted by its share, so that
                     # the losses and gradients summed over ranks are the whole batch's
@@ -164,9 +167,13 @@ def tune_group(stack: BlockStack, start: int, end: int, inputs: torch.Tensor, te
                     result.block_passes += len(chunk) * (end - start)
                     for r in range(ranks):
                         result.passes_by_rank[r] += len(chunk[r::ranks]) * (end - start)
-                    epoch_loss += value.item() * len(chunk)
+                    epoch_loss, seen = epoch_loss + value.item() * len(chunk), seen + len(chunk)
+                    result.step_losses.append(value.item())
+                    bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs}, loss {epoch_loss / seen:.4f}", refresh=False)
+                    bar.update()
                 result.losses.append(epoch_loss / inputs.shape[0])
     finally:
+        bar.close()
         for hook in hooks:
             hook.remove()
         for p in trainables:

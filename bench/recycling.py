@@ -1,0 +1,57 @@
+"""Recycling against healing on two real families (SmolLM2, Gemma 3): what the default's tune
+costs and whether it ever loses to LoRA healing of the same blocks, cell by cell on dev (test
+beside it, never used to choose).
+
+    python bench/recycling.py gemma3                 # every cell of a model, in order
+    python bench/recycling.py gemma3 fuse-top64,lora-top64
+    python bench/recycling.py gemma3 --table
+
+Each cell tunes the default's own blocks (`BLOCKS`, from its run on the same protocol) with the
+pinned recipe of today's default (`DEFAULT`) and the variant's changes: `top64`, the dense model's
+64 most likely tokens and the rest's mass computed once as the teacher (`--distill-top-k 64`),
+against `full`, the whole vocabulary recomputed every step. Cells are cached in
+bench/results/recycling-<model>/ (bench/common.py)."""
+from __future__ import annotations
+
+import sys
+
+from common import pinned, require_assets, run_cell
+from frontier import table
+
+# the default's blocks on each protocol, in its order (SmolLM2: headline-smollm2/default-margins;
+# Gemma 3: the held-out run of issue 29, 4 of 18 blocks)
+BLOCKS = {"smollm2": "14,17,13,26,15,16,18,12", "gemma3": "9,8,7,6"}
+# the default of 2026-12-05 on given blocks: donors normalised, logits distilled, rescoring limited
+DEFAULT = dict(normalize_donors=None, distill="logits", rescore_limit="8")
+
+
+def variants(model: str) -> dict[str, dict]:
+    blocks = BLOCKS[model]
+    fuse, lora = pinned(blocks=blocks, **DEFAULT), pinned(method="kl-lora", blocks=blocks, **DEFAULT)
+    cells = {"fuse-top64": {**fuse, "--distill-top-k": "64"}, "fuse-full": {**fuse, "--distill-top-k": "0"},
+             "lora-top64": {**lora, "--distill-top-k": "64"}, "lora-full": {**lora, "--distill-top-k": "0"}}
+    if model == "smollm2":  # fuse-full is headline-smollm2/default-margins (the same settings, its own choice)
+        del cells["fuse-full"]
+    return cells
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if not args or args[0] not in BLOCKS:
+        sys.exit(__doc__)
+    model = args[0]
+    if args[1:] == ["--table"]:
+        print(table(model, folder=f"recycling-{model}"))
+        return
+    require_assets()
+    cells = variants(model)
+    for name in args[1].split(",") if len(args) > 1 else cells:
+        if name not in cells:
+            sys.exit(f"unknown variant {name!r}; one of {', '.join(cells)}")
+        cell = run_cell(f"recycling-{model}", name, model, cells[name])
+        if cell is not None:  # else another runner computes it
+            print(f"{name}: dev {cell['dev']} test {cell['test']} stages {cell['stages']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
