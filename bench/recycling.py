@@ -9,7 +9,7 @@ beside it, never used to choose).
 Each cell tunes the default's own blocks (`BLOCKS`, from its run on the same protocol) with the
 pinned recipe of today's default (`DEFAULT`) and the variant's changes: `top64`, the dense model's
 64 most likely tokens and the rest's mass computed once as the teacher (`--distill-top-k 64`),
-against `full`, the whole vocabulary recomputed every step. Cells are cached in
+against `full`, the whole vocabulary recomputed every step (`top256`, `top1024`: more tokens). Cells are cached in
 bench/results/recycling-<model>/ (bench/common.py)."""
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def variants(model: str) -> dict[str, dict]:
     blocks = BLOCKS[model]
     fuse, lora = pinned(blocks=blocks, **DEFAULT), pinned(method="kl-lora", blocks=blocks, **DEFAULT)
     cells = {"fuse-top64": {**fuse, "--distill-top-k": "64"}, "fuse-full": {**fuse, "--distill-top-k": "0"},
-             "lora-top64": {**lora, "--distill-top-k": "64"}, "lora-full": {**lora, "--distill-top-k": "0"}}
+             "lora-top64": {**lora, "--distill-top-k": "64"}, "lora-full": {**lora, "--distill-top-k": "0"},
+             "fuse-top256": {**fuse, "--distill-top-k": "256"}, "fuse-top1024": {**fuse, "--distill-top-k": "1024"}}
     if model == "smollm2":  # fuse-full is headline-smollm2/default-margins (the same settings, its own choice)
         del cells["fuse-full"]
     return cells

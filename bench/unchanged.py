@@ -2,6 +2,7 @@
 working tree, must remove the same blocks and end with the same weights.
 
     python bench/unchanged.py [COMMIT]      # default: fc400f7, the last commit before 2026-12-02
+    python bench/unchanged.py 3b44791       # the last commit before 2026-12-05 (afternoon)
 
 The earlier code runs from a git worktree of COMMIT (bench/out/unchanged/src-COMMIT, PYTHONPATH
 over the editable install). Both run `fusegpt compress` with the flags below on pydoc-llama-12L
@@ -33,9 +34,11 @@ NOW_ONLY = ["--kl-top-k", "0", "--kl-stride", "1", "--rescore", "0", "--full-sco
             "--distill", "hidden", "--warmup", "0", "--no-gguf"]
 
 
-def _run(source: str | None, name: str, out) -> None:
+def _run(source: str | None, name: str, out, spelled: bool = True) -> None:
+    """`fusegpt compress` of run `name` by the code in `source` (None: the working tree), with the
+    flags of what was added since fc400f7 (`spelled`; False for fc400f7 itself, which has none of them)."""
     env = dict(os.environ, **({"PYTHONPATH": source} if source else {}))
-    flags = FLAGS + ([] if source else NOW_ONLY)
+    flags = FLAGS + (NOW_ONLY if spelled else [])
     subprocess.run([sys.executable, "-m", "fusegpt", "compress", *RUNS[name][:1], "--out", str(out), "--overwrite",
                     *RUNS[name][1:], *flags], check=True, env=env)
 
@@ -51,7 +54,7 @@ def main() -> None:
     result = {}
     for name in RUNS:
         before, after = OUTPUTS / "unchanged" / f"{name}-{commit}", OUTPUTS / "unchanged" / f"{name}-now"
-        _run(str(tree / "src"), name, before)
+        _run(str(tree / "src"), name, before, spelled=commit != "fc400f7")
         _run(None, name, after)
         old, new = load_file(before / "model.safetensors"), load_file(after / "model.safetensors")
         removed = [json.loads((p / "fusegpt_report.json").read_text())["removed"] for p in (before, after)]

@@ -101,81 +101,133 @@ def tune_group(stack: BlockStack, start: int, end: int, inputs: torch.Tensor, te
     has its master copy, gradient and Adam's moments in host memory (each gradient goes there as
     backward produces it, updated values come back after the step): the device holds only the
     trainables themselves."""
-    blocks = stack.blocks[start:end]
-    loss_fn = objective or LOSSES[config.loss]
-    groups = [{"params": primary, "lr": config.coef_lr}]
-    if secondary and config.lr > 0:
-        groups.append({"params": secondary, "lr": config.lr})
-    trainables = [p for g in groups for p in g["params"]]
-    for p in trainables:
-        p.requires_grad_(True)
-    on_host = bool(config.optimizer_on_host)
-    masters = {p: p.detach().float().to("cpu" if on_host else p.device) for p in trainables
-               if on_host or p.dtype != torch.float32}
-    for group in groups:
-        group["params"] = [masters.get(p, p) for p in group["params"]]
-    # on the host, each gradient leaves the device as soon as backward has it (summed over micro-batches there)
-    hooks = [p.register_post_accumulate_grad_hook(partial(_gradient_to_master, masters[p])) for p in trainables] \
-        if on_host else []
+    with GroupTune(stack, start, end, inputs, teacher, primary, secondary, config, seed, progress, objective) as tune:
+        tune.epochs(config.epochs)
+    return tune.result
 
-    optimizer = torch.optim.Adam(groups, betas=config.betas)
-    no_single = config.loss in BATCH_LOSSES
-    steps_per_epoch = len(window_batches(torch.arange(inputs.shape[0]), config.batch_size, no_single))
-    total = max(1, config.epochs * steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, total, config.warmup))
-    order = torch.Generator().manual_seed(seed)
-    ranks = distributed.world_size()  # a loss across the batch cannot be split: compress refuses it
-    result = TuneResult(losses=[], optimizer_steps=0, passes_by_rank=[0] * ranks)
-    run = _Forward(stack, start, end, inputs, teacher, loss_fn, config.micro_batch, config.checkpoint_activations)
-    reference = None
-    # a step at a time, with its rate, the time left and the epoch's running loss (relative to the first batch's)
-    bar = tqdm(total=config.epochs * steps_per_epoch, desc="tune", unit="step", leave=False, disable=not progress)
-    try:
-        with onloaded(blocks, stack.device), torch.enable_grad():
-            for epoch in range(config.epochs):
-                permutation = torch.randperm(inputs.shape[0], generator=order)
-                epoch_loss, seen = 0.0, 0
-                for chunk in window_batches(permutation, config.batch_size, no_single):
-                    # this rank's share of the batch; its mean loss weighted by its share, so that
-                    # the losses and gradients summed over ranks are the whole batch's
-                    mine = chunk[distributed.rank()::ranks]
-                    if reference is None:  # the first batch's loss, before any step
-                        with torch.no_grad():
-                            first = run.loss(mine, len(chunk)).reshape(1)
-                        distributed.sum_across([first])
-                        reference = first.item() if first.item() > 0 else 1.0
-                    optimizer.zero_grad(set_to_none=True)
-                    for p in masters:  # the optimizer holds their masters: their own gradients are reset here
-                        p.grad = None
-                    value = run.loss(mine, len(chunk), divisor=reference).reshape(1)
-                    distributed.sum_across([value])
-                    stepped = [masters[p] if on_host else p for p in trainables]  # where the gradients are
-                    if ranks > 1:
-                        grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in stepped]
-                        distributed.sum_across(grads)
-                        for q, g in zip(stepped, grads):
-                            q.grad = g
-                    if not on_host:
-                        for p, master in masters.items():
-                            master.grad = None if p.grad is None else p.grad.float()
-                    optimizer.step()
-                    with torch.no_grad():
-                        for p, master in masters.items():
-                            p.copy_(master)
-                    schedule.step()
-                    result.optimizer_steps += 1
-                    result.block_passes += len(chunk) * (end - start)
-                    for r in range(ranks):
-                        result.passes_by_rank[r] += len(chunk[r::ranks]) * (end - start)
-                    epoch_loss, seen = epoch_loss + value.item() * len(chunk), seen + len(chunk)
-                    result.step_losses.append(value.item())
-                    bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs}, loss {epoch_loss / seen:.4f}", refresh=False)
-                    bar.update()
-                result.losses.append(epoch_loss / inputs.shape[0])
-    finally:
-        bar.close()
-        for hook in hooks:
+
+class GroupTune:
+    """One tune (`tune_group`), run an epoch at a time on chosen windows, so that a caller can try
+    settings on some windows, judge them on others (`loss_on`), and keep the best run going
+    (`snapshot`, `restore`). `total_steps` is the length of the rate schedule (default: `epochs` of
+    every window)."""
+
+    def __init__(self, stack: BlockStack, start: int, end: int, inputs: torch.Tensor, teacher,
+                 primary: list[nn.Parameter], secondary: list[nn.Parameter], config: TuneConfig,
+                 seed: int, progress: bool = True, objective: Loss | None = None, total_steps: int | None = None):
+        self.stack, self.start, self.end, self.inputs, self.config = stack, start, end, inputs, config
+        groups = [{"params": primary, "lr": config.coef_lr}]
+        if secondary and config.lr > 0:
+            groups.append({"params": secondary, "lr": config.lr})
+        self.trainables = [p for g in groups for p in g["params"]]
+        for p in self.trainables:
+            p.requires_grad_(True)
+        self.on_host = bool(config.optimizer_on_host)
+        self.masters = {p: p.detach().float().to("cpu" if self.on_host else p.device) for p in self.trainables
+                        if self.on_host or p.dtype != torch.float32}
+        for group in groups:
+            group["params"] = [self.masters.get(p, p) for p in group["params"]]
+        # on the host, each gradient leaves the device as soon as backward has it (summed over micro-batches there)
+        self.hooks = [p.register_post_accumulate_grad_hook(partial(_gradient_to_master, self.masters[p]))
+                      for p in self.trainables] if self.on_host else []
+        self.optimizer = torch.optim.Adam(groups, betas=config.betas)
+        self.no_single = config.loss in BATCH_LOSSES
+        total = max(1, total_steps or config.epochs * self.steps_per_epoch(inputs.shape[0]))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                          lambda s: learning_rate_factor(s, total, config.warmup))
+        self.order = torch.Generator().manual_seed(seed)
+        self.ranks = distributed.world_size()  # a loss across the batch cannot be split: compress refuses it
+        self.result = TuneResult(losses=[], optimizer_steps=0, passes_by_rank=[0] * self.ranks)
+        self.run = _Forward(stack, start, end, inputs, teacher, objective or LOSSES[config.loss], config.micro_batch,
+                            config.checkpoint_activations)
+        self.reference = None
+        # a step at a time, with its rate, the time left and the epoch's running loss (relative to the first batch's)
+        self.bar = tqdm(total=total, desc="tune", unit="step", leave=False, disable=not progress)
+        self._onloaded = onloaded(stack.blocks[start:end], stack.device)
+
+    def steps_per_epoch(self, windows: int) -> int:
+        return len(window_batches(torch.arange(windows), self.config.batch_size, self.no_single))
+
+    def __enter__(self) -> GroupTune:
+        self._onloaded.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        for hook in self.hooks:
             hook.remove()
-        for p in trainables:
+        for p in self.trainables:
             p.requires_grad_(False)
-    return result
+        self._onloaded.__exit__(*exc)
+
+    @property
+    def stepped(self) -> list[torch.Tensor]:
+        """What the optimizer steps: each trainable's fp32 master where it has one, else itself."""
+        return [self.masters.get(p, p) for p in self.trainables]
+
+    def snapshot(self) -> list[torch.Tensor]:
+        """The trainables' values (their masters'), on the host."""
+        return [q.detach().to("cpu", copy=True) for q in self.stepped]
+
+    @torch.no_grad()
+    def restore(self, values: list[torch.Tensor]) -> None:
+        """Set the trainables (and their masters) to a snapshot's values."""
+        for p, q, value in zip(self.trainables, self.stepped, values):
+            q.copy_(value)
+            if q is not p:
+                p.copy_(q)
+
+    @torch.no_grad()
+    def loss_on(self, windows: torch.Tensor) -> float:
+        """The mean loss of `windows` (indices of `inputs`), untrained on, summed over the ranks' shares."""
+        value = self.run.loss(windows[distributed.rank()::self.ranks], len(windows)).reshape(1)
+        distributed.sum_across([value])
+        return value.item()
+
+    def epochs(self, count: int, windows: torch.Tensor | None = None) -> None:
+        """`count` epochs over `windows` (indices of `inputs`; default: all), in a seeded order."""
+        windows = torch.arange(self.inputs.shape[0]) if windows is None else windows
+        with torch.enable_grad():
+            for _ in range(count):
+                self._epoch(windows[torch.randperm(len(windows), generator=self.order)])
+
+    def _epoch(self, order: torch.Tensor) -> None:
+        masters, result, ranks, run = self.masters, self.result, self.ranks, self.run
+        epoch_loss, seen, number = 0.0, 0, len(result.losses) + 1
+        for chunk in window_batches(order, self.config.batch_size, self.no_single):
+            # this rank's share of the batch; its mean loss weighted by its share, so that
+            # the losses and gradients summed over ranks are the whole batch's
+            mine = chunk[distributed.rank()::ranks]
+            if self.reference is None:  # the first batch's loss, before any step
+                with torch.no_grad():
+                    first = run.loss(mine, len(chunk)).reshape(1)
+                distributed.sum_across([first])
+                self.reference = first.item() if first.item() > 0 else 1.0
+            self.optimizer.zero_grad(set_to_none=True)
+            for p in masters:  # the optimizer holds their masters: their own gradients are reset here
+                p.grad = None
+            value = run.loss(mine, len(chunk), divisor=self.reference).reshape(1)
+            distributed.sum_across([value])
+            stepped = [masters[p] if self.on_host else p for p in self.trainables]  # where the gradients are
+            if ranks > 1:
+                grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in stepped]
+                distributed.sum_across(grads)
+                for q, g in zip(stepped, grads):
+                    q.grad = g
+            if not self.on_host:
+                for p, master in masters.items():
+                    master.grad = None if p.grad is None else p.grad.float()
+            self.optimizer.step()
+            with torch.no_grad():
+                for p, master in masters.items():
+                    p.copy_(master)
+            self.schedule.step()
+            result.optimizer_steps += 1
+            result.block_passes += len(chunk) * (self.end - self.start)
+            for r in range(ranks):
+                result.passes_by_rank[r] += len(chunk[r::ranks]) * (self.end - self.start)
+            epoch_loss, seen = epoch_loss + value.item() * len(chunk), seen + len(chunk)
+            result.step_losses.append(value.item())
+            self.bar.set_postfix_str(f"epoch {number}/{self.config.epochs}, loss {epoch_loss / seen:.4f}", refresh=False)
+            self.bar.update()
+        result.losses.append(epoch_loss / len(order))
