@@ -255,3 +255,32 @@ def test_the_tune_reports_progress_every_step_with_its_running_loss(tokenizer, t
     assert len(steps) == report.heal.optimizer_steps == 8
     assert report.heal.losses == pytest.approx([sum(steps[:4]) / 4, sum(steps[4:]) / 4], rel=1e-6)
     assert float(moves[1][2].rsplit(" ", 1)[1]) == pytest.approx((steps[0] + steps[1]) / 2, abs=1e-4)
+
+
+@pytest.mark.parametrize("winner", [0.0, 1e-2])
+def test_a_trial_of_coefficient_rates_goes_on_with_the_one_the_held_out_windows_prefer(tokenizer, text_file,
+                                                                                      monkeypatch, winner):
+    """Two rates (the default 1e-2 and 0) each run the first epoch on 6 of 8 windows; the held-out loss
+    (here rigged to prefer `winner`) picks one, which goes on for the second epoch on all 8: 3 + 4
+    optimiser steps, the other's 3 steps reported apart. At 0 the coefficients never leave zero (LoRA
+    healing); at 1e-2 they move."""
+    from conftest import tiny_llama
+    from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress
+    from fusegpt.fusion import FusedLinear
+    from fusegpt.tuning import trainer
+
+    assert [trainer.held_out_windows(n) for n in (4, 8, 32, 64, 128, 1024)] == [1, 2, 2, 4, 8, 16]
+    monkeypatch.setattr(trainer.GroupTune, "loss_on",
+                        lambda self, windows: 0.0 if self.config.coef_lr == winner else 1.0)
+    coefficients = []
+    monkeypatch.setattr(FusedLinear, "merge", lambda self, merge=FusedLinear.merge: (
+        coefficients.extend(c.P.detach().clone() for c in self.coefficients), merge(self))[1])
+    config = CompressConfig(method="kl-fuse", calib=str(text_file), nsamples=8, seqlen=32, mi_samples=4, num_remove=1,
+                            sparsity=None, fusion=FusionConfig(group_size=2, rank=4, lora_rank=2),
+                            tune=TuneConfig(epochs=0, global_epochs=2, batch_size=2, global_coef_lr=1e-2,
+                                            trial_rates=(0.0,)))
+    heal = compress(tiny_llama(depth=4), tokenizer, config, progress=False).report.heal
+    assert heal.trial == {"0.01": 0.0 if winner else 1.0, "0": 0.0 if not winner else 1.0}
+    assert heal.optimizer_steps == 3 + 4 and len(heal.losses) == 2
+    assert heal.trial_block_passes == 3 * 2 * 3  # 3 steps of 2 windows through the 3 kept blocks
+    assert coefficients and all((p == 0).all() for p in coefficients) == (winner == 0.0)

@@ -98,6 +98,9 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
             "block against the dense model's output (the LoRA baselines get as many more)")
     _recipe(p, "--global-coef-lr", "tune", "global_coef_lr", float, "fusegpt: learning rate of the fusion "
             "coefficients in that global tune (None: --lr)")
+    _recipe(p, "--trial-rates", "tune", "trial_rates", _rates, "fusegpt: other coefficient rates a one-epoch "
+            "trial weighs against --global-coef-lr on held-out calibration windows before the global tune, the best "
+            "going on (comma-separated; 0: LoRA healing; empty: no trial)")
     _recipe(p, "--distill", "tune", "distill", str, "what the global tune and LoRA healing match: the dense "
             "model's final hidden states (by --loss) or its next-token distributions (KL over the vocabulary)",
             choices=DISTILLS)
@@ -205,6 +208,13 @@ def _indices(text: str) -> list[int]:
         return [int(i) for i in text.split(",") if i.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated block indices, got '{text}'") from None
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(r) for r in text.split(",") if r.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated learning rates, got '{text}'") from None
 
 
 def _sources(text: str) -> list[str]:

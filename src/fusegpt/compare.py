@@ -19,10 +19,10 @@ SPEED_PROTOCOL = "interleaved with a dense copy, medians of 5 rounds"  # cells t
 # fusion's tuning settings added after cells were cached, with the value that reproduces what ran
 # before: left out of the fingerprint at that value (and for repairs that do not fuse), so that
 # adding a knob does not invalidate every cell
-NEUTRAL_TUNE = {"global_coef_lr": None, "distill": "hidden", "distill_top_k": 0, "warmup": 0.0,
+NEUTRAL_TUNE = {"global_coef_lr": None, "distill": "hidden", "distill_top_k": 0, "trial_rates": (), "warmup": 0.0,
                 # how a tune holds its memory, never what it computes
                 "micro_batch": None, "checkpoint_activations": None, "optimizer_on_host": None}
-FUSION_ONLY_TUNE = ("global_coef_lr",)  # shapes fusing repairs only
+FUSION_ONLY_TUNE = ("global_coef_lr", "trial_rates")  # shapes fusing repairs only
 MEMORY_TUNE = ("micro_batch", "checkpoint_activations", "optimizer_on_host")  # results equal up to rounding
 NEUTRAL_FUSION = {"normalize_donors": False}  # cells cached before it existed ran without
 NEUTRAL_SCORING = ("kl_top_k", "kl_stride", "rescore", "rescore_limit")  # 0: what ran before each existed

@@ -89,6 +89,10 @@ class TuneConfig:
     # norms). Starting at zero they need more than LoRA's 1e-3 to use the recycled weights; 1e-2
     # fits the calibration corpus (SmolLM2's C4 and zero-shot got worse), 3e-2 diverges
     global_coef_lr: float | None = 3e-3
+    # other coefficient rates that a trial weighs against `global_coef_lr` before that global tune:
+    # each runs its first epoch from the same start, held-out calibration windows judge, the best goes
+    # on (0: the coefficients stay at zero, which is LoRA healing); empty: no trial
+    trial_rates: tuple[float, ...] = ()
     # what the global tune and LoRA healing match: the dense model's next-token distributions
     # through the model's own head (KL over the vocabulary, a chunk of positions at a time), or its
     # final hidden states (by `loss`). Logits won on SmolLM2's dev by 14% / 10% for fusion and LoRA
@@ -256,6 +260,8 @@ class CompressConfig:
             (self.tune.loss != "kl_batch" or self.tune.batch_size >= 2,
              "--loss kl_batch normalises over the batch and needs --batch-size of at least 2"),
             (self.tune.coef_lr > 0 and self.tune.lr >= 0, "--coef-lr must be positive and --lr non-negative"),
+            (all(rate >= 0 for rate in self.tune.trial_rates),
+             f"--trial-rates must be rates of 0 or more, got {self.tune.trial_rates}"),
             (self.tune.global_coef_lr is None or self.tune.global_coef_lr > 0,
              f"--global-coef-lr must be positive, got {self.tune.global_coef_lr}"),
             (self.tune.distill in DISTILLS,
@@ -290,7 +296,7 @@ PRESETS: dict[str, dict] = {
                          "seam_map": False, "normalize_donors": False},
               "tune": {"loss": "kl_batch", "epochs": 20, "batch_size": 8, "coef_lr": 1e-3, "lr": 9.65e-6,
                        "betas": (0.9, 0.95), "teacher": "group", "global_epochs": 0, "global_coef_lr": None,
-                       "distill": "hidden", "distill_top_k": 0, "warmup": 0.0, "heal_epochs": None, "micro_batch": None,
+                       "distill": "hidden", "distill_top_k": 0, "trial_rates": (), "warmup": 0.0, "heal_epochs": None, "micro_batch": None,
                        "checkpoint_activations": None, "optimizer_on_host": None}},
 }
 

@@ -146,7 +146,8 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
         _count_passes(report, outcome)
         report.heal = HealRecord(blocks=outcome.group, losses=outcome.losses, optimizer_steps=outcome.optimizer_steps,
                                  seconds=outcome.seconds, block_passes=outcome.block_passes,
-                                 step_losses=outcome.step_losses)
+                                 step_losses=outcome.step_losses, trial=outcome.trial,
+                                 trial_block_passes=outcome.trial_block_passes)
 
     # merge: fold every fused linear back into a plain one; install the kept blocks
     merging = time.perf_counter()

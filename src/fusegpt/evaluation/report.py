@@ -34,6 +34,8 @@ class HealRecord:
     seconds: dict[str, float]
     block_passes: int = 0
     step_losses: list[float] = field(default_factory=list)  # each optimiser step's loss
+    trial: dict[str, float] = field(default_factory=dict)  # coefficient rate tried -> its held-out loss
+    trial_block_passes: int = 0  # block passes of the rates not chosen (beside `block_passes`)
 
 
 @dataclass
@@ -113,6 +115,11 @@ class Report:
             lines.append(f"{s.step:>4}  {s.removed:>7}  {score:>15.5g}  {_losses(s.losses):>22}  {group}")
         if self.heal:
             lines.append(f"healed {len(self.heal.blocks)} blocks: loss {_losses(self.heal.losses)}")
+        if self.heal and self.heal.trial:
+            chosen = min(self.heal.trial, key=self.heal.trial.get)
+            lines.append("trial of the coefficients' rate (held-out loss after an epoch): "
+                         + ", ".join(f"{rate} {loss:.4f}" for rate, loss in self.heal.trial.items())
+                         + f"; chose {chosen} ({self.heal.trial_block_passes} block passes on the others)")
         lines.append(f"kept blocks: {self.kept}; optimiser steps: {self.optimizer_steps}; "
                      f"tuning block passes: {self.block_passes} ({self.tune_seconds:.0f} s); "
                      f"choosing: {sum(s.score_passes for s in self.steps)} forward block passes")

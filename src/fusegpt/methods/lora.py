@@ -19,12 +19,12 @@ from dataclasses import replace
 from ..calibrate import onloaded
 from ..fusion import FusedLinear
 from ..predictions import dense_targets
-from ..tuning import tune_group
+from ..tuning import trial_then_tune, tune_group
 from ..tuning.losses import LogitDistillation
 from .step import StepContext, StepOutcome
 
 
-def heal_globally(ctx: StepContext, epochs: int) -> StepOutcome:
+def heal_globally(ctx: StepContext, epochs: int, rates: tuple[float, ...] = ()) -> StepOutcome:
     """All kept blocks together learn to map the embeddings onto the dense model's final hidden
     states for `epochs` epochs: fused layers train their coefficients (at `global_coef_lr`) and
     LoRA; every other role linear gets a LoRA pair; LoRA and norms learn at `lr`. Coefficients
@@ -50,12 +50,18 @@ def heal_globally(ctx: StepContext, epochs: int) -> StepOutcome:
         if objective and config.tune.distill_top_k:  # the dense predictions once, in place of its hidden states
             teacher = dense_targets(head, teacher, config.tune.distill_top_k, 1, stack.device, objective.max_elements * 2)
             stack.dense_final = None
-        tuned = tune_group(stack, 0, len(stack), stack.embeddings, teacher, coefficients, others, tune,
-                           seed=config.seed, progress=ctx.progress, objective=objective)
+        trial = {}
+        if rates and epochs > 1:  # the coefficients' rate chosen on held-out windows, among the tune's and `rates`
+            tuned, trial, spent = trial_then_tune(stack, stack.embeddings, teacher, coefficients, others, tune,
+                                                  [tune.coef_lr, *rates], config.seed, ctx.progress, objective)
+        else:
+            tuned = tune_group(stack, 0, len(stack), stack.embeddings, teacher, coefficients, others, tune,
+                               seed=config.seed, progress=ctx.progress, objective=objective)
     return StepOutcome(group=list(stack.origin), losses=tuned.losses, step_losses=tuned.step_losses,
-                       optimizer_steps=tuned.optimizer_steps,
-                       block_passes=tuned.block_passes, passes_by_rank=tuned.passes_by_rank,
-                       seconds={"tune": time.perf_counter() - started})
+                       optimizer_steps=tuned.optimizer_steps, block_passes=tuned.block_passes,
+                       passes_by_rank=tuned.passes_by_rank, seconds={"tune": time.perf_counter() - started},
+                       trial={f"{rate:g}": loss for rate, loss in trial.items()},
+                       trial_block_passes=spent if trial else 0)
 
 
 def heal_with_lora(ctx: StepContext) -> StepOutcome:
@@ -68,4 +74,5 @@ def heal_with_lora(ctx: StepContext) -> StepOutcome:
 
 def heal_fused(ctx: StepContext) -> StepOutcome | None:
     """FuseGPT's optional final global tune (`global_epochs`), after the last fusion."""
-    return heal_globally(ctx, ctx.config.tune.global_epochs) if ctx.config.tune.global_epochs else None
+    tune = ctx.config.tune
+    return heal_globally(ctx, tune.global_epochs, tune.trial_rates) if tune.global_epochs else None

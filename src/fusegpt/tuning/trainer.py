@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import torch
@@ -114,25 +114,21 @@ class GroupTune:
 
     def __init__(self, stack: BlockStack, start: int, end: int, inputs: torch.Tensor, teacher,
                  primary: list[nn.Parameter], secondary: list[nn.Parameter], config: TuneConfig,
-                 seed: int, progress: bool = True, objective: Loss | None = None, total_steps: int | None = None):
+                 seed: int, progress: bool = True, objective: Loss | None = None, total_steps: int | None = None,
+                 desc: str = "tune"):
         self.stack, self.start, self.end, self.inputs, self.config = stack, start, end, inputs, config
         groups = [{"params": primary, "lr": config.coef_lr}]
         if secondary and config.lr > 0:
             groups.append({"params": secondary, "lr": config.lr})
         self.trainables = [p for g in groups for p in g["params"]]
-        for p in self.trainables:
-            p.requires_grad_(True)
         self.on_host = bool(config.optimizer_on_host)
         self.masters = {p: p.detach().float().to("cpu" if self.on_host else p.device) for p in self.trainables
                         if self.on_host or p.dtype != torch.float32}
         for group in groups:
             group["params"] = [self.masters.get(p, p) for p in group["params"]]
-        # on the host, each gradient leaves the device as soon as backward has it (summed over micro-batches there)
-        self.hooks = [p.register_post_accumulate_grad_hook(partial(_gradient_to_master, self.masters[p]))
-                      for p in self.trainables] if self.on_host else []
         self.optimizer = torch.optim.Adam(groups, betas=config.betas)
         self.no_single = config.loss in BATCH_LOSSES
-        total = max(1, total_steps or config.epochs * self.steps_per_epoch(inputs.shape[0]))
+        self.total = total = max(1, total_steps or config.epochs * self.steps_per_epoch(inputs.shape[0]))
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                           lambda s: learning_rate_factor(s, total, config.warmup))
         self.order = torch.Generator().manual_seed(seed)
@@ -141,15 +137,25 @@ class GroupTune:
         self.run = _Forward(stack, start, end, inputs, teacher, objective or LOSSES[config.loss], config.micro_batch,
                             config.checkpoint_activations)
         self.reference = None
-        # a step at a time, with its rate, the time left and the epoch's running loss (relative to the first batch's)
-        self.bar = tqdm(total=total, desc="tune", unit="step", leave=False, disable=not progress)
-        self._onloaded = onloaded(stack.blocks[start:end], stack.device)
+        self.progress, self.desc = progress, desc
+        self.hooks, self.bar, self._onloaded = [], None, None
 
     def steps_per_epoch(self, windows: int) -> int:
         return len(window_batches(torch.arange(windows), self.config.batch_size, self.no_single))
 
     def __enter__(self) -> GroupTune:
+        """The blocks on the device and the trainables trainable, until the context ends; a tune
+        may be entered again to go on (the optimizer and the schedule keep their state)."""
+        self._onloaded = onloaded(self.stack.blocks[self.start:self.end], self.stack.device)
         self._onloaded.__enter__()
+        for p in self.trainables:
+            p.requires_grad_(True)
+        # on the host, each gradient leaves the device as soon as backward has it (summed over micro-batches there)
+        self.hooks = [p.register_post_accumulate_grad_hook(partial(_gradient_to_master, self.masters[p]))
+                      for p in self.trainables] if self.on_host else []
+        # a step at a time, with its rate, the time left and the epoch's running loss (relative to the first batch's)
+        self.bar = tqdm(total=self.total, initial=self.result.optimizer_steps, desc=self.desc, unit="step",
+                        leave=False, disable=not self.progress)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -176,6 +182,7 @@ class GroupTune:
             q.copy_(value)
             if q is not p:
                 p.copy_(q)
+
 
     @torch.no_grad()
     def loss_on(self, windows: torch.Tensor) -> float:
@@ -231,3 +238,47 @@ class GroupTune:
             self.bar.set_postfix_str(f"epoch {number}/{self.config.epochs}, loss {epoch_loss / seen:.4f}", refresh=False)
             self.bar.update()
         result.losses.append(epoch_loss / len(order))
+
+
+def trial_then_tune(stack: BlockStack, inputs: torch.Tensor, teacher, primary: list[nn.Parameter],
+                    secondary: list[nn.Parameter], config: TuneConfig, rates: list[float], seed: int,
+                    progress: bool = True, objective: Loss | None = None) -> tuple[TuneResult, dict[float, float], int]:
+    """`tune_group` of the whole stack, with the primary trainables' rate chosen by a trial: each of
+    `rates` (0 leaves the primaries at their start: fusion's coefficients at zero is LoRA healing)
+    runs the tune's first epoch on all but the last `held_out_windows` windows, from the same start;
+    the one whose loss on those held-out windows is lowest goes on for the other epochs on every
+    window, the others stop. Returns the chosen run's result, each rate's held-out loss, and the
+    block passes the trial spent on the others."""
+    n = inputs.shape[0]
+    held = held_out_windows(n)
+    train, held_out = torch.arange(n - held), torch.arange(n - held, n)
+    runs: dict[float, tuple[GroupTune, float, list[torch.Tensor]]] = {}
+
+    def steps(windows: int) -> int:
+        return len(window_batches(torch.arange(windows), config.batch_size, config.loss in BATCH_LOSSES))
+
+    total = steps(n - held) + (config.epochs - 1) * steps(n)
+    start = [p.detach().to("cpu", copy=True) for p in [*primary, *secondary]]
+    for rate in dict.fromkeys(rates):
+        with torch.no_grad():
+            for p, value in zip([*primary, *secondary], start):
+                p.copy_(value)
+        tune = GroupTune(stack, 0, len(stack), inputs, teacher, primary, secondary, replace(config, coef_lr=rate),
+                         seed, progress, objective, total, desc=f"tune (trial: coefficients at {rate:g})")
+        with tune:
+            tune.epochs(1, train)
+            runs[rate] = (tune, tune.loss_on(held_out), tune.snapshot())
+    chosen = min(runs, key=lambda rate: runs[rate][1])  # the first listed on a tie
+    tune, _, values = runs[chosen]
+    tune.restore(values)
+    tune.desc = f"tune (coefficients at {chosen:g})"
+    with tune:
+        tune.epochs(config.epochs - 1)
+    spent = sum(run.result.block_passes for rate, (run, _, _) in runs.items() if rate != chosen)
+    return tune.result, {rate: loss for rate, (_, loss, _) in runs.items()}, spent
+
+
+def held_out_windows(windows: int) -> int:
+    """The calibration windows a trial judges on: a sixteenth, at least 2 and at most 16, and never
+    more than a quarter."""
+    return max(1, min(windows // 4, max(2, min(16, windows // 16))))
