@@ -95,8 +95,11 @@ def test_dry_run_refuses_a_run_that_cannot_fit(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "out").exists()
 
 
-_MEASURE = ("import resource, sys\nfrom fusegpt.cli import main\ncode = main(sys.argv[1:])\n"
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, code)\n")
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of a large pytest would
+# report the parent's size (13.6 GiB late in CI's full suite) instead of its own peak
+_MEASURE = ("import re, sys\nfrom fusegpt.cli import main\ncode = main(sys.argv[1:])\n"
+            "kib = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
+            "print('PEAK', int(kib) * 1024, code)\n")
 
 
 @pytest.mark.slow

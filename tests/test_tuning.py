@@ -284,3 +284,23 @@ def test_a_trial_of_coefficient_rates_goes_on_with_the_one_the_held_out_windows_
     assert heal.optimizer_steps == 3 + 4 and len(heal.losses) == 2
     assert heal.trial_block_passes == 3 * 2 * 3  # 3 steps of 2 windows through the 3 kept blocks
     assert coefficients and all((p == 0).all() for p in coefficients) == (winner == 0.0)
+
+
+def test_a_bfloat16_tune_trains_fp32_weights_to_about_the_fp32_tunes_loss(tokenizer, text_file):
+    """--tune-dtype bfloat16 runs the blocks' products under autocast: the model and its trainables
+    stay float32, and each epoch's loss is within 2% of the float32 tune's."""
+    from dataclasses import replace
+
+    from conftest import tiny_llama
+    from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress
+
+    config = CompressConfig(method="kl-fuse", calib=str(text_file), nsamples=8, seqlen=32, mi_samples=4, num_remove=1,
+                            sparsity=None, fusion=FusionConfig(group_size=2, rank=4, lora_rank=2),
+                            tune=TuneConfig(epochs=0, global_epochs=3, batch_size=4))
+    plain = compress(tiny_llama(depth=4), tokenizer, config, progress=False)
+    half = compress(tiny_llama(depth=4), tokenizer, replace(config, tune=replace(config.tune, compute="bfloat16")),
+                    progress=False)
+    assert all(p.dtype == torch.float32 for p in half.model.parameters())
+    assert half.report.heal.losses[-1] < half.report.heal.losses[0]
+    assert half.report.heal.losses == pytest.approx(plain.report.heal.losses, rel=0.02)
+    assert half.report.heal.losses != plain.report.heal.losses  # the products did run in bfloat16

@@ -107,6 +107,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     _recipe(p, "--distill-top-k", "tune", "distill_top_k", int, "with --distill logits: the dense model's k most "
             "likely tokens per position and the rest's mass, computed once, are the target (0: the whole vocabulary, "
             "recomputed every step)")
+    _recipe(p, "--tune-dtype", "tune", "compute", str, "the dtype of the tunes' block products (bfloat16: under "
+            "autocast, weights and optimizer in their own dtype)", choices=DTYPES)
     _recipe(p, "--warmup", "tune", "warmup", float, "share of each tune's steps over which the learning rates "
             "ramp up linearly before their cosine decay")
     _recipe(p, "--heal-epochs", "tune", "heal_epochs", int, "remove-lora, sleb-lora: LoRA epochs over every kept "

@@ -19,7 +19,7 @@ SPEED_PROTOCOL = "interleaved with a dense copy, medians of 5 rounds"  # cells t
 # fusion's tuning settings added after cells were cached, with the value that reproduces what ran
 # before: left out of the fingerprint at that value (and for repairs that do not fuse), so that
 # adding a knob does not invalidate every cell
-NEUTRAL_TUNE = {"global_coef_lr": None, "distill": "hidden", "distill_top_k": 0, "trial_rates": (), "warmup": 0.0,
+NEUTRAL_TUNE = {"global_coef_lr": None, "distill": "hidden", "distill_top_k": 0, "trial_rates": (), "compute": "float32", "warmup": 0.0,
                 # how a tune holds its memory, never what it computes
                 "micro_batch": None, "checkpoint_activations": None, "optimizer_on_host": None}
 FUSION_ONLY_TUNE = ("global_coef_lr", "trial_rates")  # shapes fusing repairs only

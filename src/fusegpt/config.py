@@ -102,6 +102,9 @@ class TuneConfig:
     # computed once before the tune, are the teacher (the (k + 1)-bin KL; 0: the whole vocabulary,
     # its logits recomputed every step from the dense model's final hidden states)
     distill_top_k: int = 0
+    # the dtype of the tunes' block products: "bfloat16" runs them under autocast (2x on a CPU with
+    # AVX512-BF16 or AMX, and on GPUs), with weights, trainables, Adam and the loss in their own dtype
+    compute: DType = "float32"
     warmup: float = 0.0  # share of a tune's optimiser steps over which the rates ramp up (then cosine decay)
     # memory of the tunes, without changing what they compute (up to float rounding): windows per
     # forward/backward pass, gradients accumulated over a batch (None: the whole batch), and
@@ -268,6 +271,7 @@ class CompressConfig:
              f"--distill must be one of {', '.join(DISTILLS)}, got {self.tune.distill!r}"),
             (self.tune.distill_top_k >= 0,
              f"--distill-top-k must be 0 (the whole vocabulary) or more, got {self.tune.distill_top_k}"),
+            (self.tune.compute in DTYPES, f"--tune-dtype must be one of {', '.join(DTYPES)}, got {self.tune.compute!r}"),
             (0 <= self.tune.warmup < 1, f"--warmup is a share of the tuning steps in [0, 1), got {self.tune.warmup}"),
             (self.tune.micro_batch is None or self.tune.micro_batch >= 1,
              f"--micro-batch must be at least 1, got {self.tune.micro_batch}"),
@@ -296,7 +300,7 @@ PRESETS: dict[str, dict] = {
                          "seam_map": False, "normalize_donors": False},
               "tune": {"loss": "kl_batch", "epochs": 20, "batch_size": 8, "coef_lr": 1e-3, "lr": 9.65e-6,
                        "betas": (0.9, 0.95), "teacher": "group", "global_epochs": 0, "global_coef_lr": None,
-                       "distill": "hidden", "distill_top_k": 0, "trial_rates": (), "warmup": 0.0, "heal_epochs": None, "micro_batch": None,
+                       "distill": "hidden", "distill_top_k": 0, "trial_rates": (), "compute": "float32", "warmup": 0.0, "heal_epochs": None, "micro_batch": None,
                        "checkpoint_activations": None, "optimizer_on_host": None}},
 }
 

@@ -54,12 +54,15 @@ class _Forward:
     """Blocks start..end-1 on a batch's windows and the loss against the teacher, in micro-batches
     of `micro` windows whose gradients accumulate (each weighted by its share of the batch, so the
     sum is the batch's gradient; None: the whole batch at once), each block optionally under activation checkpointing (only the
-    hidden states between blocks are kept for backward; a block's inside is recomputed there)."""
+    hidden states between blocks are kept for backward; a block's inside is recomputed there). With
+    `compute` bfloat16 the blocks' products run in it (autocast; weights, trainables and the loss
+    stay in their own dtype)."""
 
     def __init__(self, stack: BlockStack, start: int, end: int, inputs: torch.Tensor, teacher: torch.Tensor,
-                 loss_fn: Loss, micro: int | None, checkpointed: bool):
+                 loss_fn: Loss, micro: int | None, checkpointed: bool, compute: str = "float32"):
         self.stack, self.start, self.end, self.inputs, self.teacher = stack, start, end, inputs, teacher
         self.loss_fn, self.micro, self.checkpointed = loss_fn, micro, checkpointed
+        self.autocast = compute == "bfloat16"
 
     def _block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if self.checkpointed and torch.is_grad_enabled():
@@ -73,9 +76,10 @@ class _Forward:
         total = torch.zeros((), device=device)
         for part in windows.split(self.micro or max(1, len(windows))):
             x = self.inputs[part].to(device)
-            for index in range(self.start, self.end):
-                x = self._block(index, x)
-            loss = self.loss_fn(x, self.teacher[part].to(device)) * (len(part) / batch)
+            with torch.autocast(device.type, torch.bfloat16, enabled=self.autocast):
+                for index in range(self.start, self.end):
+                    x = self._block(index, x)
+            loss = self.loss_fn(x.to(self.inputs.dtype), self.teacher[part].to(device)) * (len(part) / batch)
             if divisor is not None:
                 (loss / divisor).backward()
             total = total + loss.detach().float()
@@ -135,7 +139,7 @@ class GroupTune:
         self.ranks = distributed.world_size()  # a loss across the batch cannot be split: compress refuses it
         self.result = TuneResult(losses=[], optimizer_steps=0, passes_by_rank=[0] * self.ranks)
         self.run = _Forward(stack, start, end, inputs, teacher, objective or LOSSES[config.loss], config.micro_batch,
-                            config.checkpoint_activations)
+                            config.checkpoint_activations, config.compute)
         self.reference = None
         self.progress, self.desc = progress, desc
         self.hooks, self.bar, self._onloaded = [], None, None
