@@ -9,7 +9,9 @@ beside it, never used to choose).
 Each cell tunes the default's own blocks (`BLOCKS`, from its run on the same protocol) with the
 pinned recipe of today's default (`DEFAULT`) and the variant's changes: `top64`, the dense model's
 64 most likely tokens and the rest's mass computed once as the teacher (`--distill-top-k 64`),
-against `full`, the whole vocabulary recomputed every step (`top256`, `top1024`: more tokens). Cells are cached in
+against `full`, the whole vocabulary recomputed every step (`top256`, `top1024`: more tokens);
+`trial`, the coefficient rate chosen by a trial of 0 (LoRA healing) and the default's 3e-3 on
+held-out calibration windows (`--trial-rates`); `bf16`, the blocks' products in bfloat16. Cells are cached in
 bench/results/recycling-<model>/ (bench/common.py)."""
 from __future__ import annotations
 
@@ -30,7 +32,10 @@ def variants(model: str) -> dict[str, dict]:
     fuse, lora = pinned(blocks=blocks, **DEFAULT), pinned(method="kl-lora", blocks=blocks, **DEFAULT)
     cells = {"fuse-top64": {**fuse, "--distill-top-k": "64"}, "fuse-full": {**fuse, "--distill-top-k": "0"},
              "lora-top64": {**lora, "--distill-top-k": "64"}, "lora-full": {**lora, "--distill-top-k": "0"},
-             "fuse-top256": {**fuse, "--distill-top-k": "256"}, "fuse-top1024": {**fuse, "--distill-top-k": "1024"}}
+             "fuse-top256": {**fuse, "--distill-top-k": "256"}, "fuse-top1024": {**fuse, "--distill-top-k": "1024"},
+             "lora-top1024": {**lora, "--distill-top-k": "1024"},
+             "fuse-trial-top1024": {**fuse, "--distill-top-k": "1024", "--trial-rates": "0,3e-3"},
+             "fuse-top1024-bf16": {**fuse, "--distill-top-k": "1024", "--tune-dtype": "bfloat16"}}
     if model == "smollm2":  # fuse-full is headline-smollm2/default-margins (the same settings, its own choice)
         del cells["fuse-full"]
     return cells

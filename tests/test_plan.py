@@ -38,14 +38,15 @@ def test_dry_run_plans_llama2_7b_from_its_config_without_allocating_it(tmp_path,
     states 2048 x 4096 x 2 bytes = 16 MiB: 33 boundaries x 32 scoring windows = 16.5 GiB and 3
     buffers (embeddings, a run's output, the global tune's dense output) x 128 windows = 6 GiB (no
     local tuning by default: no group input or teacher); tuning passes 128 windows x 4 global
-    epochs x 24 kept blocks = 12,288. The global tune holds every kept block's activations on the
+    epochs x 24 kept blocks = 12,288, and the trial of rate 0 (one epoch on the 120 windows not
+    held out, 24 blocks) 2,880 more: 15,168. The global tune holds every kept block's activations on the
     CPU: far more than 20 GiB, which is why such a run belongs on a GPU."""
     before = current_rss()
     code, out, err = _plan_7b(tmp_path, monkeypatch, capsys, available=300 * GIB)
     assert code == 0 and current_rss() - before < GIB // 2  # 6.7B parameters never allocated
     assert "remove 8 of 32 blocks (6.74B parameters, bfloat16)" in out
     assert "weights 12.6" in out and "hidden states 22.5" in out
-    assert "12,288 tuning block passes" in out
+    assert "15,168 tuning block passes" in out
     assert not (tmp_path / "out").exists()
 
 

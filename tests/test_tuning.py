@@ -247,7 +247,7 @@ def test_the_tune_reports_progress_every_step_with_its_running_loss(tokenizer, t
     monkeypatch.setattr(trainer, "tqdm", Recorded)
     config = CompressConfig(method="kl-fuse", calib=str(text_file), nsamples=8, seqlen=32, mi_samples=4, num_remove=1,
                             sparsity=None, fusion=FusionConfig(group_size=2, rank=4, lora_rank=2),
-                            tune=TuneConfig(epochs=0, global_epochs=2, batch_size=2))
+                            tune=TuneConfig(epochs=0, global_epochs=2, batch_size=2, trial_rates=()))
     report = compress(tiny_llama(depth=4), tokenizer, config, progress=True).report
     assert [(n, total) for n, total, _ in moves] == [(n, 8) for n in range(1, 9)]
     assert moves[0][2].startswith("epoch 1/2, loss ") and moves[5][2].startswith("epoch 2/2, loss ")
@@ -283,6 +283,7 @@ def test_a_trial_of_coefficient_rates_goes_on_with_the_one_the_held_out_windows_
     assert heal.trial == {"0.01": 0.0 if winner else 1.0, "0": 0.0 if not winner else 1.0}
     assert heal.optimizer_steps == 3 + 4 and len(heal.losses) == 2
     assert heal.trial_block_passes == 3 * 2 * 3  # 3 steps of 2 windows through the 3 kept blocks
+    assert config.tune.trial_block_passes(depth=4, remove=1, windows=8) == heal.trial_block_passes  # what --dry-run plans
     assert coefficients and all((p == 0).all() for p in coefficients) == (winner == 0.0)
 
 

@@ -37,7 +37,8 @@ CRITERIA: dict[str, Criterion] = {
 
 
 def _fusion_passes(config: CompressConfig, depth: int, remove: int, windows: int) -> int:
-    return config.tune.fusion_block_passes(depth, remove, config.fusion.group_size, windows)
+    return (config.tune.fusion_block_passes(depth, remove, config.fusion.group_size, windows)
+            + config.tune.trial_block_passes(depth, remove, windows))
 
 
 def _lora_passes(config: CompressConfig, depth: int, remove: int, windows: int) -> int:

@@ -70,8 +70,9 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=PRESETS, default="default",
                    help="settings to start from: default (our best measured recipe) or paper (the authors'); "
                         "the flags below override single settings")
-    p.add_argument("--calib", default=_DEFAULT.calib, help="calibration text: wikitext2, c4, ptb or a .txt/.raw/.jsonl/.parquet file, or a comma-separated "
-                        "mix of them (equal numbers of windows from each)")
+    p.add_argument("--calib", default=_DEFAULT.calib, help="calibration text: wikitext2, c4, ptb or a .txt/.raw/.jsonl/.parquet file, a comma-separated "
+                        "mix of them (equal numbers of windows from each), or self: text the model samples itself "
+                        "(no corpus, no network)")
     _recipe(p, "--nsamples", "", "nsamples", int, "calibration windows")
     _recipe(p, "--seqlen", "", "seqlen", int, "tokens per window (capped at the model's context)")
     _recipe(p, "--mi-samples", "", "mi_samples", int,
@@ -247,10 +248,11 @@ def _config(args, **amount) -> CompressConfig:
 
 def _check_sources(args) -> None:
     """Every text the run will read exists, before any weight is loaded."""
+    from .data.generated import is_self
     from .data.sources import check_source
     from .data.windows import calibration_sources
 
-    if getattr(args, "calib", None):
+    if getattr(args, "calib", None) and not is_self(args.calib):
         for source in calibration_sources(args.calib):
             check_source(source, "--calib")
     for source in _sources(args.ppl):

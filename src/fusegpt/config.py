@@ -91,8 +91,10 @@ class TuneConfig:
     global_coef_lr: float | None = 3e-3
     # other coefficient rates that a trial weighs against `global_coef_lr` before that global tune:
     # each runs its first epoch from the same start, held-out calibration windows judge, the best goes
-    # on (0: the coefficients stay at zero, which is LoRA healing); empty: no trial
-    trial_rates: tuple[float, ...] = ()
+    # on (0: the coefficients stay at zero, which is LoRA healing); empty: no trial. With 0 it chose
+    # 3e-3 on SmolLM2 and 0 on Gemma 3, the repair that was better on each one's dev text, for about
+    # a quarter more tuning passes (docs/BENCHMARKS.md, "Recycling or healing")
+    trial_rates: tuple[float, ...] = (0.0,)
     # what the global tune and LoRA healing match: the dense model's next-token distributions
     # through the model's own head (KL over the vocabulary, a chunk of positions at a time), or its
     # final hidden states (by `loss`). Logits won on SmolLM2's dev by 14% / 10% for fusion and LoRA
@@ -124,11 +126,25 @@ class TuneConfig:
         local = sum(min(group_size, depth - step - 1) for step in range(remove))
         return windows * (self.epochs * local + self.global_epochs * (depth - remove))
 
+    def trial_block_passes(self, depth: int, remove: int, windows: int) -> int:
+        """Block passes of the coefficient rates a trial does not keep: each runs the global tune's
+        first epoch on the windows not held out (methods/lora.py, `heal_fused`)."""
+        if self.global_epochs < 2 or not self.trial_rates:
+            return 0
+        others = len({*self.trial_rates, self.global_coef_lr or self.lr}) - 1
+        return others * (windows - held_out_windows(windows)) * (depth - remove)
+
     def lora_epochs(self, depth: int, remove: int, group_size: int, windows: int) -> int:
         """`heal_epochs`, or the fewest LoRA epochs over the kept blocks with at least fusegpt's passes."""
         if self.heal_epochs is not None:
             return self.heal_epochs
         return math.ceil(self.fusion_block_passes(depth, remove, group_size, windows) / (windows * (depth - remove)))
+
+
+def held_out_windows(windows: int) -> int:
+    """The calibration windows a trial judges on: a sixteenth, at least 2 and at most 16, and never
+    more than a quarter."""
+    return max(1, min(windows // 4, max(2, min(16, windows // 16))))
 
 
 @dataclass

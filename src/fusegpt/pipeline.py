@@ -16,6 +16,7 @@ from .checkpoint import Checkpoint
 from . import catalog
 from .config import CompressConfig, torch_dtype
 from .data import calibration_windows
+from .data.generated import generated_windows, is_self
 from .evaluation import HealRecord, Report, StepRecord
 from .fusion import merge_block
 from .methods import REPAIRS, SELECTIONS, StepContext
@@ -77,7 +78,10 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     torch.manual_seed(config.seed)
 
     # calibrate: token windows -> hidden states entering every block
-    windows = calibration_windows(tokenizer, config.calib, config.nsamples, seqlen, config.seed, config.data_dir)
+    if is_self(config.calib):
+        windows = generated_windows(model, tokenizer, config.nsamples, seqlen, config.seed, progress)
+    else:
+        windows = calibration_windows(tokenizer, config.calib, config.nsamples, seqlen, config.seed, config.data_dir)
     model.eval().requires_grad_(False).to(torch_dtype(config.dtype))
     # the whole model on the compute device when it fits there with the tuning's working set;
     # else it stays on the host and blocks are onloaded as they run. Hidden states stay on the host.

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..calibrate import BlockStack, onloaded
 from .. import distributed
-from ..config import TuneConfig
+from ..config import TuneConfig, held_out_windows
 from .losses import BATCH_LOSSES, LOSSES, Loss
 
 
@@ -280,9 +280,3 @@ def trial_then_tune(stack: BlockStack, inputs: torch.Tensor, teacher, primary: l
         tune.epochs(config.epochs - 1)
     spent = sum(run.result.block_passes for rate, (run, _, _) in runs.items() if rate != chosen)
     return tune.result, {rate: loss for rate, (_, loss, _) in runs.items()}, spent
-
-
-def held_out_windows(windows: int) -> int:
-    """The calibration windows a trial judges on: a sixteenth, at least 2 and at most 16, and never
-    more than a quarter."""
-    return max(1, min(windows // 4, max(2, min(16, windows // 16))))
