@@ -59,10 +59,15 @@ def test_the_default_recipe_at_7b_fits_a_24_gib_gpu_and_48_gib_of_host_memory(tm
     8 x 2048 tokens (53 GiB) and Adam on ~0.8B trainables on the device, 89 GiB in all; on a
     24 GiB card it is planned with checkpointed activations, micro-batches and the optimizer in
     host memory, under 22 GiB. Without a GPU, on a 64 GiB machine, the same choices and the scoring
-    cache freed before the tune keep it under 48 GiB."""
+    cache freed before the tune keep it under 48 GiB. The default's trial of coefficient rates keeps
+    a second run's snapshot, master, gradient and moments on the host: 0.8B x 24 bytes, ~13 GiB more
+    (under 54 GiB beside a 24 GiB card; under 64 GiB on the CPU machine, where it still fits)."""
     code, out, _ = _plan_7b(tmp_path, monkeypatch, capsys, 300 * GIB, "--device", "cuda")
     assert code == 0 and _gib(out, "device") > 80 and "activations kept" in out
     code, out, _ = _plan_7b(tmp_path / "b", monkeypatch, capsys, 300 * GIB, "--device", "cuda", "--device-memory", "24")
+    assert code == 0 and _gib(out, "device") < 22 and 48 < _gib(out, "host") < 54
+    code, out, _ = _plan_7b(tmp_path / "b2", monkeypatch, capsys, 300 * GIB, "--device", "cuda", "--device-memory", "24",
+                            "--trial-rates", "")
     assert code == 0 and _gib(out, "device") < 22 and _gib(out, "host") < 48
     assert "activations recomputed in backward, optimizer on the host" in out
     # streamed, the criterion scores 8 candidates together: 8 x 32 windows x 2048 x 4096 x 2 bytes = 4 GiB
@@ -71,6 +76,8 @@ def test_the_default_recipe_at_7b_fits_a_24_gib_gpu_and_48_gib_of_host_memory(tm
     assert code == 0 and _gib(out, "host") > 100  # room enough: the fastest way
     assert "candidate states" not in out  # nothing streams on the CPU: one candidate at a time
     code, out, _ = _plan_7b(tmp_path / "e", monkeypatch, capsys, 64 * GIB, "--device", "cpu")
+    assert code == 0 and _gib(out, "host") < 64 and "activations recomputed in backward" in out
+    code, out, _ = _plan_7b(tmp_path / "e2", monkeypatch, capsys, 64 * GIB, "--device", "cpu", "--trial-rates", "")
     assert code == 0 and _gib(out, "host") < 48 and "activations recomputed in backward" in out
     code, out, err = _plan_7b(tmp_path / "d", monkeypatch, capsys, 300 * GIB, "--device", "cuda", "--device-memory", "8")
     assert code == 2 and "GiB of GPU memory" in err and len(err.strip().splitlines()) == 1

@@ -214,6 +214,7 @@ def tuning_memory(shape: Shape, config: CompressConfig, tuned: int, k: int, on_g
         temporaries     one block's fp32 effective weights and gradients: 4 P_block x 4 on a GPU;
                         on the host, measured with the allocator's slack: 13 P_block x 4
         on a GPU also   the tuned blocks and the removed blocks injected into them, in b bytes
+        trial           with R --trial-rates, (4 R + 16 (R - 1)) bytes per trainable on the host
         logits          with --distill logits, the head (V x H b) and a chunk's vocabulary-wide fp32
                         tensors (4 x min(2^25, m x T x V) x 4 bytes: LogitDistillation's chunking)
     """
@@ -242,6 +243,12 @@ def tuning_memory(shape: Shape, config: CompressConfig, tuned: int, k: int, on_g
         memory.host.update(working)
         memory.host["trainables"] = trained * 16
         memory.host["temporaries"] = CPU_SLACK * p * 4
+    if tuned == shape.depth - k and config.tune.trial_block_passes(shape.depth, k, config.nsamples):
+        # the trial's runs: each one's snapshot (4 bytes a trainable) and, for each run waiting
+        # while another goes on, its master, gradient and Adam moments (16), which GroupTune parks
+        # on the host between epochs
+        rates = len({*config.tune.trial_rates, config.tune.global_coef_lr or config.tune.lr})
+        memory.host["trial"] = trained * (4 * rates + 16 * (rates - 1))
     return memory
 
 

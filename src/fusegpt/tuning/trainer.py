@@ -152,6 +152,7 @@ class GroupTune:
         may be entered again to go on (the optimizer and the schedule keep their state)."""
         self._onloaded = onloaded(self.stack.blocks[self.start:self.end], self.stack.device)
         self._onloaded.__enter__()
+        self._move_optimizer(self.stack.device)
         for p in self.trainables:
             p.requires_grad_(True)
         # on the host, each gradient leaves the device as soon as backward has it (summed over micro-batches there)
@@ -168,7 +169,20 @@ class GroupTune:
             hook.remove()
         for p in self.trainables:
             p.requires_grad_(False)
+        self._move_optimizer(torch.device("cpu"))
         self._onloaded.__exit__(*exc)
+
+    def _move_optimizer(self, device: torch.device) -> None:
+        """Adam's moments and the fp32 masters to `device`: between its epochs a tune keeps them on
+        the host, so that a trial's runs waiting for the choice hold no device memory."""
+        if self.on_host:
+            return  # they live there already
+        for master in self.masters.values():
+            master.data = master.data.to(device)
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if torch.is_tensor(value) and key != "step":
+                    state[key] = value.to(device)
 
     @property
     def stepped(self) -> list[torch.Tensor]:
