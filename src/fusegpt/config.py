@@ -126,13 +126,17 @@ class TuneConfig:
         local = sum(min(group_size, depth - step - 1) for step in range(remove))
         return windows * (self.epochs * local + self.global_epochs * (depth - remove))
 
-    def trial_block_passes(self, depth: int, remove: int, windows: int) -> int:
-        """Block passes of the coefficient rates a trial does not keep: each runs the global tune's
-        first epoch on the windows not held out (methods/lora.py, `heal_fused`)."""
+    def trial_runs(self) -> int:
+        """How many coefficient rates the global tune's trial runs (1: no trial; methods/lora.py,
+        `heal_fused`)."""
         if self.global_epochs < 2 or not self.trial_rates:
-            return 0
-        others = len({*self.trial_rates, self.global_coef_lr or self.lr}) - 1
-        return others * (windows - held_out_windows(windows)) * (depth - remove)
+            return 1
+        return len({*self.trial_rates, self.global_coef_lr or self.lr})
+
+    def trial_block_passes(self, depth: int, remove: int, windows: int) -> int:
+        """Block passes of the rates a trial does not keep: each runs the global tune's first epoch
+        on the windows not held out."""
+        return (self.trial_runs() - 1) * (windows - held_out_windows(windows)) * (depth - remove)
 
     def lora_epochs(self, depth: int, remove: int, group_size: int, windows: int) -> int:
         """`heal_epochs`, or the fewest LoRA epochs over the kept blocks with at least fusegpt's passes."""

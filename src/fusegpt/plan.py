@@ -243,11 +243,10 @@ def tuning_memory(shape: Shape, config: CompressConfig, tuned: int, k: int, on_g
         memory.host.update(working)
         memory.host["trainables"] = trained * 16
         memory.host["temporaries"] = CPU_SLACK * p * 4
-    if tuned == shape.depth - k and config.tune.trial_block_passes(shape.depth, k, config.nsamples):
+    rates = config.tune.trial_runs()
+    if tuned == shape.depth - k and rates > 1:
         # the trial's runs: each one's snapshot (4 bytes a trainable) and, for each run waiting
-        # while another goes on, its master, gradient and Adam moments (16), which GroupTune parks
-        # on the host between epochs
-        rates = len({*config.tune.trial_rates, config.tune.global_coef_lr or config.tune.lr})
+        # while another goes on, its master, gradient and Adam moments (16), parked on the host
         memory.host["trial"] = trained * (4 * rates + 16 * (rates - 1))
     return memory
 

@@ -169,12 +169,14 @@ class GroupTune:
             hook.remove()
         for p in self.trainables:
             p.requires_grad_(False)
-        self._move_optimizer(torch.device("cpu"))
         self._onloaded.__exit__(*exc)
 
+    def park(self) -> None:
+        """Adam's moments and the fp32 masters to the host until the tune is entered again, so that
+        a trial's run waiting for the choice holds no device memory."""
+        self._move_optimizer(torch.device("cpu"))
+
     def _move_optimizer(self, device: torch.device) -> None:
-        """Adam's moments and the fp32 masters to `device`: between its epochs a tune keeps them on
-        the host, so that a trial's runs waiting for the choice hold no device memory."""
         if self.on_host:
             return  # they live there already
         for master in self.masters.values():
@@ -286,6 +288,7 @@ def trial_then_tune(stack: BlockStack, inputs: torch.Tensor, teacher, primary: l
         with tune:
             tune.epochs(1, train)
             runs[rate] = (tune, tune.loss_on(held_out), tune.snapshot())
+        tune.park()
     chosen = min(runs, key=lambda rate: runs[rate][1])  # the first listed on a tie
     tune, _, values = runs[chosen]
     tune.restore(values)
