@@ -1,8 +1,9 @@
-"""Rewrites README.md's marked results table from the cells bench scripts wrote, so that every
-number in it has a result file behind it.
+"""Rewrites README.md's marked tables from the cells bench scripts wrote, so that every number in
+them has a result file behind it: the repairs' perplexities (`<!-- results -->`) and the GGUF
+files in llama.cpp (`<!-- gguf -->`, bench/gguf_size.py).
 
-    python bench/readme.py            # rewrite the table between <!-- results --> and <!-- /results -->
-    python bench/readme.py --check    # exit 1 if the README's table differs from the results
+    python bench/readme.py            # rewrite the tables between their markers
+    python bench/readme.py --check    # exit 1 if the README's tables differ from the results
 
 A row names its result file; a cell that has not run yet is left out."""
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 from common import RESULTS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-BEGIN, END = "<!-- results -->", "<!-- /results -->"
 # (model, what the row is, result file under bench/results); each model's rows share its blocks and passes
 ROWS = [
     ("SmolLM2-135M, 8 of 30 blocks", "fusion (the default without its trial)", "headline-smollm2/default-margins.json"),
@@ -48,12 +48,45 @@ def table() -> str:
     return "\n".join(lines)
 
 
+# (model, bench/gguf_size.py's result file); the files shown, with the names the README gives them
+GGUF_MODELS = [("SmolLM2-135M, 8 of 30 blocks", "gguf-size-smollm2.json"),
+               ("Gemma 3 270M, 4 of 18 blocks", "gguf-size-gemma3.json")]
+GGUF_FILES = {"dense input": "the dense input", "compressed F16": "F16", "compressed Q8_0": "Q8_0",
+              "compressed input-type": "the input's type, plain rounding (the default until 2026-12-06)",
+              "compressed fit+importance": "**the default**: no larger than the input, rounded by importance"}
+
+
+def gguf_table() -> str:
+    lines = ["| model | GGUF file | MiB | test PPL in llama.cpp (vs the compressed F16) | prefill / decode tok/s | result |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for model, relative in GGUF_MODELS:
+        path = RESULTS / relative
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        files, speeds = result["files"], result.get("tokens_per_s", {})
+        base = files["compressed F16"]["test"]
+        for name, shown in GGUF_FILES.items():
+            cell, timed = files[name], speeds.get(name)
+            change = "" if name == "dense input" else f" ({100 * (cell['test'] / base - 1):+.1f}%)"
+            speed = f"{timed['prefill']:.0f} / {timed['decode']:.0f}" if timed else "-"
+            lines.append(f"| {model} | {shown} | {cell['bytes'] / 2**20:.1f} | {cell['test']:.2f}{change} | {speed} | "
+                         f"`bench/results/{relative}` |")
+    return "\n".join(lines)
+
+
+TABLES = {"results": table, "gguf": gguf_table}
+
+
 def main() -> None:
     text = README.read_text()
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    updated = text[:start] + "\n" + table() + "\n" + text[end:]
+    updated = text
+    for marker, generate in TABLES.items():
+        begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+        start, stop = updated.index(begin) + len(begin), updated.index(end)
+        updated = updated[:start] + "\n" + generate() + "\n" + updated[stop:]
     if sys.argv[1:] == ["--check"]:
-        sys.exit(0 if updated == text else "README.md's results table differs from bench/results: run bench/readme.py")
+        sys.exit(0 if updated == text else "README.md's tables differ from bench/results: run bench/readme.py")
     README.write_text(updated)
 
 

@@ -28,8 +28,8 @@ def _byte_tokens() -> list[str]:
     return [mapping[b] for b in range(256)]
 
 
-def write_tiny_gguf(path: Path, seed: int = 0, quantize_ffn: bool = True) -> Path:
-    """A 6-block Llama (hidden 32) as GGUF; its FFN weights Q8_0 when `quantize_ffn`, the rest F32."""
+def write_tiny_gguf(path: Path, seed: int = 0, quantize_ffn: bool = True, ffn_type: str = "Q8_0") -> Path:
+    """A 6-block Llama (hidden 32) as GGUF; its FFN weights at `ffn_type` when `quantize_ffn`, the rest F32."""
     rng = np.random.default_rng(seed)
     tokens = _byte_tokens() + ["".join(m.split()) for m in MERGES] + ["<|endoftext|>"]
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -41,7 +41,7 @@ def write_tiny_gguf(path: Path, seed: int = 0, quantize_ffn: bool = True) -> Pat
     writer.add_head_count_kv(KV_HEADS)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if quantize_ffn else gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType[f"MOSTLY_{ffn_type}"] if quantize_ffn else gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
@@ -54,7 +54,7 @@ def write_tiny_gguf(path: Path, seed: int = 0, quantize_ffn: bool = True) -> Pat
     def tensor(name: str, shape: tuple[int, ...], scale: float = 0.3, quantize: bool = False) -> None:
         data = (rng.standard_normal(shape) * scale).astype(np.float32)
         if quantize:
-            kind = gguf.GGMLQuantizationType.Q8_0
+            kind = gguf.GGMLQuantizationType[ffn_type]
             writer.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
         else:
             writer.add_tensor(name, data)

@@ -18,8 +18,8 @@ from transformers import PreTrainedModel
 from .models import DecoderAdapter
 
 
-class _Stop(Exception):
-    pass
+class StopForward(Exception):
+    """Raised by a hook to end a model's forward once what it needed has been seen."""
 
 
 def _to(value: Any, device: torch.device) -> Any:
@@ -112,7 +112,7 @@ def capture_block_inputs(model: PreTrainedModel, adapter: DecoderAdapter, input_
             hidden = call.pop(next(iter(call)))
             if stop_at_first[0]:  # the batched passes only collect block 0's input
                 first_inputs.append(hidden.detach().cpu())
-                raise _Stop
+                raise StopForward
             call.pop("past_key_values", None), call.pop("past_key_value", None), call.pop("layer_past", None)
             call["use_cache"] = False
             kwargs_per_block[index] = call
@@ -129,7 +129,7 @@ def capture_block_inputs(model: PreTrainedModel, adapter: DecoderAdapter, input_
             for start in range(0, input_ids.shape[0], batch_size):
                 try:
                     model(input_ids=input_ids[start:start + batch_size].to(device), use_cache=False)
-                except _Stop:
+                except StopForward:
                     pass
     finally:
         for h in handles:

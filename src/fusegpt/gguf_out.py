@@ -47,6 +47,8 @@ class GGUFExport:
     tensor_types: dict[str, int] = field(default_factory=dict)  # type -> number of tensors
     copied: int = 0  # tensors copied byte for byte from the input
     quantised: int = 0  # tensors written anew
+    rounding: str = ""  # how the types of the tensors written anew were chosen
+    weighted: int = 0  # tensors rounded with their activations' importance
 
 
 def _file_type(name: str):
@@ -235,9 +237,15 @@ def _quantise(tensors: dict[str, np.ndarray], arch: str, metadata, every_tensor,
 
 
 def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str | None = None,
-               progress: bool = False) -> GGUFExport:
+               progress: bool = False, importance: dict[str, np.ndarray] | None = None) -> GGUFExport:
     """Write the compressed `model` (its blocks the original ones at `kept`) as GGUF to `out`, from
-    the GGUF file it was loaded from; atomically (written beside, then renamed)."""
+    the GGUF file it was loaded from; atomically (written beside, then renamed).
+
+    By default the file is no larger than the input: each changed matrix starts at its own type in
+    the input and the bytes the removed blocks freed raise the types of those whose rounding error
+    falls most (`gguf_rounding.fit_types`). With `gguf_type`, llama.cpp's rules for that file type
+    choose every tensor's type. Either way `importance` (HF weight name -> mean squared input per
+    column, `gguf_rounding.activation_importance`) weights the rounding of the changed tensors."""
     import gguf
     from tqdm.auto import tqdm
 
@@ -253,6 +261,7 @@ def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str |
     target_type = _file_type(gguf_type) if gguf_type else _input_type(reader)
 
     changed: dict[str, np.ndarray] = {}  # new name -> fp32 in GGUF layout
+    weights: dict[str, np.ndarray] = {}  # new name -> importance per GGUF column
     plan: list[tuple[str, object]] = []  # (new name, the input tensor)
     for tensor in tqdm(reader.tensors, desc="GGUF", unit="tensor", leave=False, disable=not progress):
         new = _renamed(tensor.name, kept)
@@ -266,6 +275,8 @@ def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str |
         current = state[hf_name].numpy()
         if gguf_type or not np.array_equal(original.astype(np.float32), current):
             changed[new] = _to_gguf(processor, current, new)
+            if importance and hf_name in importance and current.ndim == 2:  # a linear layer's weight
+                weights[new] = _columns(processor, importance[hf_name], current.shape, new)
 
     pattern_key = f"{arch}.attention.sliding_window_pattern"
     layer_types = getattr(model.config.get_text_config(), "layer_types", None) or []
@@ -284,14 +295,70 @@ def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str |
 
     if target_type.name.removeprefix("ALL_").removeprefix("MOSTLY_") in UNQUANTISED:
         written = {name: unquantised(data, target_type) for name, data in changed.items()}
-    else:
+    elif gguf_type:
         written = _quantise(changed, arch, metadata, all_tensors, target_type) if changed else {}
-    export = GGUFExport(file=str(out), file_type=target_type.name.removeprefix("MOSTLY_").removeprefix("ALL_"), bytes=0)
+        written = {name: _rounded(changed[name], kind, weights[name]) if name in weights else (data, kind)
+                   for name, (data, kind) in written.items()}
+    else:  # no larger than the input
+        require_quantiser(target_type)
+        written = _fitted(changed, weights, {new: tensor for new, tensor in plan}, reader)
+    type_name = target_type.name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    export = GGUFExport(file=str(out), file_type=type_name, bytes=0, weighted=len(weights.keys() & written.keys()),
+                        rounding=("unquantised" if type_name in UNQUANTISED else f"llama.cpp's {type_name} rules"
+                                  if gguf_type else f"raised from the input's types within its {source.stat().st_size} bytes"))
     write_file(out, arch, metadata, target_type,
                [(new, *written.get(new, (np.array(tensor.data), tensor.tensor_type))) for new, tensor in plan], export)
     export.quantised = sum(new in written for new, _ in plan)
     export.copied = len(plan) - export.quantised
     return export
+
+
+def _columns(processor, vector: np.ndarray, shape: tuple, name: str) -> np.ndarray | None:
+    """A per-column vector of an HF matrix in the GGUF layout (the loader's transform permutes rows
+    or columns); None where the transform mixes them."""
+    moved = _to_gguf(processor, np.broadcast_to(vector.astype(np.float32), shape).copy(), name)
+    return moved[0] if np.array_equal(moved, np.broadcast_to(moved[0], moved.shape)) else None
+
+
+def _rounded(data: np.ndarray, kind, importance: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """(bytes, GGML type) of a tensor at `kind`: vectors (norms) at F16 or else F32."""
+    import gguf
+
+    from .gguf_rounding import quantise
+
+    kind = gguf.GGMLQuantizationType(kind)
+    if data.ndim == 1 and kind != gguf.GGMLQuantizationType.F16:
+        kind = gguf.GGMLQuantizationType.F32
+    rows = quantise(data.reshape(-1, data.shape[-1]), kind, importance)
+    return rows.reshape(*data.shape[:-1], -1), kind
+
+
+ALIGNMENT = 32  # GGUF's default: each tensor's data starts on a multiple
+
+
+def _fitted(changed: dict[str, np.ndarray], weights: dict[str, np.ndarray], inputs: dict,
+            reader) -> dict[str, tuple[np.ndarray, int]]:
+    """The changed tensors (`inputs`: the input's tensor under each output name) in a file no larger
+    than the input (`reader`): each matrix at its input type or
+    raised (`fit_types`) with the bytes the removed tensors freed; vectors at their input type."""
+    import gguf
+
+    from .gguf_rounding import fit_types, options
+
+    def aligned(size: int) -> int:
+        return -(-size // ALIGNMENT) * ALIGNMENT
+
+    data_bytes = sum(aligned(t.data.nbytes) for t in reader.tensors)
+    kept_bytes = sum(aligned(t.data.nbytes) for t in inputs.values())
+    # the output's keys and tensor list are the input's, shorter, plus at most one key (1 KiB)
+    budget = data_bytes - kept_bytes - ALIGNMENT * len(changed) - 1024
+    matrices = {name: options(data.reshape(-1, data.shape[-1]), gguf.GGMLQuantizationType(inputs[name].tensor_type),
+                              weights.get(name))
+                for name, data in changed.items() if data.ndim > 1}
+    chosen = fit_types(matrices, max(0, budget))
+    written = {name: _rounded(data, inputs[name].tensor_type, None) for name, data in changed.items() if data.ndim == 1}
+    written.update({name: _rounded(changed[name], choice.kind, weights.get(name)) for name, choice in chosen.items()})
+    return written
 
 
 def unquantised(data: np.ndarray, file_type) -> tuple[np.ndarray, int]:

@@ -33,6 +33,7 @@ from .plan import plan, shape_of
 class CompressResult:
     model: PreTrainedModel  # the same object that was passed in, now shallower
     report: Report
+    windows: torch.Tensor | None = None  # the calibration windows (token ids): GGUF out weighs its rounding by them
 
 
 def with_tuning_memory(config: CompressConfig, planned) -> CompressConfig:
@@ -161,4 +162,4 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     adapter.set_blocks(model, stack.blocks, stack.origin)
     report.seconds["merge"] = time.perf_counter() - merging
     report.seconds["total"] = time.perf_counter() - started
-    return CompressResult(model=model, report=report)
+    return CompressResult(model=model, report=report, windows=windows)

@@ -106,6 +106,20 @@ def gguf_probe(job: Job):
     return check, lambda: wanted[0]
 
 
+def gguf_importance(result, job: Job) -> dict | None:
+    """The compressed model's activation importance on its calibration windows, which GGUF out
+    weighs the rounding of its changed tensors by (`gguf_rounding`)."""
+    from .gguf_rounding import IMPORTANCE_WINDOWS, activation_importance
+    from .models import adapter_for
+    from .placement import resolve_device
+
+    if result.windows is None:
+        return None
+    return activation_importance(result.model, list(adapter_for(result.model).blocks(result.model)),
+                                 result.windows[:IMPORTANCE_WINDOWS], job.config.tune.batch_size,
+                                 resolve_device(job.config.device))
+
+
 def run(job: Job):
     """Compress, save, write GGUF, evaluate; returns the compress result (rank 0's under torchrun,
     None on the other ranks). Every failure after saving keeps the saved model and says so."""
@@ -148,8 +162,9 @@ def run(job: Job):
             writing = time.perf_counter()
             try:
                 if source is not None:  # the input's own file, its blocks cut and renumbered
+                    importance = gguf_importance(result, job)
                     export = write_gguf(result.model, report.kept, source, out / source.name, job.gguf_type,
-                                        job.progress)
+                                        job.progress, importance)
                 else:  # a HF model's settings and tokenizer under GGUF's keys
                     export = write_gguf_from_hf(result.model, tokenizer, out / f"{Path(job.model).name}.gguf",
                                                 job.gguf_type, model_path if model_path.is_dir() else None)

@@ -126,8 +126,11 @@ class Report:
         lines.append("time: " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in self.stage_seconds.items())
                      + f" (compress {self.seconds.get('total', 0):.0f} s)")
         if self.gguf:
+            types = ", ".join(f"{count} {kind}" for kind, count in sorted(self.gguf.get("tensor_types", {}).items()))
             lines.append(f"GGUF: {self.gguf['file']} ({self.gguf['file_type']}, {self.gguf['bytes'] / 2**20:.1f} MiB; "
-                         f"{self.gguf['copied']} tensors copied as they were, {self.gguf['quantised']} written anew)")
+                         f"{self.gguf['copied']} tensors copied as they were, {self.gguf['quantised']} written anew, "
+                         f"{self.gguf.get('weighted', 0)} rounded by their inputs' importance; "
+                         f"types {self.gguf.get('rounding') or 'as asked'}: {types})")
         lines += [f"perplexity {name}: {value:.3f}" for name, value in self.perplexity.items()]
         return "\n".join(lines)
 
