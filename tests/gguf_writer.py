@@ -77,3 +77,17 @@ def write_tiny_gguf(path: Path, seed: int = 0, quantize_ffn: bool = True, ffn_ty
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def fused_away(source: Path, blocks: list[int]):
+    """`compress` of the tiny GGUF at `source` with `blocks` fused into their neighbours, then one
+    global epoch, calibrated on a repeated sentence beside it."""
+    from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress, load_model
+
+    text = source.parent / "calib.txt"
+    text.write_text("the cat in the hat sat on the mat and then the cat ran in " * 60)
+    model, tokenizer = load_model(str(source))
+    config = CompressConfig(blocks=blocks, sparsity=None, calib=str(text), nsamples=8, seqlen=32, mi_samples=4,
+                            fusion=FusionConfig(group_size=2, rank=4, lora_rank=2),
+                            tune=TuneConfig(epochs=0, global_epochs=1, batch_size=4))
+    return compress(model, tokenizer, config, progress=False)

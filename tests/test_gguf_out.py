@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress, load_model
+from fusegpt import load_model
 from fusegpt.cli import main
 from fusegpt.gguf_out import write_gguf
-from gguf_writer import DEPTH, PER_BLOCK_KEY, write_tiny_gguf
+from gguf_writer import DEPTH, PER_BLOCK_KEY, fused_away, write_tiny_gguf
 from test_cli import _compress, _one_line_error
 
 gguf = pytest.importorskip("gguf")
@@ -24,13 +24,7 @@ def compressed(tmp_path_factory):
     """The tiny Q8_0 GGUF with blocks 4 and 1 removed: fused into their neighbours, then a global tune."""
     folder = tmp_path_factory.mktemp("gguf-out")
     source = write_tiny_gguf(folder / "tiny.Q8_0.gguf")
-    text = folder / "calib.txt"
-    text.write_text("the cat in the hat sat on the mat and then the cat ran in " * 60)
-    model, tokenizer = load_model(str(source))
-    config = CompressConfig(blocks=[4, 1], sparsity=None, calib=str(text), nsamples=8, seqlen=32, mi_samples=4,
-                            fusion=FusionConfig(group_size=2, rank=4, lora_rank=2),
-                            tune=TuneConfig(epochs=0, global_epochs=1, batch_size=4))
-    return source, compress(model, tokenizer, config, progress=False), folder
+    return source, fused_away(source, [4, 1]), folder
 
 
 def _tensors(path) -> dict:

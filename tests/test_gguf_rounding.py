@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress, load_model
-from gguf_writer import write_tiny_gguf
+from gguf_writer import fused_away, write_tiny_gguf
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it is in the test extra)")
@@ -60,13 +59,7 @@ def compressed_q4_1(tmp_path_factory):
     """A tiny GGUF whose FFN matrices are Q4_1 (the rest F32), blocks 4 and 1 fused away and tuned."""
     folder = tmp_path_factory.mktemp("gguf-rounding")
     source = write_tiny_gguf(folder / "tiny.Q4_1.gguf", ffn_type="Q4_1")
-    text = folder / "calib.txt"
-    text.write_text("the cat in the hat sat on the mat and then the cat ran in " * 60)
-    model, tokenizer = load_model(str(source))
-    config = CompressConfig(blocks=[4, 1], sparsity=None, calib=str(text), nsamples=8, seqlen=32, mi_samples=4,
-                            fusion=FusionConfig(group_size=2, rank=4, lora_rank=2),
-                            tune=TuneConfig(epochs=0, global_epochs=1, batch_size=4))
-    return source, compress(model, tokenizer, config, progress=False), folder
+    return source, fused_away(source, [4, 1]), folder
 
 
 def test_the_importance_is_the_mean_square_of_what_each_linear_reads(compressed_q4_1):

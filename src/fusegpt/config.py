@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from .catalog import ALIASES, CRITERIA, METHODS as _METHODS, REPAIRS as _REPAIRS, method as _method
+from .options import check_values, option
 
 Method = str  # a name of catalog.METHODS (or an earlier release's alias)
 SelectionName = Literal["mi", "bi", "nll", "kl", "last", "span", "given"]
@@ -21,8 +22,6 @@ Distill = Literal["hidden", "logits"]
 RECIPES: dict[str, tuple[str, str]] = {name: (m.selection, m.repair) for name, m in _METHODS.items()}
 METHODS: tuple[str, ...] = tuple(RECIPES)
 SELECTION_NAMES: tuple[str, ...] = tuple(CRITERIA)
-# the iterative criteria that run the blocks after every candidate (the costly ones, split over ranks)
-BLOCK_RUNNING_SELECTIONS: tuple[str, ...] = tuple(n for n, c in CRITERIA.items() if c.runs_blocks)
 REPAIR_NAMES: tuple[str, ...] = tuple(_REPAIRS)
 COEFFICIENT_FORMS: tuple[str, ...] = ("lowrank", "vector", "full")
 LOSSES: tuple[str, ...] = ("kl_batch", "kl_hidden", "mse", "relative_mse", "cosine")
@@ -33,6 +32,30 @@ HIDDEN_CACHES: tuple[str, ...] = ("scoring", "all")
 OFFLOADS: tuple[str, ...] = ("auto", "never", "always")
 TASKS: tuple[str, ...] = ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa",
                           "lambada")  # zero-shot tasks, by lm-eval's name (lambada: lambada_openai)
+
+
+def block_indices(text: str) -> list[int]:
+    """`--blocks 3,5,7`."""
+    import argparse
+
+    try:
+        return [int(i) for i in text.split(",") if i.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated block indices, got '{text}'") from None
+
+
+def rates(text: str) -> tuple[float, ...]:
+    """`--trial-rates 0,1e-3` (empty: none)."""
+    import argparse
+
+    try:
+        return tuple(float(r) for r in text.split(",") if r.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated learning rates, got '{text}'") from None
+
+
+AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+AT_LEAST_0 = (lambda v: v >= 0, "0 or more")
 
 
 def torch_dtype(name: str):
@@ -46,21 +69,22 @@ def torch_dtype(name: str):
 class FusionConfig:
     """How a removed block's weights are injected into its neighbours."""
 
-    group_size: int = 7  # neighbours G around the removed block (window of G + 1)
-    coefficient: CoefficientForm = "lowrank"
-    rank: int = 128  # rank of C = P Q (capped at min(out, in) of each layer)
-    lora_rank: int = 128  # LoRA on each neighbour's own weight; 0 disables
-    train_norms: bool = True  # neighbours' norm weights train at the low learning rate
+    group_size: int = option(7, "neighbours G that absorb a removed block (a window of G + 1)", check=AT_LEAST_1)
+    coefficient: CoefficientForm = option("lowrank", "coefficient form", flag="--coef", choices=COEFFICIENT_FORMS)
+    rank: int = option(128, "rank of low-rank coefficients C = P Q (capped at each layer's size)", check=AT_LEAST_1)
+    lora_rank: int = option(128, "LoRA rank on neighbours' own weights (0: off)", check=(lambda v: v >= 0, "0 (off) or more"))
+    train_norms: bool = option(True, "neighbours' norm weights train at the low learning rate")
     # before tuning, fold ReplaceMe's least-squares map for the removed block into the block before
     # it, so that tuning starts from the compensated model instead of the block-removed one. Off by
     # default: fitted on the calibration windows, it fits that corpus (C4 and zero-shot got worse on
     # SmolLM2) and it steers the selection criterion, which then scores a mapped model
-    seam_map: bool = False  # paper: no such step
+    seam_map: bool = option(False, "fusegpt: fold ReplaceMe's least-squares map for the removed block into the "
+                                   "block before it, then tune (it fits the calibration corpus)")
     # scale each injected weight to the receiving layer's norm, so that the coefficients move the
     # weights at the same pace whatever the removed block's scale: a scale that norms and linear
     # partners leave free (the rescaled and the original model fuse to the same weights), and on
     # dev as good or slightly better in every pair measured (docs/BENCHMARKS.md)
-    normalize_donors: bool = True  # paper: no
+    normalize_donors: bool = option(True, "fusion: scale each injected weight to the receiving layer's norm")
 
 
 @dataclass
@@ -68,56 +92,77 @@ class TuneConfig:
     """Tuning of the fused coefficients (and LoRA, norms): per group after each removal and/or
     of every kept block at the end."""
 
-    loss: LossName = "relative_mse"  # paper: kl_batch (see docs/BENCHMARKS.md for why not)
+    loss: LossName = option("relative_mse", "student/teacher distance on hidden states", choices=LOSSES)
     # epochs of tuning each fused group right after its removal. 0: each removal only injects the
     # block through zero coefficients, and the global tune below trains every coefficient at once;
     # at equal block passes this beat local tuning and LoRA healing (docs/BENCHMARKS.md)
-    epochs: int = 0  # paper: 20
-    batch_size: int = 8
-    coef_lr: float = 1e-2  # of local tuning and --fuse-eval trials; paper: 1e-3
-    lr: float = 1e-3  # LoRA and norms; paper: 9.65e-6
+    epochs: int = option(0, "tuning epochs per removed block", check=AT_LEAST_0)
+    batch_size: int = option(8, "windows per tuning step", check=AT_LEAST_1)
+    coef_lr: float = option(1e-2, "learning rate of the fusion coefficients (local tuning, --fuse-eval trials)",
+                            check=(lambda v: v > 0, "positive"))
+    lr: float = option(1e-3, "learning rate of LoRA and norm weights", check=AT_LEAST_0)
     betas: tuple[float, float] = (0.9, 0.95)
     # what a group learns to reproduce when it is tuned locally: "group", its own output before
     # this removal (the paper), or "dense", the dense model's hidden states at the group's end,
     # which also undoes the error that earlier removals left at its input
-    teacher: Literal["group", "dense"] = "dense"  # paper: group
+    teacher: Literal["group", "dense"] = option("dense", "what a fused group learns to reproduce: its own output "
+                                                "before the removal (group) or the dense model's hidden states at "
+                                                "its end (dense)", choices=TEACHERS)
     # after the last removal, epochs of tuning every kept block's coefficients, LoRA and norms
     # together against the dense model's final hidden states: local tunes alone fit the
     # calibration corpus; this end-to-end tune is what carries to other text (0: the paper's)
-    global_epochs: int = 4
+    global_epochs: int = option(4, "fusegpt: epochs of a final tune of every kept block against the dense model "
+                                   "(the LoRA baselines get as many more)", check=AT_LEAST_0)
     # learning rate of the fusion coefficients in that global tune (None: `lr`, like LoRA and
     # norms). Starting at zero they need more than LoRA's 1e-3 to use the recycled weights; 1e-2
     # fits the calibration corpus (SmolLM2's C4 and zero-shot got worse), 3e-2 diverges
-    global_coef_lr: float | None = 3e-3
+    global_coef_lr: float | None = option(3e-3, "fusegpt: learning rate of the fusion coefficients in that "
+                                          "global tune (None: --lr)", parse=float, check=(lambda v: v > 0, "positive"))
     # other coefficient rates that a trial weighs against `global_coef_lr` before that global tune:
     # each runs its first epoch from the same start, held-out calibration windows judge, the best goes
     # on (0: the coefficients stay at zero, which is LoRA healing); empty: no trial. With 0 it chose
     # 3e-3 on SmolLM2 and 0 on Gemma 3, the repair that was better on each one's dev text, for about
     # a quarter more tuning passes (docs/BENCHMARKS.md, "Recycling or healing")
-    trial_rates: tuple[float, ...] = (0.0,)
+    trial_rates: tuple[float, ...] = option((0.0,), "fusegpt: other coefficient rates a one-epoch trial weighs "
+                                            "against --global-coef-lr on held-out calibration windows before the "
+                                            "global tune, the best going on (comma-separated; 0: LoRA healing; "
+                                            "empty: no trial)", parse=rates,
+                                            check=(lambda v: all(r >= 0 for r in v), "rates of 0 or more"))
     # what the global tune and LoRA healing match: the dense model's next-token distributions
     # through the model's own head (KL over the vocabulary, a chunk of positions at a time), or its
     # final hidden states (by `loss`). Logits won on SmolLM2's dev by 14% / 10% for fusion and LoRA
     # alike and lost 1-4% on pydoc's (docs/BENCHMARKS.md); they cost the head's passes each step
-    distill: Distill = "logits"
+    distill: Distill = option("logits", "what the global tune and LoRA healing match: the dense model's final "
+                              "hidden states (by --loss) or its next-token distributions (KL over the vocabulary)",
+                              choices=DISTILLS)
     # with logits: the dense model's k most likely tokens and the rest's mass at every position,
     # computed once before the tune, are the teacher (the (k + 1)-bin KL; 0: the whole vocabulary,
     # its logits recomputed every step from the dense model's final hidden states)
-    distill_top_k: int = 0
+    distill_top_k: int = option(0, "with --distill logits: the dense model's k most likely tokens per position and "
+                                "the rest's mass, computed once, are the target (0: the whole vocabulary, recomputed "
+                                "every step)", check=(lambda v: v >= 0, "0 (the whole vocabulary) or more"))
     # the dtype of the tunes' block products: "bfloat16" runs them under autocast (2x on a CPU with
     # AVX512-BF16 or AMX, and on GPUs), with weights, trainables, Adam and the loss in their own dtype
-    compute: DType = "float32"
-    warmup: float = 0.0  # share of a tune's optimiser steps over which the rates ramp up (then cosine decay)
+    compute: DType = option("float32", "the dtype of the tunes' block products (bfloat16: under autocast, weights "
+                            "and optimizer in their own dtype)", flag="--tune-dtype", choices=DTYPES)
+    warmup: float = option(0.0, "share of each tune's steps over which the learning rates ramp up linearly before "
+                                "their cosine decay", check=(lambda v: 0 <= v < 1, "a share of the tuning steps in [0, 1)"))
     # memory of the tunes, without changing what they compute (up to float rounding): windows per
     # forward/backward pass, gradients accumulated over a batch (None: the whole batch), and
     # recomputing each block's activations in backward instead of keeping them. `compress` sets
     # both from the plan when the working set would not fit (None here: decide then)
-    micro_batch: int | None = None
-    checkpoint_activations: bool | None = None
-    optimizer_on_host: bool | None = None  # Adam's state and fp32 masters in host memory (a GPU run's trainables)
+    micro_batch: int | None = option(None, "windows per forward/backward pass, gradients accumulated over each "
+                                     "--batch-size batch (None: chosen from the memory the tune has)", parse=int,
+                                     check=AT_LEAST_1)
+    checkpoint_activations: bool | None = option(None, "recompute each block's activations in backward instead of "
+                                                 "keeping them (None: when the tune would not fit otherwise)", parse=bool)
+    optimizer_on_host: bool | None = option(None, "GPU runs: keep Adam's state and fp32 master copies in host memory "
+                                            "(None: when the tune would not fit on the GPU otherwise)", parse=bool)
     # epochs of LoRA healing (the lora repair); None: the fewest whose block passes reach those of
     # fusegpt with the same settings, the fair budget of the comparison (methods/lora.py)
-    heal_epochs: int | None = None
+    heal_epochs: int | None = option(None, "the lora repair: LoRA epochs over every kept block (None: the fewest "
+                                     "whose block passes reach fusegpt's with these settings)", parse=int,
+                                     check=AT_LEAST_1)
 
     def fusion_block_passes(self, depth: int, remove: int, group_size: int, windows: int) -> int:
         """Block passes (forward + backward of one block on one window) of fusegpt's tuning: each
@@ -159,46 +204,77 @@ class CompressConfig:
     # MI's cosine of final hidden states picked a block on SmolLM2 whose loss no repair recovered,
     # and SLEB's calibration loss, with one noisy label per token, changed its pick with the
     # calibration seed on pydoc (docs/BENCHMARKS.md); --preset paper: fusegpt (MI + fusion)
-    method: Method = "kl-fuse"
-    selection: SelectionName | None = None  # overrides the method's criterion
-    blocks: list[int] | None = None  # original indices to remove, in order (selection "given"): compare repairs
-    repair: RepairName | None = None  # overrides the method's repair
-    sparsity: float | None = 0.25
+    method: Method = option("kl-fuse", "a selection x repair shortcut: " + "; ".join(
+        f"{m} = {s} + {r}" for m, (s, r) in RECIPES.items()) + " (earlier names: " + ", ".join(
+        f"{a} = {n}" for a, n in ALIASES.items()) + ")", choices=(*METHODS, *ALIASES), metavar="METHOD",
+        listed=METHODS)
+    selection: SelectionName | None = option(None, "override the method's criterion: " + "; ".join(
+        f"{n} ({c.help})" for n, c in CRITERIA.items()), choices=SELECTION_NAMES)
+    # original indices to remove, in order (selection "given"): compare repairs on the same blocks
+    blocks: list[int] | None = option(None, "remove exactly these original blocks, in this order (comma-separated; "
+                                            "instead of --sparsity)", parse=block_indices)
+    repair: RepairName | None = option(None, "override the method's repair: " + "; ".join(
+        f"{n} ({r.help})" for n, r in _REPAIRS.items()), choices=REPAIR_NAMES)
+    sparsity: float | None = 0.25  # the command line's --sparsity and --num-remove exclude each other (cli.py)
     num_remove: int | None = None  # overrides sparsity when set
-    calib: str = "wikitext2"
-    nsamples: int = 128
-    seqlen: int = 2048  # capped at the model's context
-    mi_samples: int = 32  # calibration windows used to score blocks (MI, BI, NLL, KL, fusion trials)
+    calib: str = option("wikitext2", "calibration text: wikitext2, c4, ptb or a .txt/.raw/.jsonl/.parquet file, a "
+                                     "comma-separated mix of them (equal numbers of windows from each), or self: text "
+                                     "the model samples itself (no corpus, no network)")
+    nsamples: int = option(128, "calibration windows", check=AT_LEAST_1)
+    seqlen: int = option(2048, "tokens per window (capped at the model's context)", check=(lambda v: v >= 2, "at least 2"))
+    mi_samples: int = option(32, "windows used to score blocks (Macro Influence, Block Influence, calibration loss, "
+                                 "KL)", check=AT_LEAST_1)
     # the kl criterion's dense side: each scored position's top-k tokens and the rest's mass (0: the
     # whole vocabulary), and every kl_stride-th position scored (0: only where the LM head would cost
     # a candidate more than its blocks); both keep a large vocabulary cheap
-    kl_top_k: int = 64
-    kl_stride: int = 0
+    kl_top_k: int = option(64, "kl criterion: the dense model's k most likely tokens per position, and the rest's "
+                               "mass, are the target (0: the whole vocabulary)",
+                           check=(lambda v: v >= 0, "0 (the whole vocabulary) or more"))
+    kl_stride: int = option(0, "kl criterion: score every N-th position (the blocks still run on all; 0: every "
+                               "position unless the LM head outweighs the blocks)",
+                            check=(lambda v: v >= 0, "0 (automatic) or more"))
     # after the first step, an iterative criterion rescores lazily, `rescore` blocks at a time in
     # the order of their last scores, until no unscored block can beat the best (0: every block)
-    rescore: int = 4
+    rescore: int = option(4, "iterative criteria: after the first step, rescore N blocks at a time in the order of "
+                             "their last scores, until no other can beat the best (0: every block every step)",
+                          check=(lambda v: v >= 0, "0 (every block) or more"))
     # and rescores at most `rescore_limit` blocks a step (0: no limit), those that were closest to
     # the best of the step they were last scored in: a budget, no longer exact. At 8 it chose the
     # lazy default's blocks on pydoc (10 runs) and SmolLM2 in a third of the time (docs/BENCHMARKS.md)
-    rescore_limit: int = 8
+    rescore_limit: int = option(8, "iterative criteria: rescore at most N blocks a step after the first, those "
+                                   "closest to the best of the step they were last scored in (0: as many as "
+                                   "--rescore needs)", check=(lambda v: v >= 0, "0 (no limit) or more"))
     # score every candidate to the end (every reported score exact, for plots of them) instead of
     # stopping one once its partial score rules it out: the same blocks either way, slower
-    full_scores: bool = False
+    full_scores: bool = option(False, "iterative criteria: score every candidate to the end (every reported score "
+                                      "exact) instead of stopping one once it cannot be chosen; the same blocks, slower")
     # fusion-aware choice (fusing methods only; the authors' --fuse-eval): trial-fuse each of the k
     # lowest-scored blocks with a short tune and remove the one that keeps the output closest; 0 is off
-    fuse_eval_candidates: int = 0
-    fuse_eval_epochs: int = 1  # tuning epochs of each trial
-    dtype: DType = "float32"
-    device: str = "auto"
-    device_memory_gib: float | None = None  # the GPU memory the run may use (None: its free memory)
+    fuse_eval_candidates: int = option(0, "fusing methods: trial-fuse the K lowest-scored blocks and remove the "
+                                          "one whose output stays closest (0: the lowest-scored block)",
+                                       flag="--fuse-eval", metavar="K", check=(lambda v: v >= 0, "0 (off) or more"))
+    fuse_eval_epochs: int = option(1, "tuning epochs of each --fuse-eval trial", metavar="E", check=AT_LEAST_1)
+    dtype: DType = option("float32", "weights and compute dtype", choices=DTYPES)
+    device: str = option("auto", "compute device: auto, cpu, cuda, cuda:1 ...")
+    device_memory_gib: float | None = option(None, "GPU memory the run may use, in GiB (None: the GPU's free "
+                                                   "memory): the model stays on the GPU only if it fits with the tune "
+                                                   "in it; with --dry-run, plans for a GPU this machine does not have",
+                                             flag="--device-memory", parse=float, metavar="GIB",
+                                             check=(lambda v: v > 0, "a positive number of GiB"))
     # which hidden states stay in host memory: "scoring", every block's on the mi_samples windows
     # only (the rest recomputed when a step needs them; memory flat in depth x data), or "all",
     # every block's on every window (no recomputation; O(depth x nsamples) memory). Same results.
-    hidden_cache: HiddenCache = "scoring"
+    hidden_cache: HiddenCache = option("scoring", "hidden states kept in memory: scoring (every block's on the "
+                                       "--mi-samples windows; the rest recomputed, memory flat in depth x --nsamples) "
+                                       "or all (every block's on every window: faster, depth x nsamples x seqlen x "
+                                       "hidden floats); same results", choices=HIDDEN_CACHES)
     # the model stays on the compute device for the whole run when it fits ("auto"), or streams
     # block by block from the host ("always"; "never" keeps it there regardless); placement.py
-    offload: Literal["auto", "never", "always"] = "auto"
-    seed: int = 0
+    offload: Literal["auto", "never", "always"] = option(
+        "auto", "auto: the model stays on the compute device for the whole run when it fits there, else it stays in "
+                "host memory and blocks are streamed to the device as they run; always: stream; never: move it all "
+                "to the device regardless", choices=OFFLOADS)
+    seed: int = option(0, "seed for windows, initialisation and order")
     data_dir: str | None = None
     fusion: FusionConfig = field(default_factory=FusionConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
@@ -244,61 +320,18 @@ class CompressConfig:
         """Reject settings that cannot run, before any work is done."""
         from .errors import FuseGPTError
 
+        message = check_values(self)
+        if message:
+            raise FuseGPTError(message)
         checks = [
-            (self.method in METHODS or self.method in ALIASES,
-             f"--method must be one of {', '.join(METHODS)}, got {self.method!r}"),
-            (self.fusion.coefficient in COEFFICIENT_FORMS,
-             f"--coef must be one of {', '.join(COEFFICIENT_FORMS)}, got {self.fusion.coefficient!r}"),
-            (self.tune.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {self.tune.loss!r}"),
-            (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
-            (self.offload in OFFLOADS, f"--offload must be one of {', '.join(OFFLOADS)}, got {self.offload!r}"),
-            (self.hidden_cache in HIDDEN_CACHES,
-             f"--hidden-cache must be one of {', '.join(HIDDEN_CACHES)}, got {self.hidden_cache!r}"),
-            (self.nsamples >= 1, f"--nsamples must be at least 1, got {self.nsamples}"),
-            (self.mi_samples >= 1, f"--mi-samples must be at least 1, got {self.mi_samples}"),
-            (self.device_memory_gib is None or self.device_memory_gib > 0,
-             f"--device-memory must be a positive number of GiB, got {self.device_memory_gib}"),
-            (self.kl_top_k >= 0, f"--kl-top-k must be 0 (the whole vocabulary) or more, got {self.kl_top_k}"),
-            (self.kl_stride >= 0, f"--kl-stride must be 0 (automatic) or more, got {self.kl_stride}"),
-            (self.rescore >= 0, f"--rescore must be 0 (every block) or more, got {self.rescore}"),
-            (self.rescore_limit >= 0, f"--rescore-limit must be 0 (no limit) or more, got {self.rescore_limit}"),
-            (self.fuse_eval_candidates >= 0, f"--fuse-eval must be 0 (off) or more, got {self.fuse_eval_candidates}"),
-            (self.selection is None or self.selection in SELECTION_NAMES,
-             f"--selection must be one of {', '.join(SELECTION_NAMES)}, got {self.selection!r}"),
-            (self.repair is None or self.repair in REPAIR_NAMES,
-             f"--repair must be one of {', '.join(REPAIR_NAMES)}, got {self.repair!r}"),
             (self.fuse_eval_candidates == 0 or self.method not in (*METHODS, *ALIASES) or self.recipe[1] == "fuse",
              f"--fuse-eval trial-fuses candidates and needs a fusing method (fusegpt, kl-fuse, sleb-fuse or "
              f"--repair fuse), got {self.method!r}"),
-            (self.fuse_eval_epochs >= 1, f"--fuse-eval-epochs must be at least 1, got {self.fuse_eval_epochs}"),
-            (self.seqlen >= 2, f"--seqlen must be at least 2, got {self.seqlen}"),
-            (self.fusion.group_size >= 1, f"--group-size must be at least 1, got {self.fusion.group_size}"),
-            (self.fusion.rank >= 1, f"--rank must be at least 1, got {self.fusion.rank}"),
-            (self.fusion.lora_rank >= 0, f"--lora-rank must be 0 (off) or more, got {self.fusion.lora_rank}"),
-            (self.tune.epochs >= 0, f"--epochs must be 0 or more, got {self.tune.epochs}"),
-            (self.tune.global_epochs >= 0, f"--global-epochs must be 0 or more, got {self.tune.global_epochs}"),
-            (self.tune.heal_epochs is None or self.tune.heal_epochs >= 1,
-             f"--heal-epochs must be at least 1, got {self.tune.heal_epochs}"),
-            (self.tune.batch_size >= 1, f"--batch-size must be at least 1, got {self.tune.batch_size}"),
             (self.tune.loss != "kl_batch" or self.tune.batch_size >= 2,
              "--loss kl_batch normalises over the batch and needs --batch-size of at least 2"),
-            (self.tune.coef_lr > 0 and self.tune.lr >= 0, "--coef-lr must be positive and --lr non-negative"),
-            (all(rate >= 0 for rate in self.tune.trial_rates),
-             f"--trial-rates must be rates of 0 or more, got {self.tune.trial_rates}"),
-            (self.tune.global_coef_lr is None or self.tune.global_coef_lr > 0,
-             f"--global-coef-lr must be positive, got {self.tune.global_coef_lr}"),
-            (self.tune.distill in DISTILLS,
-             f"--distill must be one of {', '.join(DISTILLS)}, got {self.tune.distill!r}"),
-            (self.tune.distill_top_k >= 0,
-             f"--distill-top-k must be 0 (the whole vocabulary) or more, got {self.tune.distill_top_k}"),
-            (self.tune.compute in DTYPES, f"--tune-dtype must be one of {', '.join(DTYPES)}, got {self.tune.compute!r}"),
-            (0 <= self.tune.warmup < 1, f"--warmup is a share of the tuning steps in [0, 1), got {self.tune.warmup}"),
-            (self.tune.micro_batch is None or self.tune.micro_batch >= 1,
-             f"--micro-batch must be at least 1, got {self.tune.micro_batch}"),
             (self.tune.micro_batch is None or self.tune.micro_batch >= self.tune.batch_size
              or self.tune.loss not in ("kl_batch",),
              "--loss kl_batch compares the windows of a whole batch and cannot be split into --micro-batch"),
-            (self.tune.teacher in TEACHERS, f"--teacher must be one of {', '.join(TEACHERS)}, got {self.tune.teacher!r}"),
             ((not self.blocks or self.selection in (None, "given")) and (self.selection != "given" or self.blocks),
              "--selection given needs --blocks, and --blocks works only with --selection given"),
         ]

@@ -188,3 +188,25 @@ def _hub_rows(name: str, split: str) -> list[str]:
         return list(load_dataset("ptb_text_only", "penn_treebank", split=split)["sentence"])
     dataset = load_dataset("allenai/c4", data_files={split: _C4_SHARDS[split]}, split=split)
     return list(dataset["text"])
+
+
+def check_inputs(calib: str | None, ppl: list[str], tasks: list[str], limit: int | None,
+                 ppl_windows: int | None) -> None:
+    """Every text a run will read exists and every count is positive, in one line each, before any
+    weight is loaded (`calib`: the calibration source, None when the run has none)."""
+    from ..config import TASKS
+    from .generated import is_self
+    from .windows import calibration_sources
+
+    if calib and not is_self(calib):
+        for source in calibration_sources(calib):
+            check_source(source, "--calib")
+    for source in ppl:
+        check_source(source, "--ppl")
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown:
+        raise FuseGPTError(f"unknown zero-shot task(s) {', '.join(unknown)}; choose --tasks from {', '.join(TASKS)}")
+    if limit is not None and limit < 1:
+        raise FuseGPTError(f"--limit must be a positive number of items, not {limit}")
+    if ppl_windows is not None and ppl_windows < 1:
+        raise FuseGPTError(f"--ppl-windows must be a positive number of windows, got {ppl_windows}")

@@ -36,14 +36,6 @@ def linear_weights(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
     return (weight.T if isinstance(layer, Conv1D) else weight), bias
 
 
-@torch.no_grad()
-def set_linear_weights(layer: nn.Linear | Conv1D, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """Write a weight in (out, in) orientation (and a bias) into an nn.Linear or a Conv1D."""
-    layer.weight.copy_(weight.T if isinstance(layer, Conv1D) else weight)
-    if bias is not None:
-        layer.bias.copy_(bias)
-
-
 class InjectedWeight(nn.Module):
     """A removed block's same-role weight (out, in) and bias, frozen and held once: every neighbour
     that absorbs it holds this same module, so moving the neighbours to a device or dtype moves
