@@ -109,11 +109,12 @@ def gguf_probe(job: Job):
 def gguf_importance(result, job: Job) -> dict | None:
     """The compressed model's activation importance on its calibration windows, which GGUF out
     weighs the rounding of its changed tensors by (`gguf_rounding`)."""
+    from .gguf_out import UNQUANTISED
     from .gguf_rounding import IMPORTANCE_WINDOWS, activation_importance
     from .models import adapter_for
     from .placement import resolve_device
 
-    if result.windows is None:
+    if result.windows is None or (job.gguf_type or "").upper() in UNQUANTISED:  # nothing is rounded
         return None
     return activation_importance(result.model, list(adapter_for(result.model).blocks(result.model)),
                                  result.windows[:IMPORTANCE_WINDOWS], job.config.tune.batch_size,
