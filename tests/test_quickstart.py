@@ -40,9 +40,9 @@ def test_the_readmes_first_command_runs_in_a_copy_without_shared(tmp_path):
     losses = report["heal"]["losses"]
     assert losses[-1] < losses[0]
     ggufs = list(out.glob("*.gguf"))
-    # Q4_1 like the input with 6 of 30 blocks fewer (~2.2 MB each; the embeddings stay): ~0.86 of its
-    # size, where F16 would be 2.5x the input
-    assert len(ggufs) == 1 and 0.8 < ggufs[0].stat().st_size / 98_362_432 < 0.9
+    # no larger than the input: the 6 removed blocks' bytes (~14% of it) spent on more exact types for
+    # the tuned tensors (at the input's Q4_1 it would be ~0.86 of its size, at F16 2.5x)
+    assert len(ggufs) == 1 and 0.97 < ggufs[0].stat().st_size / 98_362_432 <= 1
     said = re.findall(r"\(['\"]The capital of France is['\"]\): (.+)", done.stdout)
     assert len(said) == 2 and "Paris" in said[0]  # the dense model's answer, then the compressed one's
     print(done.stdout[-2000:], file=sys.stderr)
