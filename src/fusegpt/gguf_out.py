@@ -339,8 +339,8 @@ ALIGNMENT = 32  # GGUF's default: each tensor's data starts on a multiple
 def _fitted(changed: dict[str, np.ndarray], weights: dict[str, np.ndarray], inputs: dict,
             reader) -> dict[str, tuple[np.ndarray, int]]:
     """The changed tensors (`inputs`: the input's tensor under each output name) in a file no larger
-    than the input (`reader`): each matrix at its input type or
-    raised (`fit_types`) with the bytes the removed tensors freed; vectors at their input type."""
+    than the input (`reader`): each matrix at its input type or raised (`fit_types`) with the bytes
+    the removed tensors freed; vectors at their input type."""
     import gguf
 
     from .gguf_rounding import fit_types, options

@@ -18,7 +18,7 @@ def option(default: Any, help: str, *, flag: str | None = None, choices: tuple |
     metadata = {"help": help, "flag": flag, "choices": choices, "parse": parse, "metavar": metavar, "check": check,
                 "listed": listed or choices}
     if isinstance(default, (list, tuple, dict)):
-        return field(default_factory=lambda: default, metadata=metadata)
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)  # a copy per instance
     return field(default=default, metadata=metadata)
 
 
