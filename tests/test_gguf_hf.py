@@ -188,6 +188,10 @@ def test_compress_of_a_hf_model_writes_its_gguf_and_refuses_a_family_it_cannot(t
         ids = [len(bpe_tokenizer) - 1, *range(5, 30)]
         saved = AutoModelForCausalLM.from_pretrained(out).eval()
         assert _relative_difference(_llama_cpp_logits(out / "tiny-llama.gguf", ids, f32_cache=False), saved, ids) < 5e-3
+        # at a quantised type every kept linear (7 in each of 2 blocks) is rounded with its importance
+        assert main(_compress(folder, tmp_path / "q4", text_file, "--num-remove", "1", "--gguf-type", "Q4_1")) == 0
+        report = json.loads((tmp_path / "q4" / "fusegpt_report.json").read_text())["gguf"]
+        assert report["file_type"] == "Q4_1" and report["weighted"] == 14
     gpt2 = tmp_path / "tiny-gpt2"
     AutoModelForCausalLM.from_config(GPT2Config(vocab_size=len(bpe_tokenizer), n_embd=32, n_layer=2, n_head=2,
                                                 n_positions=64)).save_pretrained(gpt2)
@@ -195,6 +199,38 @@ def test_compress_of_a_hf_model_writes_its_gguf_and_refuses_a_family_it_cannot(t
     capsys.readouterr()
     assert main(_compress(gpt2, tmp_path / "refused", text_file, "--num-remove", "1", "--gguf")) == 2
     assert "gpt2 model is not supported" in _one_line_error(capsys) and not (tmp_path / "refused").exists()
+
+
+def test_a_quantised_gguf_from_a_hf_model_rounds_its_linears_with_their_importance(tmp_path, bpe_tokenizer):
+    """At Q4_1 llama.cpp's rules choose the types; each linear with an importance vector is then
+    rounded again knowing it: a smaller error weighted by it than llama.cpp's own rounding, the
+    types unchanged (qwen2: its q and k rows are permuted by the layout, the columns are not)."""
+    _llama_cpp()
+    model = _model("qwen2", len(bpe_tokenizer))
+    rng = np.random.default_rng(0)
+    importance = {name: rng.uniform(1, 100, p.shape[1]) for name, p in model.named_parameters()
+                  if name.endswith("proj.weight")}
+    plain, weighted = tmp_path / "plain.gguf", tmp_path / "weighted.gguf"
+    assert write_gguf_from_hf(model, bpe_tokenizer, plain, "Q4_1").weighted == 0
+    assert write_gguf_from_hf(model, bpe_tokenizer, weighted, "Q4_1", importance=importance).weighted == 7 * 3
+    state = model.state_dict()
+
+    def errors(path: Path) -> dict[str, tuple[object, float]]:
+        result = {}
+        for t in gguf.GGUFReader(path).tensors:
+            _, layer, role, kind = (t.name.split(".") + ["", "", ""])[:4]
+            hf = {"attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                  "ffn_down": "mlp.down_proj", "attn_v": "self_attn.v_proj"}.get(role)
+            if t.name.startswith("blk.") and hf and kind == "weight":  # the rows llama.cpp keeps in place
+                name = f"model.layers.{layer}.{hf}.weight"
+                values = gguf.dequantize(t.data, t.tensor_type).reshape(state[name].shape)
+                result[name] = (t.tensor_type, float(((values - state[name].numpy()) ** 2 * importance[name]).sum()))
+        return result
+
+    before, after = errors(plain), errors(weighted)
+    assert len(before) == 5 * 3 and {n: k for n, (k, _) in before.items()} == {n: k for n, (k, _) in after.items()}
+    assert all(after[n][1] < before[n][1] for n in before if before[n][0] != gguf.GGMLQuantizationType.F32)
+    assert sum(e for _, e in after.values()) < 0.9 * sum(e for _, e in before.values())
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])

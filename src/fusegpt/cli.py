@@ -49,7 +49,8 @@ def _compress_parser(sub) -> None:
                         "from a HF model: Llama, Mistral, Qwen2, Qwen3 and Gemma 3)")
     p.add_argument("--gguf-type", help="the GGUF's type by llama.cpp's rules: F32, F16, Q8_0, Q4_K_M, ... (default: "
                                        "no larger than a GGUF input, its freed bytes spent on the changed tensors; F16 "
-                                       "for a HF model; quantised types need llama-cpp-python)")
+                                       "for a HF model, whose GGUF naming a type asks for; quantised types need "
+                                       "llama-cpp-python)")
     p.add_argument("--ppl", default="", help="also evaluate the result on these comma-separated sources")
     p.add_argument("--ppl-windows", type=int, help="perplexity on the first N protocol windows (default: all)")
     p.add_argument("--ppl-seqlen", type=int, help="perplexity window length (default: --seqlen, the calibration one)")

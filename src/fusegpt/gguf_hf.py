@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FuseGPTError
-from .gguf_out import UNQUANTISED, GGUFExport, _file_type, _processor, _quantise, _to_gguf, unquantised, write_file
+from .gguf_out import (UNQUANTISED, GGUFExport, _columns, _file_type, _processor, _quantise, _to_gguf, reweighted,
+                       unquantised, write_file)
 
 # HF model type -> llama.cpp architecture (Mistral's dense models run as llama there)
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3"}
@@ -166,8 +167,8 @@ def _add_settings(writer, config, depth: int, name: str) -> dict[str, np.ndarray
 
 
 def _hf_tensors(model, arch: str):
-    """(processor, [(GGUF name, elements, HF values in fp32)]) for every weight of `model` (a
-    tied head is the embedding in llama.cpp too), the values a function called when wanted."""
+    """(processor, [(GGUF name, elements, HF values in fp32)], GGUF name -> HF name) for every weight
+    of `model` (a tied head is the embedding in llama.cpp too), the values a function called when wanted."""
     from transformers.modeling_gguf_pytorch_utils import get_gguf_hf_weights_map
 
     processor = _processor(arch, model.config.to_dict())
@@ -177,10 +178,10 @@ def _hf_tensors(model, arch: str):
     missing = sorted(set(state) - set(names.values()) - ({"lm_head.weight"} if tied else set()))
     if missing:
         raise FuseGPTError(f"GGUF out has no GGUF name for {', '.join(missing[:3])}; pass --no-gguf")
-    return processor, [(gguf_name + ("" if gguf_name.endswith((".weight", ".bias")) else ".weight"),
-                        state[hf_name].numel(), lambda hf=hf_name: state[hf].detach().float().cpu().numpy())
-                       for gguf_name, hf_name in names.items()
-                       if hf_name in state and not (tied and gguf_name == "output.weight")]
+    written = {gguf_name + ("" if gguf_name.endswith((".weight", ".bias")) else ".weight"): hf_name
+               for gguf_name, hf_name in names.items() if hf_name in state and not (tied and gguf_name == "output.weight")}
+    return processor, [(name, state[hf].numel(), lambda hf=hf: state[hf].detach().float().cpu().numpy())
+                       for name, hf in written.items()], written
 
 
 def _metadata(model, tokenizer, name: str, source: Path | None) -> tuple[dict, dict[str, np.ndarray]]:
@@ -207,23 +208,28 @@ def probe_gguf_from_hf(model, tokenizer, gguf_type: str | None = None, source: P
     from .gguf_out import probe_layout, require_quantiser
 
     _metadata(model, tokenizer, "probe", source)
-    processor, tensors = _hf_tensors(model, architecture(model.config))
+    processor, tensors, _ = _hf_tensors(model, architecture(model.config))
     probed = probe_layout(processor, tensors)
     require_quantiser(_file_type(gguf_type or DEFAULT_TYPE))
     return probed
 
 
-def write_gguf_from_hf(model, tokenizer, out: Path, gguf_type: str | None = None,
-                       source: Path | None = None) -> GGUFExport:
+def write_gguf_from_hf(model, tokenizer, out: Path, gguf_type: str | None = None, source: Path | None = None,
+                       importance: dict[str, np.ndarray] | None = None) -> GGUFExport:
     """Write the HF `model` (and `tokenizer`) as a GGUF file `out` at `gguf_type` (default F16);
-    atomically. `source`: the model's folder, for its SentencePiece `tokenizer.model`."""
+    atomically. `source`: the model's folder, for its SentencePiece `tokenizer.model`. At a quantised
+    type llama.cpp's rules choose each tensor's type and `importance` (HF weight name -> mean squared
+    input per column, `gguf_rounding.activation_importance`) weights the rounding of the linears."""
     import gguf
 
     arch = architecture(model.config)
     target_type = _file_type(gguf_type or DEFAULT_TYPE)
     fields, implied = _metadata(model, tokenizer, out.stem, source)  # checked before anything is written
-    processor, named = _hf_tensors(model, arch)
+    processor, named, hf_names = _hf_tensors(model, arch)
     tensors = {name: _to_gguf(processor, values(), name) for name, _, values in named}
+    weights = {name: _columns(processor, importance[hf], tensors[name].shape, name)
+               for name, hf in hf_names.items() if importance and hf in importance and tensors[name].ndim == 2}
+    weights = {name: columns for name, columns in weights.items() if columns is not None}
     tensors.update(implied)
 
     def metadata(writer) -> None:
@@ -235,8 +241,11 @@ def write_gguf_from_hf(model, tokenizer, out: Path, gguf_type: str | None = None
     if name in UNQUANTISED:
         written = {k: unquantised(v, target_type) for k, v in tensors.items()}
     else:
-        written = _quantise(tensors, arch, metadata, lambda: iter(tensors.items()), target_type)
-    export = GGUFExport(file=str(out), file_type=name, bytes=0, quantised=len(written))
+        written = reweighted(_quantise(tensors, arch, metadata, lambda: iter(tensors.items()), target_type),
+                             tensors, weights)
+    export = GGUFExport(file=str(out), file_type=name, bytes=0, quantised=len(written),
+                        weighted=len(weights.keys() & written.keys()),
+                        rounding="unquantised" if name in UNQUANTISED else f"llama.cpp's {name} rules")
     write_file(out, arch, metadata, target_type, [(tensor, data, kind) for tensor, (data, kind) in written.items()],
                export)
     return export

@@ -276,7 +276,9 @@ def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str |
         if gguf_type or not np.array_equal(original.astype(np.float32), current):
             changed[new] = _to_gguf(processor, current, new)
             if importance and hf_name in importance and current.ndim == 2:  # a linear layer's weight
-                weights[new] = _columns(processor, importance[hf_name], current.shape, new)
+                columns = _columns(processor, importance[hf_name], current.shape, new)
+                if columns is not None:
+                    weights[new] = columns
 
     pattern_key = f"{arch}.attention.sliding_window_pattern"
     layer_types = getattr(model.config.get_text_config(), "layer_types", None) or []
@@ -296,9 +298,8 @@ def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str |
     if target_type.name.removeprefix("ALL_").removeprefix("MOSTLY_") in UNQUANTISED:
         written = {name: unquantised(data, target_type) for name, data in changed.items()}
     elif gguf_type:
-        written = _quantise(changed, arch, metadata, all_tensors, target_type) if changed else {}
-        written = {name: _rounded(changed[name], kind, weights[name]) if name in weights else (data, kind)
-                   for name, (data, kind) in written.items()}
+        written = reweighted(_quantise(changed, arch, metadata, all_tensors, target_type) if changed else {},
+                             changed, weights)
     else:  # no larger than the input
         require_quantiser(target_type)
         written = _fitted(changed, weights, {new: tensor for new, tensor in plan}, reader)
@@ -318,6 +319,14 @@ def _columns(processor, vector: np.ndarray, shape: tuple, name: str) -> np.ndarr
     or columns); None where the transform mixes them."""
     moved = _to_gguf(processor, np.broadcast_to(vector.astype(np.float32), shape).copy(), name)
     return moved[0] if np.array_equal(moved, np.broadcast_to(moved[0], moved.shape)) else None
+
+
+def reweighted(written: dict[str, tuple], tensors: dict[str, np.ndarray],
+               weights: dict[str, np.ndarray]) -> dict[str, tuple]:
+    """llama.cpp's (bytes, type) of `written`, those of the `tensors` that have importance `weights`
+    rounded again at the same type with them (llama.cpp's rules chose the types, not the rounding)."""
+    return {name: _rounded(tensors[name], kind, weights[name]) if name in weights else (data, kind)
+            for name, (data, kind) in written.items()}
 
 
 def _rounded(data: np.ndarray, kind, importance: np.ndarray | None) -> tuple[np.ndarray, int]:

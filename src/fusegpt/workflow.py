@@ -30,6 +30,11 @@ class Job:
     gguf_type: str | None = None
     progress: bool = True
 
+    @property
+    def asks_gguf(self) -> bool:
+        """Whether a GGUF was asked for, by `gguf` or by naming its type."""
+        return bool(self.gguf) or (self.gguf is None and self.gguf_type is not None)
+
 
 def checked_output(job: Job) -> tuple[Path, Path]:
     """The output folder and checkpoint folder, refused at once when they cannot be used as asked."""
@@ -42,7 +47,7 @@ def checked_output(job: Job) -> tuple[Path, Path]:
                            "or delete that folder to start over")
     if job.resume and not (folder / STATE).exists():
         raise FuseGPTError(f"--resume: no checkpoint in {folder}; run without --resume")
-    if job.gguf and gguf_file(job.model) is None:  # a HF model's family must be one the GGUF writer knows
+    if job.asks_gguf and gguf_file(job.model) is None:  # a HF model's family must be one the GGUF writer knows
         from transformers import AutoConfig
 
         from .gguf_hf import architecture
@@ -83,7 +88,7 @@ def gguf_probe(job: Job):
     from .paths import gguf_file
 
     source = gguf_file(job.model)
-    if job.gguf is False or (source is None and not job.gguf):
+    if job.gguf is False or (source is None and not job.asks_gguf):
         return None, lambda: False
     wanted = [True]
 
@@ -98,7 +103,7 @@ def gguf_probe(job: Job):
                 folder = Path(job.model).expanduser()
                 probe_gguf_from_hf(model, tokenizer, job.gguf_type, folder if folder.is_dir() else None)
         except MissingQuantiser as missing:
-            if job.gguf or job.gguf_type:  # asked for: an error; by default, the HF model alone and a warning
+            if job.asks_gguf:  # asked for: an error; by default, the HF model alone and a warning
                 raise
             print(f"fusegpt: warning: no GGUF will be written: {missing}", file=sys.stderr)
             wanted[0] = False
@@ -109,12 +114,15 @@ def gguf_probe(job: Job):
 def gguf_importance(result, job: Job) -> dict | None:
     """The compressed model's activation importance on its calibration windows, which GGUF out
     weighs the rounding of its changed tensors by (`gguf_rounding`)."""
+    from .gguf_hf import DEFAULT_TYPE
     from .gguf_out import UNQUANTISED
     from .gguf_rounding import IMPORTANCE_WINDOWS, activation_importance
     from .models import adapter_for
+    from .paths import gguf_file
     from .placement import resolve_device
 
-    if result.windows is None or (job.gguf_type or "").upper() in UNQUANTISED:  # nothing is rounded
+    written_type = job.gguf_type or ("" if gguf_file(job.model) else DEFAULT_TYPE)  # "": the GGUF input's types
+    if result.windows is None or written_type.upper() in UNQUANTISED:  # nothing is rounded
         return None
     return activation_importance(result.model, list(adapter_for(result.model).blocks(result.model)),
                                  result.windows[:IMPORTANCE_WINDOWS], job.config.tune.batch_size,
@@ -162,13 +170,14 @@ def run(job: Job):
 
             writing = time.perf_counter()
             try:
+                importance = gguf_importance(result, job)
                 if source is not None:  # the input's own file, its blocks cut and renumbered
-                    importance = gguf_importance(result, job)
                     export = write_gguf(result.model, report.kept, source, out / source.name, job.gguf_type,
                                         job.progress, importance)
                 else:  # a HF model's settings and tokenizer under GGUF's keys
                     export = write_gguf_from_hf(result.model, tokenizer, out / f"{Path(job.model).name}.gguf",
-                                                job.gguf_type, model_path if model_path.is_dir() else None)
+                                                job.gguf_type, model_path if model_path.is_dir() else None,
+                                                importance)
             except FuseGPTError:
                 raise
             except Exception as error:  # what the probe did not foresee: the HF model stays, the way out is named
