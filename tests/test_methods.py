@@ -532,13 +532,17 @@ def test_the_dense_teacher_is_what_the_next_kept_block_received_in_the_dense_mod
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(teachers[:2], teachers[2:]))
 
 
-def test_the_catalog_and_the_registries_name_the_same_criteria_repairs_and_methods():
-    """What the CLI, config, plan and compare read (catalog.py) is what the pipeline runs (methods/)."""
+def test_every_method_names_registered_code_that_exists():
+    """The one registry (catalog.py) names the functions the pipeline runs: each resolves to a
+    function under methods/, and every method shortcut is a registered criterion and repair."""
     from fusegpt import catalog
-    from fusegpt.methods import REPAIRS, SELECTIONS
 
-    assert list(catalog.CRITERIA) == list(SELECTIONS) and list(catalog.REPAIRS) == list(REPAIRS)
-    assert all(m.selection in SELECTIONS and m.repair in REPAIRS for m in catalog.METHODS.values())
+    for criterion in catalog.CRITERIA.values():
+        assert callable(criterion.scorer) and callable(criterion.chooser)
+    for repair in catalog.REPAIRS.values():
+        assert callable(repair.remover) and (repair.heal is None or callable(repair.healer))
+    assert [r.healer.__name__ for r in catalog.REPAIRS.values() if r.heal] == ["heal_fused", "heal_with_lora"]
+    assert all(m.selection in catalog.CRITERIA and m.repair in catalog.REPAIRS for m in catalog.METHODS.values())
     assert set(catalog.ALIASES.values()) <= set(catalog.METHODS) and not set(catalog.ALIASES) & set(catalog.METHODS)
     assert set(METHODS) == set(catalog.METHODS)
 
@@ -574,7 +578,7 @@ def test_a_rescoring_limit_ranks_blocks_by_their_margins_behind_their_steps_best
     step's best; blocks 1 and 2 were 1.0 and 2.0 behind. A limit of 2 rescores 1 and 2, and their
     margins become their distances from this step's best. With no limit the lazy order is by the
     latest scores (4, 3, 1, 2), and every block runs since none of the fresh scores beats an old one."""
-    from fusegpt.methods.selection import Selection, score_step
+    from fusegpt.methods.selection import score_step
 
     class Stack(list):  # what score_step reads of a BlockStack
         def __init__(self):
@@ -591,12 +595,12 @@ def test_a_rescoring_limit_ranks_blocks_by_their_margins_behind_their_steps_best
         return {ctx.stack.origin[i]: fresh[ctx.stack.origin[i]] for i in ctx.candidates}
 
     limited = StepContext(None, Stack(), None, None, None, to_remove=2, step=1)
-    assert score_step(limited, Selection("test", score), latest, chunk=1, limit=2) == {1: 3.2, 2: 3.5}
+    assert score_step(limited, score, latest, chunk=1, limit=2) == {1: 3.2, 2: 3.5}
     assert asked == [[1], [2]]  # 1 (3.2) did not beat 2's old 3.0, so 2 ran too; 3 and 4 are past the limit
     assert limited.stack.score_margins == pytest.approx({1: 0.0, 2: 0.3, 3: 4.0, 4: 3.0})
     asked.clear()
     unlimited = StepContext(None, Stack(), None, None, None, to_remove=2, step=1)
-    assert score_step(unlimited, Selection("test", score), latest, chunk=1) == fresh
+    assert score_step(unlimited, score, latest, chunk=1) == fresh
     assert asked == [[4], [3], [1], [2]]
 
 

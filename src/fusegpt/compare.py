@@ -63,10 +63,10 @@ def run_cell(model_name: str | Path, method: str, sparsity: float, config: Compr
              ppl_windows: int | None = None, speed: bool = True, ppl_seqlen: int | None = None) -> Cell:
     """Load a fresh copy of the model, compress it (unless dense), measure it and evaluate it.
     Inference speed is measured on the dense model and on the output in the same run."""
-    from . import evaluate_perplexity, load_model
+    from . import load_model
     from .evaluation.cost import PeakRSS, inference_speed, parameter_count
-    from .evaluation.zeroshot import evaluate_zero_shot
-    from .placement import context_length, place_for_inference, resolve_device
+    from .evaluation.measure import measure
+    from .placement import place_for_inference, resolve_device
     from .workflow import load_and_compress
 
     started, model_name = time.perf_counter(), str(model_name)
@@ -83,7 +83,6 @@ def run_cell(model_name: str | Path, method: str, sparsity: float, config: Compr
             first = report.steps[0]
             cell.criterion, cell.scores = first.criterion, {str(k): v for k, v in first.scores.items()}
             cell.bounds = list(first.bounds)
-    seqlen = min(ppl_seqlen or config.seqlen, context_length(model))
     cell.seconds, cell.peak_rss_gib = (time.perf_counter() - started) * (method != DENSE), round(memory.gib, 3)
     place_for_inference(model, device, config.offload)
     cell.parameters = parameter_count(model)
@@ -96,12 +95,9 @@ def run_cell(model_name: str | Path, method: str, sparsity: float, config: Compr
         reference = measured.get("dense", measured["output"])  # the dense model is its own reference
         cell.speed = {**measured["output"], **{f"dense_{k}": v for k, v in reference.items()}}
         del models
-    if ppl:
-        cell.ppl = evaluate_perplexity(model, tokenizer, ppl, seqlen, config.data_dir, progress=progress,
-                                       windows=ppl_windows)
-    if tasks:
-        cell.zero_shot = evaluate_zero_shot(model, tokenizer, tasks, limit=limit, data_dir=config.data_dir,
-                                            progress=progress, tasks_dir=tasks_dir)
+    measured = measure(model, tokenizer, ppl, tasks, ppl_seqlen or config.seqlen, config.data_dir, ppl_windows,
+                       limit, tasks_dir, progress=progress)
+    cell.ppl, cell.zero_shot = measured.ppl, measured.zero_shot
     return cell
 
 

@@ -109,8 +109,9 @@ class TuneConfig:
                                                 "before the removal (group) or the dense model's hidden states at "
                                                 "its end (dense)", choices=TEACHERS)
     # after the last removal, epochs of tuning every kept block's coefficients, LoRA and norms
-    # together against the dense model's final hidden states: local tunes alone fit the
-    # calibration corpus; this end-to-end tune is what carries to other text (0: the paper's)
+    # together against the dense model (its predictions, or its final hidden states: `distill`):
+    # local tunes alone fit the calibration corpus; this end-to-end tune is what carries to other
+    # text (0: the paper's)
     global_epochs: int = option(4, "fusegpt: epochs of a final tune of every kept block against the dense model "
                                    "(the LoRA baselines get as many more)", check=AT_LEAST_0)
     # learning rate of the fusion coefficients in that global tune (None: `lr`, like LoRA and

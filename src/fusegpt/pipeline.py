@@ -19,7 +19,7 @@ from .data import calibration_windows
 from .data.generated import generated_windows, is_self
 from .evaluation import HealRecord, Report, StepRecord
 from .fusion import merge_block
-from .methods import REPAIRS, SELECTIONS, StepContext
+from .methods import StepContext
 from .methods.selection import score_step
 from .methods.fuse import fusion_aware
 from .errors import FuseGPTError
@@ -108,8 +108,8 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
                     original_depth=depth, seqlen=seqlen, seconds={"calibrate": time.perf_counter() - started},
                     world_size=ranks, shares={"scored blocks": [0] * ranks, "tuning block passes": [0] * ranks})
 
-    selection, repair = SELECTIONS[selection_name], REPAIRS[repair_name]
-    choose = fusion_aware if repair_name == "fuse" and config.fuse_eval_candidates else selection.choose
+    criterion, remove, heal = catalog.CRITERIA[selection_name], needs.remover, needs.healer
+    choose = fusion_aware if repair_name == "fuse" and config.fuse_eval_candidates else criterion.chooser
     ctx = StepContext(model, stack, adapter, config, windows, to_remove, progress=progress)
     latest: dict[int, float] = {}  # every block's most recent score (what rescoring ranks by)
     if checkpoint is not None and checkpoint.exists():
@@ -122,19 +122,19 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
         ctx = replace(ctx, step=step)
         scored, passes = time.perf_counter(), stack.forward_passes
         stack.score_bounds.clear()
-        if step == 0 or not catalog.CRITERIA[selection_name].one_shot:
-            scores = score_step(ctx, selection, latest, config.rescore if step else 0,
+        if step == 0 or not criterion.one_shot:
+            scores = score_step(ctx, criterion.scorer, latest, config.rescore if step else 0,
                                 config.rescore_limit if step else 0)
             latest = {**latest, **scores}
-            if catalog.CRITERIA[selection_name].runs_blocks:  # the criteria that run blocks, split over the ranks
+            if criterion.runs_blocks:  # the criteria that run blocks, split over the ranks
                 for r in range(ranks):
                     report.shares["scored blocks"][r] += len(range(r, len(scores), ranks))
         chosen = choose(ctx, scores)
         removed, score_seconds, score_passes = stack.origin[chosen], time.perf_counter() - scored, \
             stack.forward_passes - passes
         # group, fuse, tune (or delete, or fit a map)
-        outcome = repair.remove(ctx, chosen)
-        report.steps.append(StepRecord(step=step, removed=removed, criterion=selection.criterion, scores=scores,
+        outcome = remove(ctx, chosen)
+        report.steps.append(StepRecord(step=step, removed=removed, criterion=criterion.reported, scores=scores,
                                        group=outcome.group, losses=outcome.losses,
                                        seconds={"score": score_seconds, **outcome.seconds},
                                        optimizer_steps=outcome.optimizer_steps, block_passes=outcome.block_passes,
@@ -144,9 +144,9 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
             checkpoint.save(stack, report, latest)
 
     # heal: the repairs that tune the pruned model once, after the last removal, instead of fusing
-    if repair.heal:
+    if heal:
         stack.release_boundaries()
-    outcome = repair.heal(ctx) if repair.heal else None
+    outcome = heal(ctx) if heal else None
     if outcome:
         _count_passes(report, outcome)
         report.heal = HealRecord(blocks=outcome.group, losses=outcome.losses, optimizer_steps=outcome.optimizer_steps,

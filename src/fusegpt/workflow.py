@@ -186,14 +186,13 @@ def run(job: Job):
             report.gguf = asdict(export)
             report.seconds["gguf"] = time.perf_counter() - writing
         if job.ppl:
-            from .evaluation.ppl import evaluate_perplexity
+            from .evaluation.measure import measure
             from .placement import place_for_inference, resolve_device
 
             evaluating = time.perf_counter()
             place_for_inference(result.model, resolve_device(job.config.device), job.config.offload)
-            report.perplexity = evaluate_perplexity(result.model, tokenizer, job.ppl, job.ppl_seqlen or report.seqlen,
-                                                    job.config.data_dir, progress=job.progress,
-                                                    windows=job.ppl_windows)
+            report.perplexity = measure(result.model, tokenizer, job.ppl, [], job.ppl_seqlen or report.seqlen,
+                                        job.config.data_dir, job.ppl_windows, progress=job.progress).ppl
             report.perplexity_windows = job.ppl_windows
             report.seconds["evaluate"] = time.perf_counter() - evaluating
     except FuseGPTError as error:
@@ -208,21 +207,18 @@ def evaluate(model_name: str, ppl: list[str], tasks: list[str], seqlen: int, dty
              data_dir: str | None = None, tasks_dir: str | None = None, batch_size: int = 8,
              progress: bool = True) -> dict:
     """Perplexity on `ppl` and zero-shot accuracy on `tasks` of a saved model, as `fusegpt eval` reports them."""
-    from .evaluation.ppl import evaluate_perplexity
+    from .evaluation.measure import measure
     from .io import load_model
-    from .placement import context_length, place_for_inference, resolve_device
+    from .placement import place_for_inference, resolve_device
 
     model, tokenizer = load_model(model_name, dtype)
     place_for_inference(model, resolve_device(device), offload)
-    seqlen = min(seqlen, context_length(model))
-    results: dict = {"model": model_name, "seqlen": seqlen}
+    measured = measure(model, tokenizer, ppl, tasks, seqlen, data_dir, ppl_windows, limit, tasks_dir, batch_size,
+                       progress)
+    results: dict = {"model": model_name, "seqlen": measured.seqlen}
     if ppl:
-        results["ppl"] = evaluate_perplexity(model, tokenizer, ppl, seqlen, data_dir, batch_size, progress=progress,
-                                             windows=ppl_windows)
+        results["ppl"] = measured.ppl
         results["ppl_windows"] = ppl_windows  # None: every protocol window
     if tasks:
-        from .evaluation.zeroshot import evaluate_zero_shot  # lm-eval is imported only when asked for
-
-        results["zero_shot"] = evaluate_zero_shot(model, tokenizer, tasks, limit, data_dir, batch_size,
-                                                  progress=progress, tasks_dir=tasks_dir)
+        results["zero_shot"] = measured.zero_shot
     return results

@@ -1,10 +1,11 @@
-"""Global healing against the dense model's final hidden states: LoRA healing, the paper's fair
+"""Global healing against the dense model (its next-token predictions by default, or its final
+hidden states: `TuneConfig.distill`): LoRA healing, the paper's fair
 baseline (MI removal + LoRA, SLEB + LoRA), which fusion has to beat with the same data, loss and
 optimiser and no more compute; and FuseGPT's optional final global tune of its fused blocks.
 
 After the K blocks are removed, every role linear of every kept block gets a LoRA
 pair (rank `lora_rank`, or `rank` when LoRA is off for fusion), and all kept blocks together
-learn to map the embeddings onto the dense model's final hidden states. The budget is compute:
+learn to map the embeddings onto what the dense model computes from them. The budget is compute:
 fusegpt tunes its G neighbours for `epochs` at each of its K steps (then `global_epochs` over every
 kept block); LoRA gets the fewest epochs over the L - K kept blocks whose block passes reach as
 many, on the same windows (`TuneConfig.lora_epochs`). LoRA and norms learn at `lr`, the rate LoRA
@@ -25,8 +26,8 @@ from .step import StepContext, StepOutcome
 
 
 def heal_globally(ctx: StepContext, epochs: int, rates: tuple[float, ...] = ()) -> StepOutcome:
-    """All kept blocks together learn to map the embeddings onto the dense model's final hidden
-    states for `epochs` epochs: fused layers train their coefficients (at `global_coef_lr`) and
+    """All kept blocks together learn to map the embeddings onto the dense model's predictions (or
+    final hidden states) for `epochs` epochs: fused layers train their coefficients (at `global_coef_lr`) and
     LoRA; every other role linear gets a LoRA pair; LoRA and norms learn at `lr`. Coefficients
     that a local tune has already fitted overfit at a high rate (78.07 against 61.21 PPL on SmolLM2
     with 3 local epochs); coefficients that start here at zero need it (docs/BENCHMARKS.md)."""

@@ -1,10 +1,10 @@
-"""Selection criteria: which block goes next. Each scores the current blocks (lower = removed
-sooner) and chooses one; a one-shot criterion (catalog.CRITERIA) scores the dense model once and
-keeps its scores."""
+"""Selection criteria: which block goes next. Each scoring function scores the current blocks
+(lower = removed sooner) and a choosing function picks one; catalog.CRITERIA names which go
+together and whether a criterion scores the dense model once and keeps its scores."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 from ..importance import block_influence, calibration_nll, macro_influence, output_divergence, span_distance
@@ -41,39 +41,46 @@ def next_given(ctx: StepContext, scores: Scores) -> int:
     return ctx.stack.origin.index(ctx.config.blocks[ctx.step])
 
 
-@dataclass(frozen=True)
-class Selection:
-    criterion: str  # what the scores measure, as the report names it
-    score: Callable[[StepContext], list[float] | Scores]  # one score per current block, or per original index
-    choose: Callable[[StepContext, Scores], int] = lowest  # current index of the block to remove
+def by_macro_influence(ctx: StepContext) -> Scores:
+    """FuseGPT: the block without which the final hidden states change least (iterative)."""
+    return macro_influence(ctx.stack, ctx.config.mi_samples, ctx.candidates, ctx.progress, ctx.prior, ctx.to_beat)
 
 
-SELECTIONS: dict[str, Selection] = {
-    # FuseGPT: the block without which the final hidden states change least (iterative)
-    "mi": Selection("macro_influence", lambda ctx: macro_influence(ctx.stack, ctx.config.mi_samples, ctx.candidates,
-                                                                   ctx.progress, ctx.prior, ctx.to_beat)),
-    # ShortGPT: the block that changes its own input least, scored once
-    "bi": Selection("block_influence", lambda ctx: block_influence(ctx.stack, ctx.config.mi_samples)),
-    # SLEB: the block without which the calibration loss is lowest (iterative)
-    "nll": Selection("calibration_nll", lambda ctx: calibration_nll(
-        ctx.stack, ctx.adapter.head(ctx.model), ctx.input_ids, ctx.config.mi_samples, ctx.candidates, ctx.progress,
-        ctx.prior, ctx.to_beat)),
-    # SLEB's criterion against the dense model's predictions instead of the text's next tokens (iterative)
-    "kl": Selection("output_divergence", lambda ctx: output_divergence(
-        ctx.stack, ctx.adapter.head(ctx.model), ctx.config.mi_samples, ctx.config.kl_top_k, ctx.config.kl_stride,
-        ctx.candidates, ctx.progress, ctx.prior, ctx.to_beat)),
-    # "Reassessing Layer Pruning": the blocks just before the final one
-    "last": Selection("position", lambda ctx: [float(i) for i in ctx.stack.origin], first_of_the_tail),
-    # ReplaceMe / "Unreasonable Ineffectiveness of the Deeper Layers": the contiguous span of K
-    # blocks whose input and output are most alike (cosine), scored once; a score per span start
-    "span": Selection("span_distance", lambda ctx: span_distance(ctx.stack, ctx.to_remove, ctx.config.mi_samples),
-                      first_of_the_span),
-    # the user's blocks, in the user's order: to compare repairs on the same blocks
-    "given": Selection("given", lambda ctx: [0.0] * len(ctx.stack), next_given),
-}
+def by_block_influence(ctx: StepContext) -> list[float]:
+    """ShortGPT: the block that changes its own input least, scored once."""
+    return block_influence(ctx.stack, ctx.config.mi_samples)
 
 
-def score_step(ctx: StepContext, selection: Selection, latest: Scores, chunk: int, limit: int = 0) -> Scores:
+def by_calibration_nll(ctx: StepContext) -> Scores:
+    """SLEB: the block without which the calibration loss is lowest (iterative)."""
+    return calibration_nll(ctx.stack, ctx.adapter.head(ctx.model), ctx.input_ids, ctx.config.mi_samples,
+                           ctx.candidates, ctx.progress, ctx.prior, ctx.to_beat)
+
+
+def by_output_divergence(ctx: StepContext) -> Scores:
+    """SLEB's criterion against the dense model's predictions instead of the text's next tokens (iterative)."""
+    return output_divergence(ctx.stack, ctx.adapter.head(ctx.model), ctx.config.mi_samples, ctx.config.kl_top_k,
+                             ctx.config.kl_stride, ctx.candidates, ctx.progress, ctx.prior, ctx.to_beat)
+
+
+def by_position(ctx: StepContext) -> list[float]:
+    """"Reassessing Layer Pruning": the blocks just before the final one."""
+    return [float(i) for i in ctx.stack.origin]
+
+
+def by_span_distance(ctx: StepContext) -> Scores:
+    """ReplaceMe / "Unreasonable Ineffectiveness of the Deeper Layers": the contiguous span of K
+    blocks whose input and output are most alike (cosine), scored once; a score per span start."""
+    return span_distance(ctx.stack, ctx.to_remove, ctx.config.mi_samples)
+
+
+def unscored(ctx: StepContext) -> list[float]:
+    """The user's blocks (`--blocks`), in the user's order: to compare repairs on the same blocks."""
+    return [0.0] * len(ctx.stack)
+
+
+def score_step(ctx: StepContext, score: Callable[[StepContext], list[float] | Scores], latest: Scores, chunk: int,
+               limit: int = 0) -> Scores:
     """This step's scores. With `chunk` 0 (or a block never scored), every block's. Otherwise lazily:
     the blocks in the order of their latest scores, `chunk` at a time, until the best fresh score is
     no higher than any unscored block's latest one. Removing blocks moves the output further from the
@@ -85,7 +92,7 @@ def score_step(ctx: StepContext, selection: Selection, latest: Scores, chunk: in
     stack = ctx.stack
 
     def scored_for(candidates: list[int] | None, to_beat: float = math.inf) -> Scores:
-        computed = selection.score(replace(ctx, candidates=candidates, prior=latest or None, to_beat=to_beat))
+        computed = score(replace(ctx, candidates=candidates, prior=latest or None, to_beat=to_beat))
         return computed if isinstance(computed, dict) else dict(zip(stack.origin, computed))
 
     def rank(i: int) -> float:
