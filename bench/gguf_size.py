@@ -44,7 +44,7 @@ def _importance(model, tokenizer, report: dict) -> dict:
     import torch
 
     from fusegpt.data import calibration_windows
-    from fusegpt.gguf_rounding import IMPORTANCE_WINDOWS, activation_importance
+    from fusegpt.export.gguf_rounding import IMPORTANCE_WINDOWS, activation_importance
     from fusegpt.models import adapter_for
 
     config = report["config"]
@@ -54,7 +54,7 @@ def _importance(model, tokenizer, report: dict) -> dict:
 
 
 def write(variant: str, model, report: dict, source: Path, path: Path, importance: dict, input_type: str):
-    from fusegpt.gguf_out import write_gguf
+    from fusegpt.export.gguf_out import write_gguf
 
     gguf_type = {"F16": "F16", "Q8_0": "Q8_0", "input-type": input_type, "input-type+importance": input_type}.get(variant)
     return write_gguf(model, report["kept"], source, path, gguf_type,

@@ -101,7 +101,7 @@ def main() -> None:
 
     from fusegpt import load_model
     from fusegpt.evaluation.ppl import perplexity
-    from fusegpt.gguf_out import write_gguf
+    from fusegpt.export.gguf_out import write_gguf
 
     cell = sys.argv[1] if len(sys.argv) > 1 else "frontier-smollm2/s25-default"
     folder = OUTPUTS / cell

@@ -53,7 +53,7 @@ def scale(args) -> dict:
     from transformers import AutoTokenizer
 
     from fusegpt import CompressConfig, TuneConfig, compress
-    from fusegpt.plan import plan, shape_of
+    from fusegpt.runtime.plan import plan, shape_of
 
     shape = {**LLAMA_7B, **(json.loads(args.shape) if args.shape else {})}
     built = time.perf_counter()

@@ -65,7 +65,7 @@ def estimate_mib(depth: int, nsamples: int, cache: str, config=None) -> float:
     """`--dry-run`'s peak estimate for the cell (the model built on the meta device)."""
     import torch
 
-    from fusegpt.plan import plan, shape_of
+    from fusegpt.runtime.plan import plan, shape_of
 
     with torch.device("meta"):
         model = _model(depth, 512)

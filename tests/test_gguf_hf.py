@@ -15,7 +15,7 @@ from transformers import (AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, Ll
 
 from fusegpt import load_model
 from fusegpt.cli import main
-from fusegpt.gguf_hf import _pre_tokenizer, write_gguf_from_hf
+from fusegpt.export.gguf_hf import _pre_tokenizer, write_gguf_from_hf
 from gguf_writer import MERGES, write_tiny_gguf
 from test_cli import _compress, _one_line_error
 
@@ -241,7 +241,7 @@ def test_a_gguf_input_with_real_norm_magnitudes_comes_back_after_a_repair_that_t
     logit: the arithmetic of larger activations). Gemma 3 below; transformers' GGUF loader reads no
     Qwen3 whose head is wider than hidden / heads, which is the tiny Qwen3 here."""
     from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress
-    from fusegpt.gguf_out import write_gguf
+    from fusegpt.export.gguf_out import write_gguf
 
     _llama_cpp()
     vocab = len(bpe_tokenizer)
@@ -274,7 +274,7 @@ def test_a_gemma3_gguf_input_keeps_its_kept_blocks_sliding_layout(tmp_path, bpe_
     on the GGUF written straight from the HF model); on the real model it agrees (the slow test in
     test_gguf_out.py)."""
     from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress
-    from fusegpt.gguf_out import write_gguf
+    from fusegpt.export.gguf_out import write_gguf
 
     vocab = len(bpe_tokenizer)
     shape = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,

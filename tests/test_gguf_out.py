@@ -11,7 +11,7 @@ import torch
 
 from fusegpt import load_model
 from fusegpt.cli import main
-from fusegpt.gguf_out import write_gguf
+from fusegpt.export.gguf_out import write_gguf
 from gguf_writer import DEPTH, PER_BLOCK_KEY, fused_away, write_tiny_gguf
 from test_cli import _compress, _one_line_error
 
@@ -130,7 +130,7 @@ def test_a_gguf_that_cannot_be_written_stops_the_run_before_calibration(tmp_path
     """A loader transform that is no permutation plus an offset (here: it squares the norms) is found by
     the probe on the loaded model, before the calibration windows are even read: one line, exit 2,
     nothing written. With --no-gguf the same run goes on (into the sentinel that stands for calibration)."""
-    import fusegpt.gguf_out as gguf_out
+    import fusegpt.export.gguf_out as gguf_out
 
     (tmp_path / "in").mkdir()
     source = write_tiny_gguf(tmp_path / "in" / "tiny.gguf")
@@ -158,7 +158,7 @@ def test_a_gguf_that_fails_at_the_end_keeps_the_hf_model_and_names_the_way_out(t
     def fails(*args, **kwargs):
         raise RuntimeError("unforeseen")
 
-    monkeypatch.setattr("fusegpt.gguf_out.write_gguf", fails)
+    monkeypatch.setattr("fusegpt.export.gguf_out.write_gguf", fails)
     out = tmp_path / "out"
     assert main(_compress(source, out, text_file, "--num-remove", "1")) == 2
     error = _one_line_error(capsys)

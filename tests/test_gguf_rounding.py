@@ -12,8 +12,8 @@ from gguf_writer import fused_away, write_tiny_gguf
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it is in the test extra)")
-from fusegpt.gguf_out import write_gguf  # noqa: E402
-from fusegpt.gguf_rounding import Choice, activation_importance, fit_types, quantise, weighted_error  # noqa: E402
+from fusegpt.export.gguf_out import write_gguf  # noqa: E402
+from fusegpt.export.gguf_rounding import Choice, activation_importance, fit_types, quantise, weighted_error  # noqa: E402
 
 Q4_1, Q8_0 = gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q8_0
 

@@ -5,7 +5,7 @@ import torch
 
 from conftest import tiny_llama
 from fusegpt.evaluation.ppl import perplexity
-from fusegpt.placement import execution_device, place_for_inference, stays_on_device
+from fusegpt.runtime.placement import execution_device, place_for_inference, stays_on_device
 
 GIB = 2**30
 
@@ -36,7 +36,7 @@ def test_streamed_evaluation_equals_the_resident_one():
 def test_device_memory_caps_what_placement_may_use(monkeypatch):
     """`--device-memory 24` on a card with 140 GiB free places as a 24 GiB card would: a 7B model
     in bf16 with a 12 GiB working set streams instead of staying."""
-    import fusegpt.placement as placement
+    import fusegpt.runtime.placement as placement
 
     monkeypatch.setattr(placement, "free_memory", lambda device: 140 * GIB)
     monkeypatch.setattr(placement, "model_bytes", lambda model: 13 * GIB)

@@ -26,7 +26,7 @@ def _plan_7b(tmp_path, monkeypatch, capsys, available: int, *extra: str) -> tupl
     folder = tmp_path / "llama-2-7b"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(LLAMA2_7B))  # no weights
-    monkeypatch.setattr("fusegpt.plan.available_memory", lambda: available)
+    monkeypatch.setattr("fusegpt.runtime.plan.available_memory", lambda: available)
     code = main(["compress", str(folder), "--out", str(tmp_path / "out"), "--dry-run", "--nsamples", "128",
                  "--seqlen", "2048", "--dtype", "bfloat16", *extra])
     out, err = capsys.readouterr()
@@ -125,9 +125,9 @@ def test_dry_run_estimate_is_within_30_percent_of_the_measured_peak(tmp_path, te
             "--nsamples", str(nsamples), "--seqlen", str(seqlen), "--mi-samples", "4", "--epochs", "1",
             "--num-remove", "2", "--quiet"]
     # the dry run's plan itself: its printout rounds to 0.1 GiB, 4% of this small estimate
-    import fusegpt.plan
-    planned, real = [], fusegpt.plan.plan
-    monkeypatch.setattr(fusegpt.plan, "plan", lambda *a, **k: planned.append(real(*a, **k)) or planned[-1])
+    import fusegpt.runtime.plan
+    planned, real = [], fusegpt.runtime.plan.plan
+    monkeypatch.setattr(fusegpt.runtime.plan, "plan", lambda *a, **k: planned.append(real(*a, **k)) or planned[-1])
     assert main([*args, "--dry-run"]) == 0
     estimate = planned[0].peak_host / GIB
     measured = subprocess.run([sys.executable, "-c", _MEASURE, *args], capture_output=True, text=True)

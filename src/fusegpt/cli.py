@@ -132,7 +132,7 @@ def _run_compress(args) -> None:
                      num_remove=args.num_remove)
     _check_sources(args, config.calib)
     if args.dry_run:
-        from .plan import plan
+        from .runtime.plan import plan
 
         planned = plan(args.model, config)
         print(planned.render())
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _launched_as_ranks() -> bool:
-    from .distributed import launched
+    from .runtime.distributed import launched
 
     return launched()
 

@@ -66,7 +66,7 @@ def run_cell(model_name: str | Path, method: str, sparsity: float, config: Compr
     from . import load_model
     from .evaluation.cost import PeakRSS, inference_speed, parameter_count
     from .evaluation.measure import measure
-    from .placement import place_for_inference, resolve_device
+    from .runtime.placement import place_for_inference, resolve_device
     from .workflow import load_and_compress
 
     started, model_name = time.perf_counter(), str(model_name)

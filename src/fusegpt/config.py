@@ -270,7 +270,7 @@ class CompressConfig:
                                        "or all (every block's on every window: faster, depth x nsamples x seqlen x "
                                        "hidden floats); same results", choices=HIDDEN_CACHES)
     # the model stays on the compute device for the whole run when it fits ("auto"), or streams
-    # block by block from the host ("always"; "never" keeps it there regardless); placement.py
+    # block by block from the host ("always"; "never" keeps it there regardless); runtime/placement.py
     offload: Literal["auto", "never", "always"] = option(
         "auto", "auto: the model stays on the compute device for the whole run when it fits there, else it stays in "
                 "host memory and blocks are streamed to the device as they run; always: stream; never: move it all "

@@ -11,8 +11,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from .calibrate import BlockStack, capture_block_inputs, onloaded
-from . import distributed
-from .checkpoint import Checkpoint
+from .runtime import distributed
+from .runtime.checkpoint import Checkpoint
 from . import catalog
 from .config import CompressConfig, torch_dtype
 from .data import calibration_windows
@@ -25,8 +25,8 @@ from .methods.fuse import fusion_aware
 from .errors import FuseGPTError
 from .models import adapter_for
 from .tuning.losses import BATCH_LOSSES
-from .placement import STREAMED_CANDIDATES, context_length, place, resolve_device
-from .plan import plan, shape_of
+from .runtime.placement import STREAMED_CANDIDATES, context_length, place, resolve_device
+from .runtime.plan import plan, shape_of
 
 
 @dataclass

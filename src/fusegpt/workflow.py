@@ -50,7 +50,7 @@ def checked_output(job: Job) -> tuple[Path, Path]:
     if job.asks_gguf and gguf_file(job.model) is None:  # a HF model's family must be one the GGUF writer knows
         from transformers import AutoConfig
 
-        from .gguf_hf import architecture
+        from .export.gguf_hf import architecture
 
         try:
             config = AutoConfig.from_pretrained(job.model)
@@ -58,7 +58,7 @@ def checked_output(job: Job) -> tuple[Path, Path]:
             config = None  # not a loadable model: loading it says so, in its own words
         if config is not None:
             architecture(config)
-    from .gguf_out import check_gguf_type
+    from .export.gguf_out import check_gguf_type
 
     check_gguf_type(job.gguf_type)
     return out, folder
@@ -93,8 +93,8 @@ def gguf_probe(job: Job):
     wanted = [True]
 
     def check(model, tokenizer) -> None:
-        from .gguf_hf import probe_gguf_from_hf
-        from .gguf_out import MissingQuantiser, probe_gguf
+        from .export.gguf_hf import probe_gguf_from_hf
+        from .export.gguf_out import MissingQuantiser, probe_gguf
 
         try:
             if source is not None:
@@ -114,12 +114,12 @@ def gguf_probe(job: Job):
 def gguf_importance(result, job: Job) -> dict | None:
     """The compressed model's activation importance on its calibration windows, which GGUF out
     weighs the rounding of its changed tensors by (`gguf_rounding`)."""
-    from .gguf_hf import DEFAULT_TYPE
-    from .gguf_out import UNQUANTISED
-    from .gguf_rounding import IMPORTANCE_WINDOWS, activation_importance
+    from .export.gguf_hf import DEFAULT_TYPE
+    from .export.gguf_out import UNQUANTISED
+    from .export.gguf_rounding import IMPORTANCE_WINDOWS, activation_importance
     from .models import adapter_for
     from .paths import gguf_file
-    from .placement import resolve_device
+    from .runtime.placement import resolve_device
 
     written_type = job.gguf_type or ("" if gguf_file(job.model) else DEFAULT_TYPE)  # "": the GGUF input's types
     if result.windows is None or written_type.upper() in UNQUANTISED:  # nothing is rounded
@@ -132,8 +132,8 @@ def gguf_importance(result, job: Job) -> dict | None:
 def run(job: Job):
     """Compress, save, write GGUF, evaluate; returns the compress result (rank 0's under torchrun,
     None on the other ranks). Every failure after saving keeps the saved model and says so."""
-    from . import distributed
-    from .checkpoint import Checkpoint
+    from .runtime import distributed
+    from .runtime.checkpoint import Checkpoint
     from .io import REPORT_NAME, save_compressed
     from .paths import gguf_file
 
@@ -165,8 +165,8 @@ def run(job: Job):
         if writes_gguf():
             from dataclasses import asdict
 
-            from .gguf_hf import write_gguf_from_hf
-            from .gguf_out import write_gguf
+            from .export.gguf_hf import write_gguf_from_hf
+            from .export.gguf_out import write_gguf
 
             writing = time.perf_counter()
             try:
@@ -187,7 +187,7 @@ def run(job: Job):
             report.seconds["gguf"] = time.perf_counter() - writing
         if job.ppl:
             from .evaluation.measure import measure
-            from .placement import place_for_inference, resolve_device
+            from .runtime.placement import place_for_inference, resolve_device
 
             evaluating = time.perf_counter()
             place_for_inference(result.model, resolve_device(job.config.device), job.config.offload)
@@ -209,7 +209,7 @@ def evaluate(model_name: str, ppl: list[str], tasks: list[str], seqlen: int, dty
     """Perplexity on `ppl` and zero-shot accuracy on `tasks` of a saved model, as `fusegpt eval` reports them."""
     from .evaluation.measure import measure
     from .io import load_model
-    from .placement import place_for_inference, resolve_device
+    from .runtime.placement import place_for_inference, resolve_device
 
     model, tokenizer = load_model(model_name, dtype)
     place_for_inference(model, resolve_device(device), offload)

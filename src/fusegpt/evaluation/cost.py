@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from ..placement import execution_device
+from ..runtime.placement import execution_device
 
 _PAGE = resource.getpagesize()
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel
 
-from ..placement import context_length
+from ..runtime.placement import context_length
 from .ppl import evaluate_perplexity
 
 

@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 
 from ..data import perplexity_ids
 from ..errors import FuseGPTError
-from ..placement import execution_device
+from ..runtime.placement import execution_device
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from transformers import PreTrainedModel
 from ..data.tasks import local_docs, local_paths, tasks_root
 from ..config import TASKS
 from ..errors import FuseGPTError
-from ..placement import context_length, execution_device
+from ..runtime.placement import context_length, execution_device
 
 # The metric each task is customarily reported with (lm-eval numbers as in the FuseGPT and SLEB papers).
 METRIC = {"piqa": "acc", "hellaswag": "acc_norm", "winogrande": "acc", "arc_easy": "acc", "arc_challenge": "acc_norm",

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..calibrate import BlockStack
-from ..distributed import gather, share
+from ..runtime.distributed import gather, share
 from .block_influence import block_influence
 
 CHUNKS = 8  # a candidate's scoring windows are run in up to this many parts, each a chance to stop

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import torch
 
-from .. import distributed
+from ..runtime import distributed
 from ..calibrate import BlockStack
 from ..fusion import group_window, inject, trainable_parameters
 from ..importance import mean_cosine

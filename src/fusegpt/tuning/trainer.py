@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from ..calibrate import BlockStack, onloaded
-from .. import distributed
+from ..runtime import distributed
 from ..config import TuneConfig, held_out_windows
 from .losses import BATCH_LOSSES, LOSSES, Loss
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from .calibrate import BlockStack
-from .errors import FuseGPTError
-from .files import write_atomic
-from .evaluation.report import Report, StepRecord
-from .paths import STATE
+from ..calibrate import BlockStack
+from ..errors import FuseGPTError
+from ..files import write_atomic
+from ..evaluation.report import Report, StepRecord
+from ..paths import STATE
 
 
 def _first_difference(saved: dict, current: dict, prefix: str = "") -> str | None:

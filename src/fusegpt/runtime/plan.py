@@ -25,9 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import catalog
-from .config import CompressConfig
-from .errors import FuseGPTError
+from .. import catalog
+from ..config import CompressConfig
+from ..errors import FuseGPTError
 from .placement import STREAMED_CANDIDATES
 
 RUNTIME = int(0.45 * 2**30)  # Python, torch, transformers and a tokenizer, resident before any model
@@ -62,7 +62,7 @@ def model_shape(name: str) -> Shape:
     """The shape of a model from its config, with parameters counted on the meta device."""
     import torch
 
-    from .io import load_config, model_class
+    from ..io import load_config, model_class
 
     config = load_config(name)
     with torch.device("meta"):
@@ -71,8 +71,8 @@ def model_shape(name: str) -> Shape:
 
 def shape_of(model) -> Shape:
     """The shape of a model built from its config (loaded or on the meta device)."""
-    from .fusion.layer import linear_weights
-    from .models import adapter_for
+    from ..fusion.layer import linear_weights
+    from ..models import adapter_for
     from .placement import context_length
 
     adapter = adapter_for(model)

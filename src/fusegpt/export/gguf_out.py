@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FuseGPTError
-from .files import write_atomic
+from ..errors import FuseGPTError
+from ..files import write_atomic
 
 QUANTISER_HINT = ("install llama-cpp-python (pip install llama-cpp-python; it builds llama.cpp from source "
                   "with gcc and cmake), or pass --gguf-type F16 or F32")
@@ -249,6 +249,8 @@ def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str |
     import gguf
     from tqdm.auto import tqdm
 
+    from .gguf_rounding import fitted, reweighted
+
     reader = gguf.GGUFReader(source)
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
     depth_field = reader.fields.get(f"{arch}.block_count")
@@ -302,7 +304,7 @@ def write_gguf(model, kept: list[int], source: Path, out: Path, gguf_type: str |
                              changed, weights)
     else:  # no larger than the input
         require_quantiser(target_type)
-        written = _fitted(changed, weights, {new: tensor for new, tensor in plan}, reader)
+        written = fitted(changed, weights, {new: tensor for new, tensor in plan}, reader)
     type_name = target_type.name.removeprefix("MOSTLY_").removeprefix("ALL_")
     export = GGUFExport(file=str(out), file_type=type_name, bytes=0, weighted=len(weights.keys() & written.keys()),
                         rounding=("unquantised" if type_name in UNQUANTISED else f"llama.cpp's {type_name} rules"
@@ -319,55 +321,6 @@ def _columns(processor, vector: np.ndarray, shape: tuple, name: str) -> np.ndarr
     or columns); None where the transform mixes them."""
     moved = _to_gguf(processor, np.broadcast_to(vector.astype(np.float32), shape).copy(), name)
     return moved[0] if np.array_equal(moved, np.broadcast_to(moved[0], moved.shape)) else None
-
-
-def reweighted(written: dict[str, tuple], tensors: dict[str, np.ndarray],
-               weights: dict[str, np.ndarray]) -> dict[str, tuple]:
-    """llama.cpp's (bytes, type) of `written`, those of the `tensors` that have importance `weights`
-    rounded again at the same type with them (llama.cpp's rules chose the types, not the rounding)."""
-    return {name: _rounded(tensors[name], kind, weights[name]) if name in weights else (data, kind)
-            for name, (data, kind) in written.items()}
-
-
-def _rounded(data: np.ndarray, kind, importance: np.ndarray | None) -> tuple[np.ndarray, int]:
-    """(bytes, GGML type) of a tensor at `kind`: vectors (norms) at F16 or else F32."""
-    import gguf
-
-    from .gguf_rounding import quantise
-
-    kind = gguf.GGMLQuantizationType(kind)
-    if data.ndim == 1 and kind != gguf.GGMLQuantizationType.F16:
-        kind = gguf.GGMLQuantizationType.F32
-    rows = quantise(data.reshape(-1, data.shape[-1]), kind, importance)
-    return rows.reshape(*data.shape[:-1], -1), kind
-
-
-ALIGNMENT = 32  # GGUF's default: each tensor's data starts on a multiple
-
-
-def _fitted(changed: dict[str, np.ndarray], weights: dict[str, np.ndarray], inputs: dict,
-            reader) -> dict[str, tuple[np.ndarray, int]]:
-    """The changed tensors (`inputs`: the input's tensor under each output name) in a file no larger
-    than the input (`reader`): each matrix at its input type or raised (`fit_types`) with the bytes
-    the removed tensors freed; vectors at their input type."""
-    import gguf
-
-    from .gguf_rounding import fit_types, options
-
-    def aligned(size: int) -> int:
-        return -(-size // ALIGNMENT) * ALIGNMENT
-
-    data_bytes = sum(aligned(t.data.nbytes) for t in reader.tensors)
-    kept_bytes = sum(aligned(t.data.nbytes) for t in inputs.values())
-    # the output's keys and tensor list are the input's, shorter, plus at most one key (1 KiB)
-    budget = data_bytes - kept_bytes - ALIGNMENT * len(changed) - 1024
-    matrices = {name: options(data.reshape(-1, data.shape[-1]), gguf.GGMLQuantizationType(inputs[name].tensor_type),
-                              weights.get(name))
-                for name, data in changed.items() if data.ndim > 1}
-    chosen = fit_types(matrices, max(0, budget))
-    written = {name: _rounded(data, inputs[name].tensor_type, None) for name, data in changed.items() if data.ndim == 1}
-    written.update({name: _rounded(changed[name], choice.kind, weights.get(name)) for name, choice in chosen.items()})
-    return written
 
 
 def unquantised(data: np.ndarray, file_type) -> tuple[np.ndarray, int]:

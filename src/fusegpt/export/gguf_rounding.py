@@ -143,7 +143,7 @@ def activation_importance(model, blocks: list, windows: torch.Tensor, batch_size
     """Each linear layer's mean squared input per column over `windows` (its HF weight's name ->
     vector): llama.cpp's imatrix, from one pass of the compressed model over its calibration
     windows, a block at a time on `device`."""
-    from .calibrate import StopForward, computing_on
+    from ..calibrate import StopForward, computing_on
 
     inside = {id(m) for block in blocks for m in block.modules()}
     linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and id(m) in inside}
@@ -173,3 +173,48 @@ def activation_importance(model, blocks: list, windows: torch.Tensor, batch_size
         for handle in handles:
             handle.remove()
     return {f"{name}.weight": (sums[name] / counts[name]).double().numpy() for name in sums}
+
+
+def reweighted(written: dict[str, tuple], tensors: dict[str, np.ndarray],
+               weights: dict[str, np.ndarray]) -> dict[str, tuple]:
+    """llama.cpp's (bytes, type) of `written`, those of the `tensors` that have importance `weights`
+    rounded again at the same type with them (llama.cpp's rules chose the types, not the rounding)."""
+    return {name: rounded(tensors[name], kind, weights[name]) if name in weights else (data, kind)
+            for name, (data, kind) in written.items()}
+
+
+def rounded(data: np.ndarray, kind, importance: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """(bytes, GGML type) of a tensor at `kind`: vectors (norms) at F16 or else F32."""
+    import gguf
+
+    kind = gguf.GGMLQuantizationType(kind)
+    if data.ndim == 1 and kind != gguf.GGMLQuantizationType.F16:
+        kind = gguf.GGMLQuantizationType.F32
+    rows = quantise(data.reshape(-1, data.shape[-1]), kind, importance)
+    return rows.reshape(*data.shape[:-1], -1), kind
+
+
+ALIGNMENT = 32  # GGUF's default: each tensor's data starts on a multiple
+
+
+def fitted(changed: dict[str, np.ndarray], weights: dict[str, np.ndarray], inputs: dict,
+            reader) -> dict[str, tuple[np.ndarray, int]]:
+    """(bytes, GGML type) of the changed tensors (`inputs`: the input's tensor under each output
+    name) in a file no larger than the input (`reader`): each matrix at its input type or raised (`fit_types`) with the bytes
+    the removed tensors freed; vectors at their input type."""
+    import gguf
+
+    def aligned(size: int) -> int:
+        return -(-size // ALIGNMENT) * ALIGNMENT
+
+    data_bytes = sum(aligned(t.data.nbytes) for t in reader.tensors)
+    kept_bytes = sum(aligned(t.data.nbytes) for t in inputs.values())
+    # the output's keys and tensor list are the input's, shorter, plus at most one key (1 KiB)
+    budget = data_bytes - kept_bytes - ALIGNMENT * len(changed) - 1024
+    matrices = {name: options(data.reshape(-1, data.shape[-1]), gguf.GGMLQuantizationType(inputs[name].tensor_type),
+                              weights.get(name))
+                for name, data in changed.items() if data.ndim > 1}
+    chosen = fit_types(matrices, max(0, budget))
+    written = {name: rounded(data, inputs[name].tensor_type, None) for name, data in changed.items() if data.ndim == 1}
+    written.update({name: rounded(changed[name], choice.kind, weights.get(name)) for name, choice in chosen.items()})
+    return written

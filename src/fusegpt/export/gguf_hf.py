@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FuseGPTError
-from .gguf_out import (UNQUANTISED, GGUFExport, _columns, _file_type, _processor, _quantise, _to_gguf, reweighted,
+from ..errors import FuseGPTError
+from .gguf_out import (UNQUANTISED, GGUFExport, _columns, _file_type, _processor, _quantise, _to_gguf,
                        unquantised, write_file)
 
 # HF model type -> llama.cpp architecture (Mistral's dense models run as llama there)
@@ -221,6 +221,8 @@ def write_gguf_from_hf(model, tokenizer, out: Path, gguf_type: str | None = None
     type llama.cpp's rules choose each tensor's type and `importance` (HF weight name -> mean squared
     input per column, `gguf_rounding.activation_importance`) weights the rounding of the linears."""
     import gguf
+
+    from .gguf_rounding import reweighted
 
     arch = architecture(model.config)
     target_type = _file_type(gguf_type or DEFAULT_TYPE)
