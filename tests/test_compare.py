@@ -91,3 +91,26 @@ def test_a_cell_reports_cost_size_and_speed(model_dir, text_file):
     assert set(cell.speed) == {"prefill_tokens_per_s", "decode_tokens_per_s", "dense_prefill_tokens_per_s",
                                "dense_decode_tokens_per_s"}
     assert all(v > 0 for v in cell.speed.values())
+
+
+def test_an_option_added_later_leaves_cached_cells_valid_at_its_earlier_value():
+    """A cell's fingerprint leaves out an option at the value it declares runs had before it
+    (`earlier`), and sees it at any other; the paper's preset (no lazy rescoring) has one too."""
+    from dataclasses import replace
+
+    from fusegpt.compare import fingerprint
+    from fusegpt.config import preset
+    from fusegpt.options import unchanged_since
+
+    config = CompressConfig()
+    before = replace(config, tune=replace(config.tune, warmup=0.0, distill="hidden"))
+    assert {"tune.warmup", "tune.distill"} <= set(unchanged_since(before))
+    assert "tune.warmup" not in unchanged_since(replace(config, tune=replace(config.tune, warmup=0.1)))
+
+    def key(c: CompressConfig, method: str = "kl-fuse") -> str:
+        return fingerprint(c, method, ["wikitext2"], [], None, 4)
+
+    warmed = replace(before, tune=replace(before.tune, warmup=0.1))
+    assert key(warmed) != key(before) and key(warmed, "mi") == key(before, "mi")  # no tune, no difference
+    paper = preset("paper")
+    assert paper.rescore == 0 and key(paper, "fusegpt") != key(replace(paper, rescore=4), "fusegpt")

@@ -94,6 +94,25 @@ def test_updates_do_not_depend_on_the_scale_of_the_hidden_states(name):
                           atol=1e-5)
 
 
+def test_coefficient_decay_shrinks_the_coefficients_by_the_rate_times_the_decay():
+    """At the teacher the loss has no gradient, so Adam's update is zero and decay alone acts: one
+    step (4 windows, a batch of 4) at rate 1e-2 with decay 5 multiplies the coefficient by
+    1 - 1e-2 x 5; without decay it stays where it is."""
+    from fusegpt.calibrate import BlockStack
+    from fusegpt.config import TuneConfig
+    from fusegpt.tuning import tune_group
+
+    x, w = torch.randn(4, 5, 6, generator=torch.Generator().manual_seed(0)), torch.full((6,), 2.0)
+    for decay, expected in ((0.0, 2.0), (5.0, 1.9)):
+        block = _Scale(w.clone())
+        stack = BlockStack([block], [{}], x, torch.device("cpu"), batch_size=4)
+        tuned = tune_group(stack, 0, 1, x, x * w, [block.w], [],
+                           TuneConfig(loss="mse", epochs=1, batch_size=4, coef_lr=1e-2, lr=1e-2, coef_decay=decay),
+                           seed=0, progress=False)
+        assert tuned.optimizer_steps == 1
+        assert torch.allclose(block.w.detach(), torch.full((6,), expected))
+
+
 def test_relative_mse_weighs_every_token_alike():
     """A token 100x larger than the others (an attention sink) counts as much as any other."""
     teacher = torch.ones(1, 3, 4)

@@ -14,17 +14,12 @@ from . import catalog
 from .config import RECIPES, CompressConfig
 from .evaluation.comparison import DENSE, Cell, write_outputs
 from .files import write_atomic
+from .options import unchanged_since
 
 SPEED_PROTOCOL = "interleaved with a dense copy, medians of 5 rounds"  # cells timed otherwise are redone
-# fusion's tuning settings added after cells were cached, with the value that reproduces what ran
-# before: left out of the fingerprint at that value (and for repairs that do not fuse), so that
-# adding a knob does not invalidate every cell
-NEUTRAL_TUNE = {"global_coef_lr": None, "distill": "hidden", "distill_top_k": 0, "trial_rates": (), "compute": "float32", "warmup": 0.0,
-                # how a tune holds its memory, never what it computes
-                "micro_batch": None, "checkpoint_activations": None, "optimizer_on_host": None}
 FUSION_ONLY_TUNE = ("global_coef_lr", "trial_rates")  # shapes fusing repairs only
-MEMORY_TUNE = ("micro_batch", "checkpoint_activations", "optimizer_on_host")  # results equal up to rounding
-NEUTRAL_FUSION = {"normalize_donors": False}  # cells cached before it existed ran without
+# how a tune holds its memory, never what it computes (results equal up to rounding)
+MEMORY_TUNE = ("micro_batch", "checkpoint_activations", "optimizer_on_host")
 NEUTRAL_SCORING = ("kl_top_k", "kl_stride", "rescore", "rescore_limit")  # 0: what ran before each existed
 
 
@@ -32,20 +27,21 @@ def fingerprint(config: CompressConfig, method: str, ppl: list[str], tasks: list
                 ppl_windows: int | None, ppl_seqlen: int | None = None) -> str:
     """A hash of what shaped the cell: the evaluation always; calibration and scoring for every
     compressed model; fusion and tuning settings only for the repairs that use them. Where the
-    work runs (device, offloading, the hidden-state cache) changes no result and is left out."""
+    work runs (device, offloading, the hidden-state cache) changes no result and is left out; so is
+    an option added later at the value runs had before it (its declared `earlier`), so that adding
+    one does not invalidate every cached cell."""
     settings = config.to_dict()
     selection, repair = (None, None) if method == DENSE else replace(config, method=method).recipe
-    for name, value in NEUTRAL_FUSION.items():
-        if settings["fusion"][name] == value:
-            del settings["fusion"][name]
-    for name, value in NEUTRAL_TUNE.items():
-        if settings["tune"][name] == value or (name in FUSION_ONLY_TUNE and repair != "fuse") or name in MEMORY_TUNE:
-            del settings["tune"][name]
+    for path in unchanged_since(config):
+        section, _, name = path.rpartition(".")
+        (settings[section] if section else settings).pop(name)
+    for name in (*MEMORY_TUNE, *(FUSION_ONLY_TUNE if repair != "fuse" else ())):
+        settings["tune"].pop(name, None)
     shaping = set(catalog.CRITERIA[selection].settings) if selection else set()
     for name in NEUTRAL_SCORING:  # added after cells were cached: only the criteria they shape see them
-        if name not in shaping or (name in ("rescore", "rescore_limit") and not settings[name]) \
-                or (name == "rescore_limit" and not settings["rescore"]):  # every block every step: no limit
-            del settings[name]
+        if name not in shaping or (name in ("rescore", "rescore_limit") and not getattr(config, name)) \
+                or (name == "rescore_limit" and not config.rescore):  # every block every step: no limit
+            settings.pop(name)
     settings = {**settings, "method": None, "sparsity": None, "num_remove": None, "device": None, "device_memory_gib": None,
                 "hidden_cache": None, "offload": None, "full_scores": None, "ppl": ppl, "tasks": tasks,
                 "limit": limit, "ppl_windows": ppl_windows, "ppl_seqlen": ppl_seqlen, "speed": SPEED_PROTOCOL}

@@ -84,7 +84,8 @@ class FusionConfig:
     # weights at the same pace whatever the removed block's scale: a scale that norms and linear
     # partners leave free (the rescaled and the original model fuse to the same weights), and on
     # dev as good or slightly better in every pair measured (docs/BENCHMARKS.md)
-    normalize_donors: bool = option(True, "fusion: scale each injected weight to the receiving layer's norm")
+    normalize_donors: bool = option(True, "fusion: scale each injected weight to the receiving layer's norm",
+                                    earlier=False)
 
 
 @dataclass
@@ -118,7 +119,12 @@ class TuneConfig:
     # norms). Starting at zero they need more than LoRA's 1e-3 to use the recycled weights; 1e-2
     # fits the calibration corpus (SmolLM2's C4 and zero-shot got worse), 3e-2 diverges
     global_coef_lr: float | None = option(3e-3, "fusegpt: learning rate of the fusion coefficients in that "
-                                          "global tune (None: --lr)", parse=float, check=(lambda v: v > 0, "positive"))
+                                          "global tune (None: --lr)", parse=float, check=(lambda v: v > 0, "positive"),
+                                          earlier=None)
+    # decoupled weight decay of the fusion coefficients (AdamW's, per step: lr x decay x value):
+    # it pulls the recycled weights back towards zero, where fusion is LoRA healing
+    coef_decay: float = option(0.0, "fusion coefficients' decoupled weight decay in the tunes (0: none)",
+                               check=AT_LEAST_0, earlier=0.0)
     # other coefficient rates that a trial weighs against `global_coef_lr` before that global tune:
     # each runs its first epoch from the same start, held-out calibration windows judge, the best goes
     # on (0: the coefficients stay at zero, which is LoRA healing); empty: no trial. With 0 it chose
@@ -128,26 +134,28 @@ class TuneConfig:
                                             "against --global-coef-lr on held-out calibration windows before the "
                                             "global tune, the best going on (comma-separated; 0: LoRA healing; "
                                             "empty: no trial)", parse=rates,
-                                            check=(lambda v: all(r >= 0 for r in v), "rates of 0 or more"))
+                                            check=(lambda v: all(r >= 0 for r in v), "rates of 0 or more"), earlier=())
     # what the global tune and LoRA healing match: the dense model's next-token distributions
     # through the model's own head (KL over the vocabulary, a chunk of positions at a time), or its
     # final hidden states (by `loss`). Logits won on SmolLM2's dev by 14% / 10% for fusion and LoRA
     # alike and lost 1-4% on pydoc's (docs/BENCHMARKS.md); they cost the head's passes each step
     distill: Distill = option("logits", "what the global tune and LoRA healing match: the dense model's final "
                               "hidden states (by --loss) or its next-token distributions (KL over the vocabulary)",
-                              choices=DISTILLS)
+                              choices=DISTILLS, earlier="hidden")
     # with logits: the dense model's k most likely tokens and the rest's mass at every position,
     # computed once before the tune, are the teacher (the (k + 1)-bin KL; 0: the whole vocabulary,
     # its logits recomputed every step from the dense model's final hidden states)
     distill_top_k: int = option(0, "with --distill logits: the dense model's k most likely tokens per position and "
                                 "the rest's mass, computed once, are the target (0: the whole vocabulary, recomputed "
-                                "every step)", check=(lambda v: v >= 0, "0 (the whole vocabulary) or more"))
+                                "every step)", check=(lambda v: v >= 0, "0 (the whole vocabulary) or more"),
+                                earlier=0)
     # the dtype of the tunes' block products: "bfloat16" runs them under autocast (2x on a CPU with
     # AVX512-BF16 or AMX, and on GPUs), with weights, trainables, Adam and the loss in their own dtype
     compute: DType = option("float32", "the dtype of the tunes' block products (bfloat16: under autocast, weights "
-                            "and optimizer in their own dtype)", flag="--tune-dtype", choices=DTYPES)
+                            "and optimizer in their own dtype)", flag="--tune-dtype", choices=DTYPES, earlier="float32")
     warmup: float = option(0.0, "share of each tune's steps over which the learning rates ramp up linearly before "
-                                "their cosine decay", check=(lambda v: 0 <= v < 1, "a share of the tuning steps in [0, 1)"))
+                                "their cosine decay", check=(lambda v: 0 <= v < 1, "a share of the tuning steps in [0, 1)"),
+                          earlier=0.0)
     # memory of the tunes, without changing what they compute (up to float rounding): windows per
     # forward/backward pass, gradients accumulated over a batch (None: the whole batch), and
     # recomputing each block's activations in backward instead of keeping them. `compress` sets

@@ -8,15 +8,21 @@ from dataclasses import MISSING, field, fields, is_dataclass
 from typing import Any, Callable, Iterator
 
 
+NONE_EARLIER = object()  # an option that has always been there
+
+
 def option(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None,
            parse: Callable[[str], Any] | None = None, metavar: str | None = None,
-           check: tuple[Callable[[Any], bool], str] | None = None, listed: tuple | None = None) -> Any:
+           check: tuple[Callable[[Any], bool], str] | None = None, listed: tuple | None = None,
+           earlier: Any = NONE_EARLIER) -> Any:
     """A dataclass field that is also a command-line option: `flag` (default: --field-name),
     `parse` (default: the type of `default`; booleans get --x / --no-x), and `check`, a predicate on
     the value with the rule it states ("at least 1"), enforced by `check_values`, which names
-    `listed` (default: `choices`) when a value is not one of the choices."""
+    `listed` (default: `choices`) when a value is not one of the choices. `earlier`: for an option
+    added later, the value that computes what runs did before it existed (results cached by those
+    runs still match a config at that value: `unchanged_since`)."""
     metadata = {"help": help, "flag": flag, "choices": choices, "parse": parse, "metavar": metavar, "check": check,
-                "listed": listed or choices}
+                "listed": listed or choices, "earlier": earlier}
     if isinstance(default, (list, tuple, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)  # a copy per instance
     return field(default=default, metadata=metadata)
@@ -79,6 +85,12 @@ def apply(config: Any, args: argparse.Namespace) -> None:
         value = getattr(args, path, None)
         if value is not None:
             put(config, path, value)
+
+
+def unchanged_since(config: Any) -> list[str]:
+    """The options added later (`earlier`) that `config` sets to the value runs had before them."""
+    return [path for path, f in declared(type(config))
+            if f.metadata["earlier"] is not NONE_EARLIER and get(config, path) == f.metadata["earlier"]]
 
 
 def check_values(config: Any) -> str | None:

@@ -121,16 +121,16 @@ class GroupTune:
                  seed: int, progress: bool = True, objective: Loss | None = None, total_steps: int | None = None,
                  desc: str = "tune"):
         self.stack, self.start, self.end, self.inputs, self.config = stack, start, end, inputs, config
-        groups = [{"params": primary, "lr": config.coef_lr}]
+        groups = [{"params": primary, "lr": config.coef_lr, "weight_decay": config.coef_decay}]
         if secondary and config.lr > 0:
-            groups.append({"params": secondary, "lr": config.lr})
+            groups.append({"params": secondary, "lr": config.lr, "weight_decay": 0.0})
         self.trainables = [p for g in groups for p in g["params"]]
         self.on_host = bool(config.optimizer_on_host)
         self.masters = {p: p.detach().float().to("cpu" if self.on_host else p.device) for p in self.trainables
                         if self.on_host or p.dtype != torch.float32}
         for group in groups:
             group["params"] = [self.masters.get(p, p) for p in group["params"]]
-        self.optimizer = torch.optim.Adam(groups, betas=config.betas)
+        self.optimizer = torch.optim.Adam(groups, betas=config.betas, decoupled_weight_decay=True)
         self.no_single = config.loss in BATCH_LOSSES
         self.total = total = max(1, total_steps or config.epochs * self.steps_per_epoch(inputs.shape[0]))
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
