@@ -1,0 +1,60 @@
+"""Where the logit tune's time goes (issue 29, item 4): one epoch of the default's global tune on
+the default's blocks, with the whole vocabulary recomputed every step or the dense top-k computed
+once, and the blocks' products in float32 or bfloat16, timed in turn in one process (so that every
+variant sees the same machine), medians of 2 rounds. Run it alone: it is a timing.
+
+    python bench/tune_speed.py gemma3      # writes bench/results/tune-speed-gemma3.json
+    python bench/tune_speed.py smollm2"""
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+
+from common import MODELS, RESULTS, gemma3_path, require_assets, splits
+from recycling import BLOCKS
+
+WINDOWS, SEQLEN, ROUNDS = 32, 256, 2
+VARIANTS = {"full-fp32": (0, "float32"), "top1024-fp32": (1024, "float32"),
+            "full-bf16": (0, "bfloat16"), "top1024-bf16": (1024, "bfloat16")}
+
+
+def main() -> None:
+    if len(sys.argv) != 2 or sys.argv[1] not in BLOCKS:
+        sys.exit(__doc__)
+    name = sys.argv[1]
+    require_assets()
+    import torch
+
+    from fusegpt import compress, load_model, preset
+
+    model, tokenizer = load_model(str(gemma3_path() if name == "gemma3" else MODELS[name]))
+    base = preset(blocks=[int(b) for b in BLOCKS[name].split(",")], sparsity=None, calib=str(splits()["wiki-calib"]),
+                  nsamples=WINDOWS, seqlen=SEQLEN, mi_samples=8, seed=0)
+    base.tune = replace(base.tune, global_epochs=1, trial_rates=())
+    cells: dict[str, dict] = {v: {"tune_seconds": [], "block_passes": None, "loss": None} for v in VARIANTS}
+    for _ in range(ROUNDS):
+        for variant, (top_k, dtype) in VARIANTS.items():
+            config = replace(base, tune=replace(base.tune, distill_top_k=top_k, compute=dtype))
+            started = time.perf_counter()
+            report = compress(copy.deepcopy(model), tokenizer, config, progress=False).report
+            cell = cells[variant]
+            cell["tune_seconds"].append(round(report.heal.seconds["tune"], 2))
+            cell["total_seconds"] = round(time.perf_counter() - started, 1)
+            cell["block_passes"], cell["loss"] = report.heal.block_passes, report.heal.losses[-1]
+    reference = statistics.median(cells["full-fp32"]["tune_seconds"])
+    for variant, cell in cells.items():
+        cell["median"] = statistics.median(cell["tune_seconds"])
+        cell["ratio"] = round(cell["median"] / reference, 3)
+        print(f"{name} {variant}: tune {cell['median']:.1f} s for {cell['block_passes']} block passes "
+              f"({cell['ratio']:.2f}x full-fp32), last epoch's loss {cell['loss']:.4f}", flush=True)
+    out = {"model": name, "blocks": BLOCKS[name], "windows": WINDOWS, "seqlen": SEQLEN, "rounds": ROUNDS,
+           "threads": torch.get_num_threads(), "variants": cells}
+    (RESULTS / f"tune-speed-{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
