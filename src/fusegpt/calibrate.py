@@ -22,6 +22,16 @@ class StopForward(Exception):
     """Raised by a hook to end a model's forward once what it needed has been seen."""
 
 
+def forward_until_stopped(model: nn.Module, input_ids: torch.Tensor, batch_size: int, device: torch.device) -> None:
+    """The model's forward on `input_ids` a batch at a time, each ended by a hook's StopForward
+    (or not): for what its hooks see."""
+    for start in range(0, input_ids.shape[0], batch_size):
+        try:
+            model(input_ids=input_ids[start:start + batch_size].to(device), use_cache=False)
+        except StopForward:
+            pass
+
+
 def _to(value: Any, device: torch.device) -> Any:
     if isinstance(value, torch.Tensor):
         return value.to(device)
@@ -126,11 +136,7 @@ def capture_block_inputs(model: PreTrainedModel, adapter: DecoderAdapter, input_
             # broadcast over any batch (a mask captured from a batch would fit that batch only)
             model(input_ids=input_ids[:1].to(device), use_cache=False)
             stop_at_first[0] = True
-            for start in range(0, input_ids.shape[0], batch_size):
-                try:
-                    model(input_ids=input_ids[start:start + batch_size].to(device), use_cache=False)
-                except StopForward:
-                    pass
+            forward_until_stopped(model, input_ids, batch_size, device)
     finally:
         for h in handles:
             h.remove()

@@ -143,7 +143,7 @@ def activation_importance(model, blocks: list, windows: torch.Tensor, batch_size
     """Each linear layer's mean squared input per column over `windows` (its HF weight's name ->
     vector): llama.cpp's imatrix, from one pass of the compressed model over its calibration
     windows, a block at a time on `device`."""
-    from ..calibrate import StopForward, computing_on
+    from ..calibrate import StopForward, computing_on, forward_until_stopped
 
     inside = {id(m) for block in blocks for m in block.modules()}
     linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and id(m) in inside}
@@ -164,11 +164,7 @@ def activation_importance(model, blocks: list, windows: torch.Tensor, batch_size
     handles.append(blocks[-1].register_forward_hook(stop))
     try:
         with computing_on(model, blocks, device):
-            for start in range(0, windows.shape[0], batch_size):
-                try:
-                    model(input_ids=windows[start:start + batch_size].to(device), use_cache=False)
-                except StopForward:
-                    pass
+            forward_until_stopped(model, windows, batch_size, device)
     finally:
         for handle in handles:
             handle.remove()
