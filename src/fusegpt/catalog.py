@@ -29,6 +29,9 @@ class Criterion:
     one_shot: bool = False  # scored once on the dense model, those scores kept for every step
     runs_blocks: bool = False  # each candidate runs the blocks after it (the costly kind, split over ranks)
     settings: tuple[str, ...] = ()  # CompressConfig fields that shape its choice (a cell's fingerprint)
+    # its choice depends on how many blocks go (a span of K, the K before the last): a curve of depths
+    # cannot share one order of removal
+    per_depth: bool = False
 
     @property
     def scorer(self) -> Callable:
@@ -52,10 +55,10 @@ CRITERIA: dict[str, Criterion] = {
                     "iterative", "output_divergence", "selection:by_output_divergence", runs_blocks=True,
                     settings=(*ITERATIVE, "kl_top_k", "kl_stride")),
     "last": Criterion("the blocks before the final one", "position", "selection:by_position",
-                      "selection:first_of_the_tail", one_shot=True),
+                      "selection:first_of_the_tail", one_shot=True, per_depth=True),
     "span": Criterion("ReplaceMe's K-block span whose input and output are most alike, once", "span_distance",
                       "selection:by_span_distance", "selection:first_of_the_span", one_shot=True,
-                      settings=("mi_samples",)),
+                      settings=("mi_samples",), per_depth=True),
     "given": Criterion("the blocks of --blocks, in that order", "given", "selection:unscored",
                        "selection:next_given", one_shot=True),
 }

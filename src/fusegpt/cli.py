@@ -8,7 +8,6 @@ import signal
 import sys
 from pathlib import Path
 
-from .catalog import ALIASES
 from .config import DTYPES, METHODS, OFFLOADS, PRESETS, TASKS, CompressConfig, preset
 from .errors import FuseGPTError, first_line
 from .options import add_options, apply
@@ -41,9 +40,9 @@ def _compress_parser(sub) -> None:
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the per-step checkpoint (.OUT.checkpoint beside --out) after a finished run")
     amount = p.add_mutually_exclusive_group()
-    amount.add_argument("--sparsity", type=float, default=_DEFAULT.sparsity,
-                        help="fraction of blocks to remove; K = ceil(depth * S)")
-    amount.add_argument("--num-remove", type=int, help="number of blocks to remove (instead of --sparsity)")
+    amount.add_argument("--sparsity", default=str(_DEFAULT.sparsity), help="fraction of blocks to remove, K = "
+                        "ceil(depth * S); several (0.1,0.2,0.3): one output per depth in OUT and their curve")
+    amount.add_argument("--num-remove", help="number of blocks to remove (instead of --sparsity); several: 2,4,6")
     p.add_argument("--gguf", action=argparse.BooleanOptionalAction, default=None,
                    help="also write the result as OUT/<input name>.gguf for llama.cpp (default: for a GGUF input; "
                         "from a HF model: Llama, Mistral, Qwen2, Qwen3 and Gemma 3)")
@@ -127,25 +126,30 @@ def _check_sources(args, calib: str | None = None) -> None:
 
 
 def _run_compress(args) -> None:
-    given = args.blocks is not None
-    config = _config(args, sparsity=None if args.num_remove or given else args.sparsity,
-                     num_remove=args.num_remove)
-    _check_sources(args, config.calib)
-    if args.dry_run:
-        from .runtime.plan import plan
+    from .curve import amounts, plan_curve, run_curve
 
-        planned = plan(args.model, config)
-        print(planned.render())
-        planned.check()
+    sizes = amounts(args.num_remove, int, "--num-remove") or amounts(args.sparsity, float, "--sparsity")
+    config = _config(args, **({"sparsity": None, "num_remove": None} if args.blocks is not None else sizes[0]))
+    _check_sources(args, config.calib)
+    if args.dry_run:  # each depth's plan, printed before any is refused
+        plans = plan_curve(args.model, config, sizes if args.blocks is None else [{}])
+        print("\n".join(planned.render() for planned in plans))
+        for planned in plans:
+            planned.check()
         return
     from .workflow import Job, run
 
-    result = run(Job(args.model, config, args.out, overwrite=args.overwrite, resume=args.resume,
-                     keep_checkpoints=args.keep_checkpoints, ppl=_sources(args.ppl), ppl_windows=args.ppl_windows,
-                     ppl_seqlen=args.ppl_seqlen, gguf=args.gguf, gguf_type=args.gguf_type, progress=not args.quiet))
-    if result is not None:
+    job = Job(args.model, config, args.out, overwrite=args.overwrite, resume=args.resume,
+              keep_checkpoints=args.keep_checkpoints, ppl=_sources(args.ppl), ppl_windows=args.ppl_windows,
+              ppl_seqlen=args.ppl_seqlen, gguf=args.gguf, gguf_type=args.gguf_type, progress=not args.quiet)
+    if len(sizes) > 1 and args.blocks is None:
+        run_curve(job, sizes)
+        print((Path(args.out).expanduser().resolve() / "curve.md").read_text())
+    elif (result := run(job)) is None:
+        return  # under torchrun, a rank other than 0
+    else:
         print(result.report.summary())
-        print(f"saved to {Path(args.out).expanduser().resolve()}")
+    print(f"saved to {Path(args.out).expanduser().resolve()}")
 
 
 def _run_eval(args) -> None:
@@ -178,10 +182,7 @@ def _run_compare(args) -> None:
         sparsities = [float(s) for s in _sources(args.sparsity)]
     except ValueError as error:
         raise FuseGPTError(f"--sparsity takes comma-separated numbers, got '{args.sparsity}'") from error
-    methods = _sources(args.methods)
-    unknown = [m for m in methods if m not in ("dense", *METHODS, *ALIASES)]
-    if unknown:
-        raise FuseGPTError(f"unknown method(s) {', '.join(unknown)}; choose from dense, {', '.join(METHODS)}")
+    methods = _sources(args.methods)  # compare() refuses an unknown one before any work
     if args.blocks or args.selection == "given":
         raise FuseGPTError("compare chooses blocks by each method's criterion; --blocks and --selection given "
                            "are for compress")

@@ -362,7 +362,7 @@ PRESETS: dict[str, dict] = {
                          "seam_map": False, "normalize_donors": False},
               "tune": {"loss": "kl_batch", "epochs": 20, "batch_size": 8, "coef_lr": 1e-3, "lr": 9.65e-6,
                        "betas": (0.9, 0.95), "teacher": "group", "global_epochs": 0, "global_coef_lr": None,
-                       "distill": "hidden", "distill_top_k": 0, "trial_rates": (), "compute": "float32", "warmup": 0.0, "heal_epochs": None, "micro_batch": None,
+                       "coef_decay": 0.0, "distill": "hidden", "distill_top_k": 0, "trial_rates": (), "compute": "float32", "warmup": 0.0, "heal_epochs": None, "micro_batch": None,
                        "checkpoint_activations": None, "optimizer_on_host": None}},
 }
 

@@ -56,11 +56,12 @@ def _count_passes(report: Report, outcome) -> None:
 
 def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = None,
              progress: bool = True, model_name: str | None = None,
-             checkpoint: Checkpoint | None = None) -> CompressResult:
+             checkpoint: Checkpoint | None = None, heal: bool = True) -> CompressResult:
     """Remove blocks from `model` (in place) by `config.method` and return it with its report.
 
     Only the blocks being scored or tuned are moved to the compute device. With a `checkpoint`,
-    the state after every removal step is saved there, and a saved state is resumed from."""
+    the state after every removal step is saved there, and a saved state is resumed from. Without
+    `heal`, a repair's tune after the last removal is skipped (`curve`: the order of removal alone)."""
     config = config or CompressConfig()
     config.validate()
     device = resolve_device(config.device)
@@ -108,7 +109,7 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
                     original_depth=depth, seqlen=seqlen, seconds={"calibrate": time.perf_counter() - started},
                     world_size=ranks, shares={"scored blocks": [0] * ranks, "tuning block passes": [0] * ranks})
 
-    criterion, remove, heal = catalog.CRITERIA[selection_name], needs.remover, needs.healer
+    criterion, remove, heal = catalog.CRITERIA[selection_name], needs.remover, needs.healer if heal else None
     choose = fusion_aware if repair_name == "fuse" and config.fuse_eval_candidates else criterion.chooser
     ctx = StepContext(model, stack, adapter, config, windows, to_remove, progress=progress)
     latest: dict[int, float] = {}  # every block's most recent score (what rescoring ranks by)

@@ -38,7 +38,7 @@ class Job:
 
 def checked_output(job: Job) -> tuple[Path, Path]:
     """The output folder and checkpoint folder, refused at once when they cannot be used as asked."""
-    from .paths import STATE, check_output, checkpoint_folder, gguf_file
+    from .paths import STATE, check_output, checkpoint_folder
 
     out = check_output(job.out, job.overwrite, protect=job.model)
     folder = checkpoint_folder(out)
@@ -47,6 +47,16 @@ def checked_output(job: Job) -> tuple[Path, Path]:
                            "or delete that folder to start over")
     if job.resume and not (folder / STATE).exists():
         raise FuseGPTError(f"--resume: no checkpoint in {folder}; run without --resume")
+    check_gguf_request(job)
+    return out, folder
+
+
+def check_gguf_request(job: Job) -> None:
+    """The GGUF asked for can be written, as far as the config tells: a HF model's family is one the
+    writer knows, and the type is one llama.cpp has."""
+    from .export.gguf_out import check_gguf_type
+    from .paths import gguf_file
+
     if job.asks_gguf and gguf_file(job.model) is None:  # a HF model's family must be one the GGUF writer knows
         from transformers import AutoConfig
 
@@ -58,14 +68,11 @@ def checked_output(job: Job) -> tuple[Path, Path]:
             config = None  # not a loadable model: loading it says so, in its own words
         if config is not None:
             architecture(config)
-    from .export.gguf_out import check_gguf_type
-
     check_gguf_type(job.gguf_type)
-    return out, folder
 
 
 def load_and_compress(model_name: str, config: CompressConfig, progress: bool = True, checkpoint=None,
-                      check=None):
+                      check=None, heal: bool = True):
     """(compress result, tokenizer) of a freshly loaded model, its source recorded in the report;
     `check(model, tokenizer)` runs between loading and compressing (what must hold before the work)."""
     from .io import load_model, model_source
@@ -75,7 +82,8 @@ def load_and_compress(model_name: str, config: CompressConfig, progress: bool = 
     model, tokenizer = load_model(model_name, config.dtype)
     if check is not None:
         check(model, tokenizer)
-    result = compress(model, tokenizer, config, progress=progress, model_name=model_name, checkpoint=checkpoint)
+    result = compress(model, tokenizer, config, progress=progress, model_name=model_name, checkpoint=checkpoint,
+                      heal=heal)
     result.report.source = source
     return result, tokenizer
 

@@ -1,0 +1,248 @@
+"""One run, every depth (`fusegpt compress MODEL --out DIR --num-remove 2,4,6`): the order in which
+blocks go is one sequence, so it is chosen once, to the deepest depth, and each depth's repair then
+tunes its own prefix of that order from the dense model (`--selection given`, no scoring). Each depth
+is a complete output of its own, DIR/remove-K/ (HF model, GGUF where a single run writes one,
+report), and DIR/curve.{json,csv,md,png} sets them side by side with the dense model as the first
+row: removed blocks, parameters, file sizes, perplexity on `--ppl`, transformers' tokens/s.
+
+Everything is written in a hidden folder beside DIR (`.DIR.curve`) and renamed into place at the
+end, so that DIR only ever holds a finished curve; an interrupted curve keeps its finished depths
+there and `--resume` goes on from them (and from the interrupted depth's own checkpoint). A
+criterion whose choice depends on how many blocks go (`span`, `last`) chooses at each depth."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .errors import FuseGPTError
+from .files import write_atomic
+from .workflow import Job
+
+ORDER, DENSE = "order.json", "dense.json"
+
+
+def amounts(text: str | None, kind: type, flag: str) -> list[dict]:
+    """The sizes a --sparsity or --num-remove value names (one, or several comma-separated), as
+    config overrides; refused in one line when they are not numbers."""
+    if text is None:
+        return []
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise FuseGPTError(f"{flag} takes a number or comma-separated numbers (e.g. 2,4,6), got '{text}'") from None
+    if not values:
+        raise FuseGPTError(f"{flag} is empty; give a number or comma-separated numbers")
+    key = "num_remove" if kind is int else "sparsity"
+    return [{"sparsity": None, "num_remove": None, key: v} for v in values]
+
+
+@dataclass
+class Depth:
+    """One row of the curve."""
+
+    removed: int  # blocks removed (0: the dense model)
+    blocks: list[int] = field(default_factory=list)  # which (original indices), in the order they went
+    parameters: int = 0
+    model_bytes: int = 0  # the safetensors files (the dense row: the input's files)
+    gguf_bytes: int | None = None
+    ppl: dict[str, float] = field(default_factory=dict)
+    speed: dict[str, float] = field(default_factory=dict)  # transformers' prefill/decode tokens/s, and the dense's
+    folder: str = ""  # under DIR (the dense row: the input)
+
+
+def _depth_of(model: str) -> int:
+    from .io import load_config
+
+    return load_config(model).get_text_config().num_hidden_layers
+
+
+def counts(job: Job, sizes: list[dict]) -> list[int]:
+    """The blocks each size removes, deduplicated and ascending (each checked against the depth)."""
+    depth = _depth_of(job.model)
+    return sorted({replace(job.config, **size).blocks_to_remove(depth) for size in sizes})
+
+
+def plan_curve(model: str, config, sizes: list[dict]) -> list:
+    """`--dry-run`: the plan of each size (`runtime.plan.Plan`; of a curve, each depth's run)."""
+    from .runtime.plan import plan
+
+    depth = _depth_of(model)
+    return [plan(model, replace(config, **size)) for size in
+            sorted(sizes, key=lambda size: replace(config, **size).blocks_to_remove(depth))]
+
+
+def _staging(out: Path, resume: bool) -> Path:
+    staging = out.with_name(f".{out.name}.curve")
+    if staging.exists() and not resume:
+        raise FuseGPTError(f"found an interrupted curve in {staging}; pass --resume to continue it, or delete that "
+                           "folder to start over")
+    if resume and not staging.exists():
+        raise FuseGPTError(f"--resume: no interrupted curve in {staging}; run without --resume")
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def _order(job: Job, deepest: int, staging: Path) -> list[int] | None:
+    """The order of removal to the deepest depth, chosen once by the method's own steps (without its
+    tune after the last removal) and kept in the staging folder; None for a per-depth criterion."""
+    from . import catalog
+    from .runtime.checkpoint import Checkpoint
+    from .workflow import load_and_compress
+
+    if catalog.CRITERIA[job.config.recipe[0]].per_depth:
+        return None
+    saved = staging / ORDER
+    if saved.exists():
+        return json.loads(saved.read_text())["order"]
+    config = replace(job.config, num_remove=deepest, sparsity=None)
+    checkpoint = Checkpoint(staging / ".choose.checkpoint", config.to_dict(), job.model)
+    result, _ = load_and_compress(job.model, config, job.progress, checkpoint, heal=False)
+    write_atomic(saved, json.dumps({"order": result.report.removed, "method": config.label}) + "\n")
+    checkpoint.remove()
+    return result.report.removed
+
+
+def _dense_row(job: Job, staging: Path) -> Depth:
+    """The dense model's row (its perplexity on `ppl` when asked), kept in the staging folder."""
+    saved = staging / DENSE
+    if saved.exists():
+        return Depth(**json.loads(saved.read_text()))
+    from .evaluation.cost import parameter_count
+    from .evaluation.measure import measure
+    from .io import load_model
+    from .paths import gguf_file
+    from .runtime.placement import place_for_inference, resolve_device
+
+    model, tokenizer = load_model(job.model, job.config.dtype)
+    source = gguf_file(job.model)
+    row = Depth(removed=0, parameters=parameter_count(model), folder=str(source or job.model))
+    if source is not None:
+        row.gguf_bytes = source.stat().st_size
+    elif Path(job.model).expanduser().is_dir():
+        row.model_bytes = sum(f.stat().st_size for f in Path(job.model).expanduser().glob("*.safetensors"))
+    if job.ppl:
+        place_for_inference(model, resolve_device(job.config.device), job.config.offload)
+        row.ppl = measure(model, tokenizer, job.ppl, [], job.ppl_seqlen or job.config.seqlen, job.config.data_dir,
+                          job.ppl_windows, progress=job.progress).ppl
+    write_atomic(saved, json.dumps(asdict(row)) + "\n")
+    return row
+
+
+def _depth_row(folder: Path, k: int) -> Depth:
+    from .io import REPORT_NAME
+
+    report = json.loads((folder / REPORT_NAME).read_text())
+    gguf = report.get("gguf") or {}
+    return Depth(removed=k, blocks=[s["removed"] for s in report["steps"]],
+                 model_bytes=sum(f.stat().st_size for f in folder.glob("*.safetensors")),
+                 gguf_bytes=gguf.get("bytes"), ppl=report.get("perplexity", {}), folder=folder.name)
+
+
+def _measure_speed(job: Job, rows: list[Depth], staging: Path) -> None:
+    """Parameters and transformers' tokens/s of every depth, each timed in turn with the dense model."""
+    from .evaluation.cost import inference_speed, parameter_count
+    from .io import load_model
+    from .runtime.placement import place_for_inference, resolve_device
+
+    device = resolve_device(job.config.device)
+    dense, _ = load_model(job.model, job.config.dtype)
+    place_for_inference(dense, device, job.config.offload)
+    for row in rows:
+        if row.removed == 0 or row.speed:
+            continue
+        model, _ = load_model(str(staging / row.folder), job.config.dtype)
+        place_for_inference(model, device, job.config.offload)
+        row.parameters = parameter_count(model)
+        measured = inference_speed({"dense": dense, "output": model})
+        row.speed = {**measured["output"], **{f"dense_{k}": v for k, v in measured["dense"].items()}}
+        del model
+
+
+def run_curve(job: Job, sizes: list[dict]) -> list[Depth]:
+    """Compress `job.model` at every size of `sizes` (config overrides: `amounts`), sharing the
+    choice of blocks; returns the curve's rows, the dense model first."""
+    from .paths import STATE, check_output, checkpoint_folder
+    from .workflow import check_gguf_request, run
+
+    out = check_output(job.out, job.overwrite, protect=job.model)
+    check_gguf_request(job)
+    ks = counts(job, sizes)
+    staging = _staging(out, job.resume)
+    order = _order(job, ks[-1], staging)
+    rows = [_dense_row(job, staging)]
+    for k in ks:
+        folder = staging / f"remove-{k}"
+        if not folder.exists():
+            amount = dict(blocks=order[:k], selection="given") if order else dict(num_remove=k)
+            run(replace(job, config=replace(job.config, **{"sparsity": None, "num_remove": None, **amount}),
+                        out=folder, overwrite=False, resume=(checkpoint_folder(folder) / STATE).exists()))
+        rows.append(_depth_row(folder, k))
+    _measure_speed(job, rows, staging)
+    write_curve(rows, staging, job.model)
+    if out.exists():  # --overwrite: the old result goes once the new one is complete
+        shutil.rmtree(out)
+    staging.rename(out)
+    return rows
+
+
+COLUMNS = ("removed", "blocks", "parameters", "model MiB", "GGUF MiB")
+
+
+def _cells(row: Depth, sources: list[str]) -> list[str]:
+    speed = row.speed
+    return [str(row.removed), " ".join(map(str, row.blocks)) or "-", f"{row.parameters:,}",
+            f"{row.model_bytes / 2**20:.1f}" if row.model_bytes else "-",
+            f"{row.gguf_bytes / 2**20:.1f}" if row.gguf_bytes else "-",
+            *(f"{row.ppl[s]:.3f}" if s in row.ppl else "-" for s in sources),
+            *((f"{speed['prefill_tokens_per_s']:.0f} ({speed['prefill_tokens_per_s'] / speed['dense_prefill_tokens_per_s']:.2f}x)",
+               f"{speed['decode_tokens_per_s']:.1f} ({speed['decode_tokens_per_s'] / speed['dense_decode_tokens_per_s']:.2f}x)")
+              if speed else ("-", "-"))]
+
+
+def write_curve(rows: list[Depth], folder: Path, model: str) -> None:
+    """curve.json (every row), curve.csv and curve.md (one line per depth) and curve.png (perplexity
+    against blocks removed, one panel per source)."""
+    sources = list(dict.fromkeys(s for row in rows for s in row.ppl))
+    header = [*COLUMNS, *(f"PPL {Path(s).name}" for s in sources), "prefill tok/s (vs dense)",
+              "decode tok/s (vs dense)"]
+    table = [header, *(_cells(row, sources) for row in rows)]
+    write_atomic(folder / "curve.json", json.dumps({"model": model, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+
+    def write_csv(path: Path) -> None:
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows(table)
+
+    write_atomic(folder / "curve.csv", write_csv)
+    lines = ["| " + " | ".join(r) + " |" for r in table]
+    write_atomic(folder / "curve.md", f"# {model}\n\n" + "\n".join([lines[0], "|" + " --- |" * len(header), *lines[1:]])
+                 + "\n")
+    _plot(rows, sources, folder)
+
+
+def _plot(rows: list[Depth], sources: list[str], folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(1, len(sources)), figsize=(5 * max(1, len(sources)), 4), squeeze=False)
+    for ax, source in zip(axes[0], sources or [None]):
+        if source is None:  # no perplexity asked for: the parameters
+            ax.plot([r.removed for r in rows], [r.parameters / 1e6 for r in rows], marker="o")
+            ax.set_ylabel("parameters (M)")
+        else:
+            measured = [r for r in rows if source in r.ppl]
+            ax.plot([r.removed for r in measured], [r.ppl[source] for r in measured], marker="o")
+            ax.set_ylabel(f"perplexity, {Path(source).name}")
+        ax.set_xlabel("blocks removed")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+
+    def save(path: Path) -> None:
+        fig.savefig(path, format="png", dpi=120)
+
+    write_atomic(folder / "curve.png", save)
+    plt.close(fig)

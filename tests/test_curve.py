@@ -1,0 +1,108 @@
+"""One run, every depth: the order of removal chosen once and shared by every depth, each depth a
+complete output that plain transformers loads, a curve whose numbers are the per-depth reports',
+and an interrupted curve that resumes from its finished depths."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from conftest import asset, tiny_llama
+from fusegpt.cli import main
+from test_cli import _compress, _one_line_error
+
+FLAGS = ["--method", "kl-fuse", "--epochs", "0", "--global-epochs", "1", "--trial-rates", "", "--no-gguf"]
+
+
+@pytest.fixture
+def six_blocks(tmp_path, tokenizer):
+    path = tmp_path / "tiny6"
+    tiny_llama(depth=6).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _report(folder) -> dict:
+    return json.loads((folder / "fusegpt_report.json").read_text())
+
+
+def test_a_curve_shares_one_order_and_each_depth_is_a_plain_model_its_curve_quotes(tmp_path, six_blocks, text_file,
+                                                                                    capsys):
+    out = tmp_path / "curve"
+    assert main(_compress(six_blocks, out, text_file, "--num-remove", "1,3,2", "--ppl", str(text_file), *FLAGS)) == 0
+    assert "| removed |" in capsys.readouterr().out  # the curve's table
+    order = _report(out / "remove-3")["steps"]
+    order = [step["removed"] for step in order]
+    for k in (1, 2, 3):  # each depth removed the first k of the deepest one's order, and reloads as it is
+        assert [s["removed"] for s in _report(out / f"remove-{k}")["steps"]] == order[:k]
+        model = AutoModelForCausalLM.from_pretrained(out / f"remove-{k}")
+        assert model.config.num_hidden_layers == 6 - k
+    alone = tmp_path / "alone"  # a separate run of the deepest depth removes the same blocks
+    assert main(_compress(six_blocks, alone, text_file, "--num-remove", "3", *FLAGS)) == 0
+    assert [s["removed"] for s in _report(alone)["steps"]] == order
+    rows = json.loads((out / "curve.json").read_text())["rows"]
+    assert [r["removed"] for r in rows] == [0, 1, 2, 3] and rows[0]["ppl"][str(text_file)] > 1
+    for row in rows[1:]:
+        assert row["blocks"] == order[:row["removed"]]
+        assert row["ppl"] == _report(out / row["folder"])["perplexity"]
+        assert row["parameters"] < rows[0]["parameters"] and row["speed"]["decode_tokens_per_s"] > 0
+    assert [r["parameters"] for r in rows] == sorted((r["parameters"] for r in rows), reverse=True)
+    with open(out / "curve.csv") as f:
+        table = list(csv.reader(f))
+    column = table[0].index(f"PPL {text_file.name}")
+    assert [float(line[column]) for line in table[1:]] == pytest.approx([r["ppl"][str(text_file)] for r in rows],
+                                                                        abs=1e-3)
+    assert (out / "curve.png").stat().st_size > 1000 and (out / "curve.md").exists()
+    assert not (tmp_path / ".curve.curve").exists()  # the staging folder became the output
+
+
+def test_an_interrupted_curve_keeps_its_finished_depths_and_resumes(tmp_path, six_blocks, text_file, capsys,
+                                                                    monkeypatch):
+    from fusegpt import workflow
+
+    out = tmp_path / "curve"
+    args = _compress(six_blocks, out, text_file, "--num-remove", "1,2", *FLAGS)
+    real_run, calls = workflow.run, []
+
+    def killed_at_the_second_depth(job):
+        calls.append(job.out.name)
+        if job.out.name == "remove-2":
+            raise KeyboardInterrupt
+        return real_run(job)
+
+    monkeypatch.setattr(workflow, "run", killed_at_the_second_depth)
+    assert main(args) == 130
+    staging = tmp_path / ".curve.curve"
+    assert (staging / "remove-1").is_dir() and not out.exists()
+    finished = (staging / "remove-1" / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 2  # without --resume: refused, naming the way on
+    assert "pass --resume" in _one_line_error(capsys)
+    monkeypatch.setattr(workflow, "run", real_run)
+    assert main(args + ["--resume"]) == 0
+    assert (out / "remove-1" / "model.safetensors").stat().st_mtime_ns == finished  # not computed again
+    assert [r["removed"] for r in json.loads((out / "curve.json").read_text())["rows"]] == [0, 1, 2]
+
+
+def test_a_curve_refuses_a_size_list_that_is_not_numbers(tmp_path, six_blocks, text_file, capsys):
+    assert main(_compress(six_blocks, tmp_path / "o", text_file, "--num-remove", "2,x")) == 2
+    assert "--num-remove takes a number or comma-separated numbers" in _one_line_error(capsys)
+    assert main(_compress(six_blocks, tmp_path / "o", text_file, "--sparsity", "0.2,1.5")) == 2
+    assert "--sparsity must be in (0, 1)" in _one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_a_curve_on_pydoc_removes_what_separate_runs_remove(tmp_path):
+    """pydoc-llama-12L, 2, 3 and 4 blocks: each depth's blocks are those of a run of its own."""
+    model = asset("models/pydoc-llama-12L")
+    calib = asset("text/pydoc/calib.txt")
+    flags = ["--calib", str(calib), "--nsamples", "8", "--seqlen", "64", "--mi-samples", "4", "--global-epochs", "1",
+             "--no-gguf", "--quiet"]
+    assert main(["compress", str(model), "--out", str(tmp_path / "curve"), "--num-remove", "2,3,4", *flags]) == 0
+    for k in (2, 3, 4):
+        assert main(["compress", str(model), "--out", str(tmp_path / f"alone-{k}"), "--num-remove", str(k), *flags]) == 0
+        assert [s["removed"] for s in _report(tmp_path / "curve" / f"remove-{k}")["steps"]] == \
+            [s["removed"] for s in _report(tmp_path / f"alone-{k}")["steps"]]
