@@ -11,15 +11,14 @@ Needs llama-cpp-python (in the test extra)."""
 from __future__ import annotations
 
 import json
-import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from common import MODELS, OUTPUTS, RESULTS, TEXT, require_assets
+
+from fusegpt.evaluation import llamacpp
 
 WINDOWS, SEQLEN, DECODE, ROUNDS = 16, 512, 64, 5
 THREADS = 2
@@ -34,65 +33,13 @@ def _ids() -> np.ndarray:
     return ids[: WINDOWS * SEQLEN].view(WINDOWS, SEQLEN).numpy()
 
 
-def _llama(path: Path):
-    """llama.cpp on `path`, without its extra CPU buffer types: with them, this machine's build puts
-    quantised weights in AMX buffers and crashes in its AMX matmul (llama.cpp issue 20824), the
-    dense input as much as ours; both files are measured the same way."""
-    import llama_cpp
-    import llama_cpp.llama as api
-
-    defaults = api.llama_cpp.llama_model_default_params
-    if not getattr(defaults, "without_extra_buffers", False):
-        def without_extra_buffers():
-            params = defaults()
-            params.use_extra_bufts = False
-            return params
-
-        without_extra_buffers.without_extra_buffers = True
-        api.llama_cpp.llama_model_default_params = without_extra_buffers
-    return llama_cpp.Llama(model_path=str(path), n_ctx=SEQLEN + DECODE, n_batch=SEQLEN, logits_all=True,
-                           n_threads=THREADS,
-                           n_threads_batch=THREADS, verbose=False)
-
-
 def llama_perplexity(path: Path, windows: np.ndarray) -> float:
-    llm, total, count = _llama(path), 0.0, 0
-    try:
-        for window in windows:
-            llm.reset()
-            llm.eval(window.tolist())
-            logits = np.array(llm.scores[: len(window) - 1], dtype=np.float64)
-            logits -= logits.max(-1, keepdims=True)
-            log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-            total -= log_probs[np.arange(len(window) - 1), window[1:]].sum()
-            count += len(window) - 1
-    finally:
-        llm.close()
-    return math.exp(total / count)
+    return llamacpp.llama_perplexity(path, windows, THREADS)
 
 
 def speed(paths: dict[str, Path], prompt: list[int]) -> dict[str, dict[str, float]]:
-    """Prefill (the whole prompt) and decode (one token at a time after it) tokens/s, medians of
-    ROUNDS rounds, the models taking turns within each round."""
-    models = {name: _llama(path) for name, path in paths.items()}
-    times: dict[str, dict[str, list[float]]] = {n: {"prefill": [], "decode": []} for n in models}
-    try:
-        for _ in range(ROUNDS):
-            for name, llm in models.items():
-                llm.reset()
-                started = time.perf_counter()
-                llm.eval(prompt)
-                times[name]["prefill"].append(len(prompt) / (time.perf_counter() - started))
-                token = int(np.argmax(llm.scores[len(prompt) - 1]))
-                started = time.perf_counter()
-                for _ in range(DECODE):
-                    llm.eval([token])
-                    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-                times[name]["decode"].append(DECODE / (time.perf_counter() - started))
-    finally:
-        for llm in models.values():
-            llm.close()
-    return {n: {k: round(statistics.median(v), 1) for k, v in t.items()} for n, t in times.items()}
+    """Prefill and decode tokens/s, medians of ROUNDS rounds, the models taking turns within each round."""
+    return llamacpp.llama_speed(paths, prompt, DECODE, ROUNDS, THREADS)
 
 
 def main() -> None:

@@ -106,3 +106,50 @@ def test_a_curve_on_pydoc_removes_what_separate_runs_remove(tmp_path):
         assert main(["compress", str(model), "--out", str(tmp_path / f"alone-{k}"), "--num-remove", str(k), *flags]) == 0
         assert [s["removed"] for s in _report(tmp_path / "curve" / f"remove-{k}")["steps"]] == \
             [s["removed"] for s in _report(tmp_path / f"alone-{k}")["steps"]]
+
+
+def test_a_curve_of_a_gguf_writes_each_depths_gguf_and_times_it_in_llama_cpp(tmp_path, text_file):
+    """From a GGUF input every depth gets its GGUF beside its HF model, and llama.cpp's tokens/s of
+    each, measured in turn with the dense input's."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it is in the test extra)")
+    from gguf_writer import write_tiny_gguf
+
+    source = write_tiny_gguf(tmp_path / "tiny.gguf", quantize_ffn=False)
+    out = tmp_path / "curve"
+    flags = [f for f in FLAGS if f != "--no-gguf"]
+    assert main(_compress(source, out, text_file, "--num-remove", "1,2", *flags)) == 0
+    rows = json.loads((out / "curve.json").read_text())["rows"]
+    assert rows[0]["gguf"] == str(source) and rows[0]["gguf_bytes"] == source.stat().st_size
+    for row in rows[1:]:
+        assert (out / row["folder"] / row["gguf"]).stat().st_size == row["gguf_bytes"] < rows[0]["gguf_bytes"]
+        assert row["gguf_speed"]["decode"] > 0 and row["gguf_speed"]["dense_decode"] > 0
+
+
+def test_llama_cpp_perplexity_is_transformers_perplexity_of_an_f32_gguf(tmp_path):
+    """The same windows through llama.cpp's logits and through transformers' (F32 weights): the
+    same perplexity up to float arithmetic."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it is in the test extra)")
+    import numpy as np
+    import torch
+
+    from fusegpt import load_model
+    from fusegpt.evaluation.llamacpp import llama_perplexity
+    from fusegpt.evaluation.ppl import perplexity
+    from gguf_writer import write_tiny_gguf
+
+    source = write_tiny_gguf(tmp_path / "tiny.gguf", quantize_ffn=False)
+    model, _ = load_model(str(source))
+    windows = np.random.default_rng(0).integers(0, model.config.vocab_size - 1, (3, 24))
+    expected = perplexity(model, torch.from_numpy(windows).reshape(-1), 24, progress=False)
+    assert llama_perplexity(source, windows) == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_python_api_draws_the_same_curve(tmp_path, six_blocks, text_file):
+    import fusegpt
+
+    config = fusegpt.CompressConfig(calib=str(text_file), nsamples=4, seqlen=32, mi_samples=2, sparsity=None,
+                                    fusion=fusegpt.FusionConfig(group_size=2, rank=4, lora_rank=0),
+                                    tune=fusegpt.TuneConfig(epochs=0, global_epochs=1, batch_size=2, trial_rates=()))
+    rows = fusegpt.compress_curve(six_blocks, config, [2, 1], tmp_path / "api", progress=False)
+    assert [r.removed for r in rows] == [0, 1, 2] and rows[2].blocks[:1] == rows[1].blocks
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "api" / "remove-2").config.num_hidden_layers == 4

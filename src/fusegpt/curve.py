@@ -50,6 +50,8 @@ class Depth:
     gguf_bytes: int | None = None
     ppl: dict[str, float] = field(default_factory=dict)
     speed: dict[str, float] = field(default_factory=dict)  # transformers' prefill/decode tokens/s, and the dense's
+    gguf_speed: dict[str, float] = field(default_factory=dict)  # llama.cpp's, of the GGUF (and of a dense GGUF)
+    gguf: str = ""  # the GGUF file, when one was written
     folder: str = ""  # under DIR (the dense row: the input)
 
 
@@ -120,7 +122,7 @@ def _dense_row(job: Job, staging: Path) -> Depth:
     source = gguf_file(job.model)
     row = Depth(removed=0, parameters=parameter_count(model), folder=str(source or job.model))
     if source is not None:
-        row.gguf_bytes = source.stat().st_size
+        row.gguf_bytes, row.gguf = source.stat().st_size, str(source)
     elif Path(job.model).expanduser().is_dir():
         row.model_bytes = sum(f.stat().st_size for f in Path(job.model).expanduser().glob("*.safetensors"))
     if job.ppl:
@@ -138,11 +140,17 @@ def _depth_row(folder: Path, k: int) -> Depth:
     gguf = report.get("gguf") or {}
     return Depth(removed=k, blocks=[s["removed"] for s in report["steps"]],
                  model_bytes=sum(f.stat().st_size for f in folder.glob("*.safetensors")),
-                 gguf_bytes=gguf.get("bytes"), ppl=report.get("perplexity", {}), folder=folder.name)
+                 gguf_bytes=gguf.get("bytes"), ppl=report.get("perplexity", {}), folder=folder.name,
+                 gguf=Path(gguf["file"]).name if gguf.get("file") else "")
 
 
 def _measure_speed(job: Job, rows: list[Depth], staging: Path) -> None:
-    """Parameters and transformers' tokens/s of every depth, each timed in turn with the dense model."""
+    """Parameters and transformers' tokens/s of every depth, each timed in turn with the dense model;
+    llama.cpp's of each GGUF likewise (with the dense GGUF input's, when there is one)."""
+    import importlib.util
+
+    import torch
+
     from .evaluation.cost import inference_speed, parameter_count
     from .io import load_model
     from .runtime.placement import place_for_inference, resolve_device
@@ -159,6 +167,14 @@ def _measure_speed(job: Job, rows: list[Depth], staging: Path) -> None:
         measured = inference_speed({"dense": dense, "output": model})
         row.speed = {**measured["output"], **{f"dense_{k}": v for k, v in measured["dense"].items()}}
         del model
+        if row.gguf and importlib.util.find_spec("llama_cpp") is not None:
+            from .evaluation.llamacpp import llama_speed
+
+            files = {"output": staging / row.folder / row.gguf, **({"dense": Path(rows[0].gguf)} if rows[0].gguf else {})}
+            prompt = torch.randint(0, dense.config.get_text_config().vocab_size, (128,),
+                                   generator=torch.Generator().manual_seed(0)).tolist()
+            measured = llama_speed(files, prompt)
+            row.gguf_speed = {**measured["output"], **{f"dense_{k}": v for k, v in measured.get("dense", {}).items()}}
 
 
 def run_curve(job: Job, sizes: list[dict]) -> list[Depth]:
@@ -188,26 +204,38 @@ def run_curve(job: Job, sizes: list[dict]) -> list[Depth]:
     return rows
 
 
+def compress_curve(model: str, config, removed: list[int], out: str | Path, **options) -> list[Depth]:
+    """The curve from Python: `removed`, the numbers of blocks (e.g. [2, 4, 6]); `options`, those of
+    `workflow.Job` (ppl, gguf, resume, ...). Returns the rows, the dense model first."""
+    return run_curve(Job(str(model), config, out, **options), [{"sparsity": None, "num_remove": k} for k in removed])
+
+
 COLUMNS = ("removed", "blocks", "parameters", "model MiB", "GGUF MiB")
+SPEEDS = {"prefill tok/s": ("speed", "prefill_tokens_per_s"), "decode tok/s": ("speed", "decode_tokens_per_s"),
+          "llama.cpp prefill tok/s": ("gguf_speed", "prefill"), "llama.cpp decode tok/s": ("gguf_speed", "decode")}
+
+
+def _rate(speed: dict[str, float], key: str) -> str:
+    """A rate and its ratio to the dense model's, measured beside it."""
+    if key not in speed:
+        return "-"
+    dense = speed.get(f"dense_{key}")
+    return f"{speed[key]:.1f}" + (f" ({speed[key] / dense:.2f}x)" if dense else "")
 
 
 def _cells(row: Depth, sources: list[str]) -> list[str]:
-    speed = row.speed
     return [str(row.removed), " ".join(map(str, row.blocks)) or "-", f"{row.parameters:,}",
             f"{row.model_bytes / 2**20:.1f}" if row.model_bytes else "-",
             f"{row.gguf_bytes / 2**20:.1f}" if row.gguf_bytes else "-",
             *(f"{row.ppl[s]:.3f}" if s in row.ppl else "-" for s in sources),
-            *((f"{speed['prefill_tokens_per_s']:.0f} ({speed['prefill_tokens_per_s'] / speed['dense_prefill_tokens_per_s']:.2f}x)",
-               f"{speed['decode_tokens_per_s']:.1f} ({speed['decode_tokens_per_s'] / speed['dense_decode_tokens_per_s']:.2f}x)")
-              if speed else ("-", "-"))]
+            *(_rate(getattr(row, kind), key) for kind, key in SPEEDS.values())]
 
 
 def write_curve(rows: list[Depth], folder: Path, model: str) -> None:
     """curve.json (every row), curve.csv and curve.md (one line per depth) and curve.png (perplexity
     against blocks removed, one panel per source)."""
     sources = list(dict.fromkeys(s for row in rows for s in row.ppl))
-    header = [*COLUMNS, *(f"PPL {Path(s).name}" for s in sources), "prefill tok/s (vs dense)",
-              "decode tok/s (vs dense)"]
+    header = [*COLUMNS, *(f"PPL {Path(s).name}" for s in sources), *(f"{name} (vs dense)" for name in SPEEDS)]
     table = [header, *(_cells(row, sources) for row in rows)]
     write_atomic(folder / "curve.json", json.dumps({"model": model, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
 
