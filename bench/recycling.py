@@ -37,7 +37,7 @@ def variants(model: str) -> dict[str, dict]:
              "lora-top1024": {**lora, "--distill-top-k": "1024"},
              "fuse-trial-top1024": {**fuse, "--distill-top-k": "1024", "--trial-rates": "0,3e-3"},
              "fuse-top1024-bf16": {**fuse, "--distill-top-k": "1024", "--tune-dtype": "bfloat16"}}
-    for name in ("lora-top1024", "fuse-trial-top1024"):  # the seed's spread, against which a gap is judged
+    for name in ("lora-top1024", "fuse-trial-top1024", "fuse-top1024"):  # the seed's spread, against which a gap is judged
         cells[f"{name}-seed1"] = {**cells[name], "--seed": "1"}
     if model == "smollm2":  # fuse-full is headline-smollm2/default-margins (the same settings, its own choice)
         del cells["fuse-full"]
