@@ -147,9 +147,33 @@ def test_llama_cpp_perplexity_is_transformers_perplexity_of_an_f32_gguf(tmp_path
 def test_the_python_api_draws_the_same_curve(tmp_path, six_blocks, text_file):
     import fusegpt
 
-    config = fusegpt.CompressConfig(calib=str(text_file), nsamples=4, seqlen=32, mi_samples=2, sparsity=None,
-                                    fusion=fusegpt.FusionConfig(group_size=2, rank=4, lora_rank=0),
-                                    tune=fusegpt.TuneConfig(epochs=0, global_epochs=1, batch_size=2, trial_rates=()))
-    rows = fusegpt.compress_curve(six_blocks, config, [2, 1], tmp_path / "api", progress=False)
+    rows = fusegpt.compress_curve(six_blocks, fusegpt_config(text_file), [2, 1], tmp_path / "api", progress=False)
     assert [r.removed for r in rows] == [0, 1, 2] and rows[2].blocks[:1] == rows[1].blocks
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "api" / "remove-2").config.num_hidden_layers == 4
+
+
+def test_a_curves_dry_run_plans_choosing_once_and_each_depths_repair(six_blocks, text_file, capsys):
+    """The plan of a curve: the deepest depth's choosing (no tune), then each depth's repair of given
+    blocks (no scoring): tuning passes are the sum of the depths' own, scoring is counted once."""
+    from dataclasses import replace
+
+    from fusegpt.curve import amounts, plan_curve
+    from fusegpt.runtime.plan import plan
+
+    assert main(_compress(six_blocks, "unused", text_file, "--num-remove", "1,2", "--dry-run", *FLAGS)) == 0
+    assert "curve of 2 depths (1, 2 blocks removed)" in capsys.readouterr().out
+    config = fusegpt_config(text_file)
+    plans, _ = plan_curve(str(six_blocks), config, amounts("1,2", int, "--num-remove"))
+    given = [plan(str(six_blocks), replace(config, num_remove=None, sparsity=None, blocks=list(range(k)),
+                                           selection="given")) for k in (1, 2)]
+    assert [p.tuning_passes for p in plans] == [0, *(p.tuning_passes for p in given)] and given[0].tuning_passes > 0
+    assert plans[0].forward_passes > given[1].forward_passes  # scoring is the choosing plan's
+    assert plans[0].remove == 2
+
+
+def fusegpt_config(text_file):
+    from fusegpt import CompressConfig, FusionConfig, TuneConfig
+
+    return CompressConfig(calib=str(text_file), nsamples=4, seqlen=32, mi_samples=2, sparsity=None,
+                          fusion=FusionConfig(group_size=2, rank=4, lora_rank=0),
+                          tune=TuneConfig(epochs=0, global_epochs=1, batch_size=2, trial_rates=()))

@@ -132,8 +132,8 @@ def _run_compress(args) -> None:
     config = _config(args, **({"sparsity": None, "num_remove": None} if args.blocks is not None else sizes[0]))
     _check_sources(args, config.calib)
     if args.dry_run:  # each depth's plan, printed before any is refused
-        plans = plan_curve(args.model, config, sizes if args.blocks is None else [{}])
-        print("\n".join(planned.render() for planned in plans))
+        plans, rendered = plan_curve(args.model, config, sizes if args.blocks is None else [{}])
+        print(rendered)
         for planned in plans:
             planned.check()
         return

@@ -67,13 +67,29 @@ def counts(job: Job, sizes: list[dict]) -> list[int]:
     return sorted({replace(job.config, **size).blocks_to_remove(depth) for size in sizes})
 
 
-def plan_curve(model: str, config, sizes: list[dict]) -> list:
-    """`--dry-run`: the plan of each size (`runtime.plan.Plan`; of a curve, each depth's run)."""
-    from .runtime.plan import plan
+def plan_curve(model: str, config, sizes: list[dict]) -> tuple[list, str]:
+    """`--dry-run`: (the plans, their rendering). One size: its run's plan. A curve: choosing to the
+    deepest depth (the method's steps), then each depth's repair of given blocks, and the totals."""
+    from . import catalog
+    from .runtime.plan import GIB, plan
 
+    if len(sizes) == 1:
+        planned = plan(model, replace(config, **sizes[0]))
+        return [planned], planned.render()
     depth = _depth_of(model)
-    return [plan(model, replace(config, **size)) for size in
-            sorted(sizes, key=lambda size: replace(config, **size).blocks_to_remove(depth))]
+    ks = sorted({replace(config, **size).blocks_to_remove(depth) for size in sizes})
+    shared = not catalog.CRITERIA[config.recipe[0]].per_depth
+    plans = [plan(model, replace(config, sparsity=None, num_remove=ks[-1]))] if shared else []
+    plans += [plan(model, replace(config, sparsity=None, num_remove=None, blocks=list(range(k)), selection="given")
+                   if shared else replace(config, sparsity=None, num_remove=k)) for k in ks]
+    if shared:  # the choosing run stops before its tune
+        plans[0].tuning_passes = 0
+    total = (f"curve of {len(ks)} depths ({', '.join(map(str, ks))} blocks removed): "
+             f"{sum(p.tuning_passes for p in plans):,} tuning block passes, "
+             f"~{sum(p.forward_passes for p in plans):,} forward-only block passes, "
+             f"peak host memory ~{max(p.peak_host for p in plans) / GIB:.1f} GiB"
+             + (" (the order of removal chosen once, by the first plan's steps)" if shared else ""))
+    return plans, "\n".join([*(p.render() for p in plans), total])
 
 
 def _staging(out: Path, resume: bool) -> Path:
