@@ -74,6 +74,7 @@ def test_an_interrupted_curve_keeps_its_finished_depths_and_resumes(tmp_path, si
 
     monkeypatch.setattr(workflow, "run", killed_at_the_second_depth)
     assert main(args) == 130
+    assert "rerun the same command with --resume" in capsys.readouterr().err
     staging = tmp_path / ".curve.curve"
     assert (staging / "remove-1").is_dir() and not out.exists()
     finished = (staging / "remove-1" / "model.safetensors").stat().st_mtime_ns

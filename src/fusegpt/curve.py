@@ -203,15 +203,19 @@ def run_curve(job: Job, sizes: list[dict]) -> list[Depth]:
     check_gguf_request(job)
     ks = counts(job, sizes)
     staging = _staging(out, job.resume)
-    order = _order(job, ks[-1], staging)
-    rows = [_dense_row(job, staging)]
-    for k in ks:
-        folder = staging / f"remove-{k}"
-        if not folder.exists():
-            amount = dict(blocks=order[:k], selection="given") if order else dict(num_remove=k)
-            run(replace(job, config=replace(job.config, **{"sparsity": None, "num_remove": None, **amount}),
-                        out=folder, overwrite=False, resume=(checkpoint_folder(folder) / STATE).exists()))
-        rows.append(_depth_row(folder, k))
+    try:
+        order = _order(job, ks[-1], staging)
+        rows = [_dense_row(job, staging)]
+        for k in ks:
+            folder = staging / f"remove-{k}"
+            if not folder.exists():
+                amount = dict(blocks=order[:k], selection="given") if order else dict(num_remove=k)
+                run(replace(job, config=replace(job.config, **{"sparsity": None, "num_remove": None, **amount}),
+                            out=folder, overwrite=False, resume=(checkpoint_folder(folder) / STATE).exists()))
+            rows.append(_depth_row(folder, k))
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted; the curve's finished work is kept in {staging}: rerun the same "
+                                "command with --resume to continue") from None
     _measure_speed(job, rows, staging)
     write_curve(rows, staging, job.model)
     if out.exists():  # --overwrite: the old result goes once the new one is complete
