@@ -288,8 +288,15 @@ def _compute_cell(result: Path, suite: str, name: str, model: str, settings: dic
     resume = ["--resume"] if (out.parent / f".{out.name}.checkpoint").exists() else []  # an interrupted cell
     device = ["--device", DEVICE] if DEVICE else []
     started = time.perf_counter()
-    fusegpt(["compress", str(weights or proto.model), "--out", str(out), "--overwrite", *flags, *device, *resume, "--quiet"])
-    compress_seconds = time.perf_counter() - started
+    compressed = out.parent / f"{out.name}.flags.json"  # the flags its saved output was compressed with
+    if out.exists() and compressed.exists() and json.loads(compressed.read_text()) == flags and not resume:
+        # compressed by an earlier runner whose evaluation was lost (killed): evaluated now
+        compress_seconds = json.loads((out / "fusegpt_report.json").read_text())["seconds"]["total"]
+    else:
+        fusegpt(["compress", str(weights or proto.model), "--out", str(out), "--overwrite", *flags, *device, *resume,
+                 "--quiet"])
+        compress_seconds = time.perf_counter() - started
+        compressed.write_text(json.dumps(flags) + "\n")
     evaluation = out / "evaluation.json"
     evaluated = time.perf_counter()
     fusegpt(["eval", str(out), "--ppl", ",".join(proto.dev + proto.test), *proto.ppl, *device,

@@ -46,3 +46,20 @@ def test_perplexity_is_the_exp_of_the_mean_next_token_nll_over_non_overlapping_w
     expected = _by_hand(model, ids.numpy(), seqlen, windows)
     assert perplexity(model, ids, seqlen, batch_size=2, progress=False, windows=windows) == pytest.approx(expected,
                                                                                                           rel=1e-5)
+
+
+def test_a_large_vocabulary_shrinks_the_batch_not_the_result(monkeypatch):
+    """With room for one window's logits at a time (Gemma 3's 262k head at 8 x 512 would hold 4.3 GB),
+    the windows go one by one, each model call holding one window's logits, and the perplexity is
+    the hand computation's all the same."""
+    from fusegpt.evaluation import ppl
+
+    model = _bigram_model().eval()
+    ids = torch.randint(0, model.config.vocab_size, (70,), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(ppl, "LOGITS_BUDGET", 16 * model.config.vocab_size)  # one window of 16
+    seen = []
+    model.register_forward_hook(lambda module, args, kwargs, output: seen.append(kwargs["input_ids"].shape[0]),
+                                with_kwargs=True)
+    assert perplexity(model, ids, 16, batch_size=8, progress=False) == pytest.approx(_by_hand(model, ids.numpy(), 16,
+                                                                                            None), rel=1e-5)
+    assert seen == [1, 1, 1, 1]
