@@ -23,6 +23,7 @@ ROWS = [
     ("SmolLM2-135M, 8 of 30 blocks", "LoRA healing at its best dev rate", "headline-smollm2/lora.json"),
     ("SmolLM2-135M, 8 of 30 blocks", "LoRA healing, top-1024 teacher", "recycling-smollm2/lora-top1024.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "fusion, top-64 teacher", "recycling-gemma3/fuse-top64.json"),
+    ("Gemma 3 270M, 4 of 18 blocks", "fusion, whole vocabulary", "recycling-gemma3/fuse-full.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "fusion, top-1024 teacher", "recycling-gemma3/fuse-top1024.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "after the default's trial (chose 0: LoRA healing), top-1024 teacher",
      "recycling-gemma3/fuse-trial-top1024.json"),
