@@ -25,6 +25,7 @@ ROWS = [
     ("Gemma 3 270M, 4 of 18 blocks", "fusion, top-64 teacher", "recycling-gemma3/fuse-top64.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "fusion, whole vocabulary", "recycling-gemma3/fuse-full.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "fusion, top-1024 teacher", "recycling-gemma3/fuse-top1024.json"),
+    ("Gemma 3 270M, 4 of 18 blocks", "fusion, top-1024 teacher, seed 1", "recycling-gemma3/fuse-top1024-seed1.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "after the default's trial (chose 0: LoRA healing), top-1024 teacher",
      "recycling-gemma3/fuse-trial-top1024.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "LoRA healing, top-64 teacher", "recycling-gemma3/lora-top64.json"),
