@@ -34,7 +34,12 @@ def main() -> None:
     model, tokenizer = load_model(str(gemma3_path() if name == "gemma3" else MODELS[name]))
     base = preset(blocks=[int(b) for b in BLOCKS[name].split(",")], sparsity=None, calib=str(splits()["wiki-calib"]),
                   nsamples=WINDOWS, seqlen=SEQLEN, mi_samples=8, seed=0)
-    base.tune = replace(base.tune, global_epochs=1, trial_rates=())
+    # the default of 2026-12-06 spelled out (a default that changes later does not move these cells)
+    base.fusion = replace(base.fusion, group_size=7, coefficient="lowrank", rank=128, lora_rank=128,
+                          train_norms=True, seam_map=False, normalize_donors=True)
+    base.tune = replace(base.tune, loss="relative_mse", epochs=0, batch_size=8, coef_lr=1e-2, lr=1e-3,
+                        global_epochs=1, global_coef_lr=3e-3, coef_decay=0.0, trial_rates=(), distill="logits",
+                        warmup=0.0)
     cells: dict[str, dict] = {v: {"tune_seconds": [], "block_passes": None, "loss": None} for v in VARIANTS}
     for _ in range(ROUNDS):
         for variant, (top_k, dtype) in VARIANTS.items():

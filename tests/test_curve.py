@@ -85,6 +85,12 @@ def test_an_interrupted_curve_keeps_its_finished_depths_and_resumes(tmp_path, si
     assert main(args + ["--resume"]) == 0
     assert (out / "remove-1" / "model.safetensors").stat().st_mtime_ns == finished  # not computed again
     assert [r["removed"] for r in json.loads((out / "curve.json").read_text())["rows"]] == [0, 1, 2]
+    capsys.readouterr()
+    assert main(args) == 2 and "--overwrite" in _one_line_error(capsys)  # a finished curve is not replaced
+    (out / "marker").write_text("old")
+    assert main(args + ["--overwrite"]) == 0  # replaced once the new curve is complete, nothing left aside
+    assert not (out / "marker").exists() and (out / "curve.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".curve")) == []
 
 
 def test_a_curve_refuses_a_size_list_that_is_not_numbers(tmp_path, six_blocks, text_file, capsys):

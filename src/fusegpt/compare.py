@@ -60,7 +60,7 @@ def run_cell(model_name: str | Path, method: str, sparsity: float, config: Compr
     """Load a fresh copy of the model, compress it (unless dense), measure it and evaluate it.
     Inference speed is measured on the dense model and on the output in the same run."""
     from . import load_model
-    from .evaluation.cost import PeakRSS, inference_speed, parameter_count
+    from .evaluation.cost import PeakRSS, parameter_count, speed_beside
     from .evaluation.measure import measure
     from .runtime.placement import place_for_inference, resolve_device
     from .workflow import load_and_compress
@@ -83,14 +83,11 @@ def run_cell(model_name: str | Path, method: str, sparsity: float, config: Compr
     place_for_inference(model, device, config.offload)
     cell.parameters = parameter_count(model)
     if speed:  # against a fresh dense copy, timed in turn with the output in the same run
-        models = {"output": model}
-        if method != DENSE:
-            models["dense"] = load_model(model_name, config.dtype)[0]
-            place_for_inference(models["dense"], device, config.offload)
-        measured = inference_speed(models)
-        reference = measured.get("dense", measured["output"])  # the dense model is its own reference
-        cell.speed = {**measured["output"], **{f"dense_{k}": v for k, v in reference.items()}}
-        del models
+        dense = None if method == DENSE else load_model(model_name, config.dtype)[0]
+        if dense is not None:
+            place_for_inference(dense, device, config.offload)
+        cell.speed = speed_beside(model, dense)
+        del dense
     measured = measure(model, tokenizer, ppl, tasks, ppl_seqlen or config.seqlen, config.data_dir, ppl_windows,
                        limit, tasks_dir, progress=progress)
     cell.ppl, cell.zero_shot = measured.ppl, measured.zero_shot

@@ -61,10 +61,10 @@ def _depth_of(model: str) -> int:
     return load_config(model).get_text_config().num_hidden_layers
 
 
-def counts(job: Job, sizes: list[dict]) -> list[int]:
+def counts(model: str, config, sizes: list[dict]) -> list[int]:
     """The blocks each size removes, deduplicated and ascending (each checked against the depth)."""
-    depth = _depth_of(job.model)
-    return sorted({replace(job.config, **size).blocks_to_remove(depth) for size in sizes})
+    depth = _depth_of(model)
+    return sorted({replace(config, **size).blocks_to_remove(depth) for size in sizes})
 
 
 def plan_curve(model: str, config, sizes: list[dict]) -> tuple[list, str]:
@@ -76,8 +76,7 @@ def plan_curve(model: str, config, sizes: list[dict]) -> tuple[list, str]:
     if len(sizes) == 1:
         planned = plan(model, replace(config, **sizes[0]))
         return [planned], planned.render()
-    depth = _depth_of(model)
-    ks = sorted({replace(config, **size).blocks_to_remove(depth) for size in sizes})
+    ks = counts(model, config, sizes)
     shared = not catalog.CRITERIA[config.recipe[0]].per_depth
     plans = [plan(model, replace(config, sparsity=None, num_remove=ks[-1]))] if shared else []
     plans += [plan(model, replace(config, sparsity=None, num_remove=None, blocks=list(range(k)), selection="given")
@@ -167,28 +166,25 @@ def _measure_speed(job: Job, rows: list[Depth], staging: Path) -> None:
 
     import torch
 
-    from .evaluation.cost import inference_speed, parameter_count
+    from .evaluation.cost import parameter_count, speed_beside
     from .io import load_model
     from .runtime.placement import place_for_inference, resolve_device
 
     device = resolve_device(job.config.device)
     dense, _ = load_model(job.model, job.config.dtype)
     place_for_inference(dense, device, job.config.offload)
-    for row in rows:
-        if row.removed == 0 or row.speed:
-            continue
+    prompt = torch.randint(0, dense.config.get_text_config().vocab_size, (128,),
+                           generator=torch.Generator().manual_seed(0)).tolist()  # for llama.cpp
+    for row in rows[1:]:
         model, _ = load_model(str(staging / row.folder), job.config.dtype)
         place_for_inference(model, device, job.config.offload)
         row.parameters = parameter_count(model)
-        measured = inference_speed({"dense": dense, "output": model})
-        row.speed = {**measured["output"], **{f"dense_{k}": v for k, v in measured["dense"].items()}}
+        row.speed = speed_beside(model, dense)
         del model
         if row.gguf and importlib.util.find_spec("llama_cpp") is not None:
             from .evaluation.llamacpp import llama_speed
 
             files = {"output": staging / row.folder / row.gguf, **({"dense": Path(rows[0].gguf)} if rows[0].gguf else {})}
-            prompt = torch.randint(0, dense.config.get_text_config().vocab_size, (128,),
-                                   generator=torch.Generator().manual_seed(0)).tolist()
             measured = llama_speed(files, prompt)
             row.gguf_speed = {**measured["output"], **{f"dense_{k}": v for k, v in measured.get("dense", {}).items()}}
 
@@ -201,7 +197,7 @@ def run_curve(job: Job, sizes: list[dict]) -> list[Depth]:
 
     out = check_output(job.out, job.overwrite, protect=job.model)
     check_gguf_request(job)
-    ks = counts(job, sizes)
+    ks = counts(job.model, job.config, sizes)
     staging = _staging(out, job.resume)
     try:
         order = _order(job, ks[-1], staging)
@@ -218,9 +214,11 @@ def run_curve(job: Job, sizes: list[dict]) -> list[Depth]:
                                 "command with --resume to continue") from None
     _measure_speed(job, rows, staging)
     write_curve(rows, staging, job.model)
-    if out.exists():  # --overwrite: the old result goes once the new one is complete
-        shutil.rmtree(out)
+    previous = out.with_name(f".{out.name}.previous")
+    if out.exists():  # --overwrite: the old result is moved aside, and goes once the new one is in place
+        out.rename(previous)
     staging.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
     return rows
 
 

@@ -83,6 +83,14 @@ def inference_speed(models: dict[str, PreTrainedModel], prefill_tokens: int = 51
             for name, t in times.items()}
 
 
+def speed_beside(output: PreTrainedModel, dense: PreTrainedModel | None) -> dict[str, float]:
+    """`output`'s tokens/s and, as dense_*, the dense model's timed in turn with it (None: `output`
+    is the dense model, its own reference)."""
+    measured = inference_speed({"output": output, **({"dense": dense} if dense is not None else {})})
+    reference = measured.get("dense", measured["output"])
+    return {**measured["output"], **{f"dense_{k}": v for k, v in reference.items()}}
+
+
 def _timed(run, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
