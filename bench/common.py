@@ -67,13 +67,13 @@ def suite_name(name: str) -> str:
 # the recipe every cell starts from, every setting spelled out: a cell states what it ran, whatever
 # the defaults. It is the default of 2026-12-02; the default of 2026-12-04 also normalises donors
 # and distils logits (`pinned(normalize_donors=None, distill="logits")`), chosen on the cells that
-# compare them.
+# compare them; the default of 2026-12-06 distils the dense top 1024 (`distill_top_k="1024"`).
 RECIPE: dict[str, str | None] = {
     "--method": "kl-fuse", "--epochs": "0", "--global-epochs": "4", "--global-coef-lr": "3e-3",
     "--coef-lr": "1e-2", "--lr": "1e-3", "--loss": "relative_mse", "--teacher": "dense", "--batch-size": "8",
     "--group-size": "7", "--coef": "lowrank", "--rank": "128", "--lora-rank": "128", "--no-seam-map": None,
     "--no-normalize-donors": None, "--fuse-eval": "0", "--seed": "0", "--dtype": "float32",
-    "--distill": "hidden", "--warmup": "0", "--rescore-limit": "0", "--trial-rates": "",
+    "--distill": "hidden", "--distill-top-k": "0", "--warmup": "0", "--rescore-limit": "0", "--trial-rates": "",
 }
 SWITCHES = ("seam_map", "normalize_donors")  # on/off flag pairs: --x and --no-x
 

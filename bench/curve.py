@@ -16,8 +16,8 @@ import time
 from common import OUTPUTS, RESULTS, flags_of, fusegpt, pinned, protocol, require_assets, run_cell
 
 DEPTHS = {"smollm2": (4, 6, 8, 10), "gemma3": (2, 3, 4, 5)}
-# the default of 2026-12-06 spelled out (the trial of rate 0 included)
-DEFAULT = pinned(normalize_donors=None, distill="logits", rescore_limit="8", trial_rates="0")
+# the default of 2026-12-06 spelled out (the trial of rate 0 and the top-1024 teacher included)
+DEFAULT = pinned(normalize_donors=None, distill="logits", distill_top_k="1024", rescore_limit="8", trial_rates="0")
 
 
 def _curve(model: str) -> dict:

@@ -144,8 +144,9 @@ class TuneConfig:
                               choices=DISTILLS, earlier="hidden")
     # with logits: the dense model's k most likely tokens and the rest's mass at every position,
     # computed once before the tune, are the teacher (the (k + 1)-bin KL; 0: the whole vocabulary,
-    # its logits recomputed every step from the dense model's final hidden states)
-    distill_top_k: int = option(0, "with --distill logits: the dense model's k most likely tokens per position and "
+    # its logits recomputed every step from the dense model's final hidden states). 1024 was within
+    # 1% of the whole vocabulary on both real models' dev and cut Gemma 3's tune by a quarter
+    distill_top_k: int = option(1024, "with --distill logits: the dense model's k most likely tokens per position and "
                                 "the rest's mass, computed once, are the target (0: the whole vocabulary, recomputed "
                                 "every step)", check=(lambda v: v >= 0, "0 (the whole vocabulary) or more"),
                                 earlier=0)

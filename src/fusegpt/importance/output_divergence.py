@@ -47,7 +47,7 @@ def divergence_from(head: nn.Module, hidden: torch.Tensor, targets: DenseTargets
         scored = window[targets.positions].to(device)
         for part in chunks(len(scored), head, max_elements):
             logits = head(scored[part]).float()
-            p_ids, p_log, p_rest = ids[part].to(device), log_p[part].to(device), rest_log[part].to(device)
+            p_ids, p_log, p_rest = ids[part].to(device).long(), log_p[part].to(device), rest_log[part].to(device)
             top = logits.gather(-1, p_ids)
             most = logits.amax(-1, keepdim=True)  # log-normaliser in place: no second vocabulary-wide tensor
             q_log = top - (most + logits.sub_(most).exp_().sum(-1, keepdim=True).log())
@@ -71,7 +71,7 @@ def divergence_bound(head: nn.Module, hidden: torch.Tensor, targets: DenseTarget
         scored = window[targets.positions].to(device)
         for start in range(0, scored.shape[0], size):
             part = slice(start, start + size)
-            p_ids, p_log = ids[part].to(device), log_p[part].to(device)
+            p_ids, p_log = ids[part].to(device).long(), log_p[part].to(device)
             features = head.features(scored[part])
             logits = torch.bmm(weight[p_ids], features.unsqueeze(-1)).squeeze(-1)
             if bias is not None:

@@ -311,13 +311,18 @@ def plan(name: str, config: CompressConfig, shape: Shape | None = None) -> Plan:
         scoring_cache = 0 if config.hidden_cache == "all" else (shape.depth + 1) * m * window
         # the host holds all else beside the tune; a final tune runs after the scoring cache is freed
         beside = result.peak_host - (scoring_cache if final and config.tune.epochs == 0 else 0)
+        # the dense top-k teacher of a final logit tune (int32 ids, fp32 log-probabilities, each
+        # position's rest), built beside the dense output it replaces (predictions.dense_targets)
+        top_k = final and config.tune.distill == "logits" and config.tune.distill_top_k
+        teacher = n * t * (8 * min(config.tune.distill_top_k, shape.vocab) + 4) if top_k else 0
+        beside += teacher
         # 90% of the device, as placement leaves for the allocator's fragmentation; the host's available rest
         gpu = device_memory(config) if on_gpu else None
         budget = (int(0.9 * gpu) if gpu else None) if on_gpu else (result.available - beside if result.available else None)
         memory = choose_tuning_memory(shape, config, tuned, k, on_gpu, budget)
         result.tuning = memory
         result.device.update(memory.device)
-        host = sum(memory.host.values())
+        host = sum(memory.host.values()) + teacher
         if final and config.tune.epochs == 0:  # what the tune adds to the peak of choosing
             host = max(0, host - scoring_cache)
         if host:

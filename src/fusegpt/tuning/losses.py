@@ -184,7 +184,7 @@ class _ChunkedKL(torch.autograd.Function):
             rest = teacher.log_rest.flatten()
 
             def chunk_of(rows, grad):
-                return loss._top_chunk(s[rows], ids[rows], log_p[rows], rest[rows], grad)
+                return loss._top_chunk(s[rows], ids[rows].long(), log_p[rows], rest[rows], grad)
             chunk = loss.rows_per_chunk(buffers=1)
         else:
             t = teacher.flatten(0, -2)
