@@ -1,12 +1,13 @@
 """One run, every depth, against separate runs (issue 32): the curve of 4 depths (`--num-remove
-K1,K2,K3,K4`, the order chosen once) and the 4 runs of their own (`--num-remove K`), each
-depth's perplexity on dev and test beside its separate run's, and the wall time and block passes
-of the curve against the sum of the separate runs'. Today's default recipe is pinned; run it alone
-(its times are the comparison).
+K1,K2,K3,K4`, the order chosen once), each depth repaired from the dense model (`dense`) or going
+on from the depth before for 1 or 2 global epochs (`warm1`, `warm2`: `--warm-epochs`), against the
+4 runs of their own (`--num-remove K`): each depth's perplexity on dev and test beside its separate
+run's, and the compress time and block passes of the curve against the sum of the separate runs'.
+Today's default recipe is pinned; run it alone (its times are the comparison).
 
-    python bench/curve.py smollm2        # results in bench/results/curve-smollm2/
-    python bench/curve.py gemma3
-    python bench/curve.py smollm2 --table"""
+    python bench/curve.py smollm2                # every variant; results in bench/results/curve-smollm2/
+    python bench/curve.py pydoc dense,warm1      # some variants (the separate runs always)
+    python bench/curve.py gemma3 --table"""
 from __future__ import annotations
 
 import json
@@ -15,22 +16,24 @@ import time
 
 from common import OUTPUTS, RESULTS, flags_of, fusegpt, pinned, protocol, require_assets, run_cell
 
-DEPTHS = {"smollm2": (4, 6, 8, 10), "gemma3": (2, 3, 4, 5)}
+DEPTHS = {"smollm2": (4, 6, 8, 10), "gemma3": (2, 3, 4, 5), "pydoc": (2, 3, 4, 5)}
 # the default of 2026-12-06 spelled out (the trial of rate 0 and the top-1024 teacher included)
 DEFAULT = pinned(normalize_donors=None, distill="logits", distill_top_k="1024", rescore_limit="8", trial_rates="0")
+VARIANTS = {"dense": {"--warm-epochs": "0"}, "warm1": {"--warm-epochs": "1"}, "warm2": {"--warm-epochs": "2"}}
 
 
-def _curve(model: str) -> dict:
-    """The curve's cell: its wall time, each depth's removed blocks and block passes, and each
-    depth's dev and test perplexity (`fusegpt eval` of each depth's folder)."""
-    result = RESULTS / f"curve-{model}" / "curve.json"
+def _curve(model: str, variant: str) -> dict:
+    """The curve's cell: its compress time (choosing the order included), each depth's removed
+    blocks, block passes and time, and each depth's dev and test perplexity (`fusegpt eval`)."""
+    result = RESULTS / f"curve-{model}" / f"curve-{variant}.json"
     if result.exists():
         return json.loads(result.read_text())
-    proto, out = protocol(model), OUTPUTS / f"curve-{model}" / "curve"
+    proto, out = protocol(model), OUTPUTS / f"curve-{model}" / f"curve-{variant}"
     started = time.perf_counter()
-    fusegpt(["compress", str(proto.model), "--out", str(out), "--overwrite", *proto.calib, *flags_of(DEFAULT),
-             "--num-remove", ",".join(map(str, DEPTHS[model])), "--quiet"])
-    cell = {"seconds": round(time.perf_counter() - started, 1), "depths": {}}
+    fusegpt(["compress", str(proto.model), "--out", str(out), "--overwrite", *proto.calib,
+             *flags_of({**DEFAULT, **VARIANTS[variant]}), "--num-remove", ",".join(map(str, DEPTHS[model])), "--quiet"])
+    cell = {"seconds": round(time.perf_counter() - started, 1),
+            "choose_seconds": round(json.loads((out / "order.json").read_text())["seconds"], 1), "depths": {}}
     for k in DEPTHS[model]:
         folder = out / f"remove-{k}"
         report = json.loads((folder / "fusegpt_report.json").read_text())
@@ -39,43 +42,63 @@ def _curve(model: str) -> dict:
                  str(evaluation), "--quiet"])
         scores = json.loads(evaluation.read_text())["ppl"]
         cell["depths"][str(k)] = {"removed": [s["removed"] for s in report["steps"]],
-                                  "block_passes": report.get("block_passes"),
+                                  "block_passes": report.get("block_passes"), "seconds": report["seconds"]["total"],
                                   "dev": [scores[s] for s in proto.dev], "test": [scores[s] for s in proto.test]}
     result.parent.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps(cell, indent=2) + "\n")
     return cell
 
 
+def _gap(mine: list[float], alone: dict) -> str:
+    return " / ".join(f"{a:.2f} ({100 * (a / b - 1):+.1f}%)" for a, b in zip(mine, alone.values()))
+
+
 def table(model: str) -> str:
-    curve = json.loads((RESULTS / f"curve-{model}" / "curve.json").read_text())
-    rows = ["| blocks removed | curve: removed | separate: removed | dev PPL curve / separate | "
-            "test PPL curve / separate |", "| --- | --- | --- | --- | --- |"]
-    separate_seconds = 0.0
-    for k in DEPTHS[model]:
-        alone = json.loads((RESULTS / f"curve-{model}" / f"separate-{k}.json").read_text())
-        separate_seconds += alone["compress_seconds"]
-        mine = curve["depths"][str(k)]
-        rows.append(f"| {k} | {' '.join(map(str, mine['removed']))} | {' '.join(map(str, alone['removed']))} | "
-                    + " / ".join(f"{a:.2f}" for a in mine["dev"]) + " vs "
-                    + " / ".join(f"{v:.2f}" for v in alone["dev"].values()) + " | "
-                    + " / ".join(f"{a:.2f}" for a in mine["test"]) + " vs "
-                    + " / ".join(f"{v:.2f}" for v in alone["test"].values()) + " |")
-    rows.append(f"\ncurve {curve['seconds']:.0f} s against {separate_seconds:.0f} s for the separate runs "
-                f"({curve['seconds'] / separate_seconds:.2f}x; compress time, evaluation apart)")
-    return "\n".join(rows)
+    folder = RESULTS / f"curve-{model}"
+    alone = {k: json.loads((folder / f"separate-{k}.json").read_text()) for k in DEPTHS[model]
+             if (folder / f"separate-{k}.json").exists()}
+    rows = ["| curve | blocks removed | removed | dev PPL (vs separate) | test PPL (vs separate) | block passes |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for k, cell in alone.items():
+        rows.append(f"| separate | {k} | {' '.join(map(str, cell['removed']))} | "
+                    + " / ".join(f"{v:.2f}" for v in cell["dev"].values()) + " | "
+                    + " / ".join(f"{v:.2f}" for v in cell["test"].values()) + f" | {cell['block_passes']:,} |")
+    separate = sum(cell["compress_seconds"] for cell in alone.values())
+    totals = []
+    for variant in VARIANTS:
+        path = folder / f"curve-{variant}.json"
+        if not path.exists():
+            continue
+        curve = json.loads(path.read_text())
+        for k, mine in curve["depths"].items():
+            if int(k) in alone:
+                rows.append(f"| {variant} | {k} | {' '.join(map(str, mine['removed']))} | "
+                            f"{_gap(mine['dev'], alone[int(k)]['dev'])} | {_gap(mine['test'], alone[int(k)]['test'])} | "
+                            f"{mine['block_passes']:,} |")
+        passes = sum(d["block_passes"] for d in curve["depths"].values())
+        totals.append(f"{variant}: {curve['seconds']:.0f} s ({curve['seconds'] / separate:.2f}x the separate runs' "
+                      f"{separate:.0f} s; choosing {curve['choose_seconds']:.0f} s), {passes:,} tuning block passes "
+                      f"({passes / sum(c['block_passes'] for c in alone.values()):.2f}x)")
+    return "\n".join(rows + [""] + totals)
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in DEPTHS:
+    args = sys.argv[1:]
+    if not args or args[0] not in DEPTHS:
         sys.exit(__doc__)
-    model = sys.argv[1]
-    if sys.argv[2:] == ["--table"]:
+    model = args[0]
+    if args[1:] == ["--table"]:
         print(table(model))
         return
     require_assets()
-    _curve(model)
+    variants = args[1].split(",") if len(args) > 1 else list(VARIANTS)
+    for variant in variants:
+        if variant not in VARIANTS:
+            sys.exit(f"unknown variant {variant!r}; one of {', '.join(VARIANTS)}")
     for k in DEPTHS[model]:
         run_cell(f"curve-{model}", f"separate-{k}", model, {**DEFAULT, "--num-remove": str(k)})
+    for variant in variants:
+        _curve(model, variant)
     print(table(model))
 
 

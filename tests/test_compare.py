@@ -76,6 +76,8 @@ def test_compare_command(tmp_path, model_dir, text_file, capsys):
     assert "unknown method(s) bogus" in capsys.readouterr().err
     assert main(args[:8] + ["--sparsity", "0.25,1.5"] + args[10:]) == 2
     assert "--sparsity must be in (0, 1)" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "given"), "--selection", "given", "--blocks", "1"]) == 2
+    assert "are for compress" in capsys.readouterr().err and not (tmp_path / "given").exists()
 
 
 def test_a_cell_reports_cost_size_and_speed(model_dir, text_file):

@@ -184,3 +184,74 @@ def fusegpt_config(text_file):
     return CompressConfig(calib=str(text_file), nsamples=4, seqlen=32, mi_samples=2, sparsity=None,
                           fusion=FusionConfig(group_size=2, rank=4, lora_rank=0),
                           tune=TuneConfig(epochs=0, global_epochs=1, batch_size=2, trial_rates=()))
+
+
+def test_a_warm_start_goes_on_from_a_shallower_model_with_the_dense_model_as_teacher(tmp_path, six_blocks, text_file):
+    """Going on from a repaired model of depth 5 (block 2 removed, tuned) with nothing more to remove:
+    without a tune the result computes what that model computes; with one, its first step's loss
+    (one batch of all 4 windows, before any update) is the mean KL from the dense model's
+    predictions to that model's, computed here with plain transformers on the same windows."""
+    import torch
+    import torch.nn.functional as F
+    from dataclasses import replace
+
+    from fusegpt import load_model, save_compressed
+    from fusegpt.pipeline import compress
+    from fusegpt.workflow import warm_start
+
+    config = replace(fusegpt_config(text_file), blocks=[2], selection="given")
+    dense, tokenizer = load_model(str(six_blocks))
+    first = compress(dense, tokenizer, config, progress=False)
+    save_compressed(first.model, tokenizer, first.report, tmp_path / "remove-1")
+    shallow, _ = load_model(str(tmp_path / "remove-1"))
+    runs = {}
+    for epochs in (0, 1):
+        again = replace(config, tune=replace(config.tune, global_epochs=epochs, batch_size=4))
+        dense, tokenizer = load_model(str(six_blocks))
+        runs[epochs] = compress(dense, tokenizer, again, progress=False,
+                                start=warm_start(tmp_path / "remove-1", "float32"))
+    windows = runs[1].windows
+    dense, _ = load_model(str(six_blocks))
+    with torch.no_grad():
+        assert torch.allclose(runs[0].model(windows).logits, shallow(windows).logits, atol=1e-5)
+        p = F.log_softmax(dense(windows).logits, -1)
+        q = F.log_softmax(shallow(windows).logits, -1)
+        kl = (p.exp() * (p - q)).sum(-1).mean().item()
+    assert runs[1].report.heal.step_losses[0] == pytest.approx(kl, rel=1e-4) and kl > 1e-4
+    assert runs[1].report.removed == [2] and runs[1].report.heal.block_passes == 4 * 5  # 4 windows x 5 blocks
+
+
+def test_a_warm_curve_tunes_each_later_depth_from_the_one_before(tmp_path, six_blocks, text_file, capsys):
+    """--warm-epochs 1 with 2 global epochs: depth 1 is repaired from the dense model (2 epochs x 4
+    windows x 5 blocks = 40 block passes), depth 2 goes on from depth 1 (1 epoch x 4 x 4 = 16),
+    removing the same blocks in the same order; a single run refuses --warm-epochs."""
+    flags = [f if f != "1" else "2" for f in FLAGS]  # --global-epochs 2
+    out = tmp_path / "warm"
+    assert main(_compress(six_blocks, out, text_file, "--num-remove", "1,2", "--warm-epochs", "1", *flags)) == 0
+    one, two = _report(out / "remove-1"), _report(out / "remove-2")
+    assert (one["block_passes"], two["block_passes"]) == (40, 16)
+    assert one["started_from"] == "" and two["started_from"].endswith("remove-1")
+    assert two["steps"][0] == one["steps"][0] and len(two["steps"]) == 2
+    rows = json.loads((out / "curve.json").read_text())["rows"]
+    assert [r["block_passes"] for r in rows[1:]] == [40, 16]
+    assert AutoModelForCausalLM.from_pretrained(out / "remove-2").config.num_hidden_layers == 4
+    capsys.readouterr()
+    assert main(_compress(six_blocks, tmp_path / "single", text_file, "--num-remove", "2", "--warm-epochs", "1")) == 2
+    assert "--warm-epochs goes on from one depth of a curve to the next" in _one_line_error(capsys)
+
+
+def test_a_curve_with_tasks_scores_every_depth_zero_shot_as_eval_does(tmp_path, six_blocks, text_file):
+    """--tasks in a curve: each depth's zero-shot scores in its report and the curve's row, the same
+    as `fusegpt eval` of its saved folder gives; the dense row scored too."""
+    root = asset("tasks").parent
+    out, tasks = tmp_path / "curve", ["--tasks", "piqa", "--limit", "4", "--tasks-dir", str(root / "tasks")]
+    assert main(_compress(six_blocks, out, text_file, "--num-remove", "1,2", *tasks, *FLAGS)) == 0
+    rows = json.loads((out / "curve.json").read_text())["rows"]
+    assert all(row["zero_shot"]["piqa"]["items"] == 4 for row in rows)
+    target = tmp_path / "eval.json"
+    assert main(["eval", str(out / "remove-2"), *tasks, "--json", str(target), "--quiet"]) == 0
+    assert rows[2]["zero_shot"]["piqa"]["value"] == json.loads(target.read_text())["zero_shot"]["piqa"]["value"]
+    assert rows[2]["zero_shot"] == _report(out / "remove-2")["zero_shot"]
+    with open(out / "curve.csv") as f:
+        header = next(csv.reader(f))
+    assert "zero-shot piqa" in header and "zero-shot mean" in header

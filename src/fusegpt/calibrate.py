@@ -282,6 +282,14 @@ class BlockStack:
             for (p, _), data in zip(self.dense_norms, current):
                 p.data = data
 
+    def install(self, blocks: list[nn.Module], origin: list[int]) -> None:
+        """Go on from `blocks` (originally at `origin`) in place of the dense model's: a resumed run's
+        saved state, or a warm start from a shallower repaired model; every boundary is recomputed."""
+        self.blocks, self.origin = list(blocks), list(origin)
+        self.block_kwargs = [self.dense_kwargs[o] for o in self.origin]
+        del self.boundaries[len(self.blocks) + 1:]
+        self.refresh(0)
+
     def release_boundaries(self) -> None:
         """Free the cached hidden states between blocks once nothing will read them (before a final
         tune, which runs from the embeddings): that tune's working set takes their place."""

@@ -50,9 +50,7 @@ def _compress_parser(sub) -> None:
                                        "no larger than a GGUF input, its freed bytes spent on the changed tensors; F16 "
                                        "for a HF model, whose GGUF naming a type asks for; quantised types need "
                                        "llama-cpp-python)")
-    p.add_argument("--ppl", default="", help="also evaluate the result on these comma-separated sources")
-    p.add_argument("--ppl-windows", type=int, help="perplexity on the first N protocol windows (default: all)")
-    p.add_argument("--ppl-seqlen", type=int, help="perplexity window length (default: --seqlen, the calibration one)")
+    _add_evaluation_options(p, "", "also evaluate the result on these comma-separated sources")
     _add_method_options(p)
 
 
@@ -97,12 +95,16 @@ def _compare_parser(sub) -> None:
                                                 "(rerunning reuses the cells)")
     p.add_argument("--methods", default=",".join(("dense",) + METHODS), help="comma-separated methods, or dense")
     p.add_argument("--sparsity", default="0.125,0.25", help="comma-separated sparsities")
-    p.add_argument("--ppl", default="wikitext2", help="comma-separated perplexity sources")
+    _add_evaluation_options(p, "wikitext2", "comma-separated perplexity sources")
+    p.add_argument("--no-speed", action="store_true", help="skip the inference-speed measurement of each cell")
+    _add_method_options(p)
+
+
+def _add_evaluation_options(p: argparse.ArgumentParser, ppl: str, ppl_help: str) -> None:
+    p.add_argument("--ppl", default=ppl, help=ppl_help)
     p.add_argument("--ppl-windows", type=int, help="perplexity on the first N protocol windows (default: all)")
     p.add_argument("--ppl-seqlen", type=int, help="perplexity window length (default: --seqlen, the calibration one)")
-    p.add_argument("--no-speed", action="store_true", help="skip the inference-speed measurement of each cell")
     _add_task_options(p)
-    _add_method_options(p)
 
 
 def _sources(text: str) -> list[str]:
@@ -126,11 +128,12 @@ def _check_sources(args, calib: str | None = None) -> None:
 
 
 def _run_compress(args) -> None:
-    from .curve import amounts, plan_curve, run_curve
+    from .curve import amounts, check_curve, plan_curve, run_curve
 
     sizes = amounts(args.num_remove, int, "--num-remove") or amounts(args.sparsity, float, "--sparsity")
     config = _config(args, **({"sparsity": None, "num_remove": None} if args.blocks is not None else sizes[0]))
     _check_sources(args, config.calib)
+    check_curve(config, sizes if args.blocks is None else [{}])
     if args.dry_run:  # each depth's plan, printed before any is refused
         plans, rendered = plan_curve(args.model, config, sizes if args.blocks is None else [{}])
         print(rendered)
@@ -141,7 +144,8 @@ def _run_compress(args) -> None:
 
     job = Job(args.model, config, args.out, overwrite=args.overwrite, resume=args.resume,
               keep_checkpoints=args.keep_checkpoints, ppl=_sources(args.ppl), ppl_windows=args.ppl_windows,
-              ppl_seqlen=args.ppl_seqlen, gguf=args.gguf, gguf_type=args.gguf_type, progress=not args.quiet)
+              ppl_seqlen=args.ppl_seqlen, tasks=_sources(args.tasks), limit=args.limit, tasks_dir=args.tasks_dir,
+              gguf=args.gguf, gguf_type=args.gguf_type, progress=not args.quiet)
     if len(sizes) > 1 and args.blocks is None:
         run_curve(job, sizes)
         print((Path(args.out).expanduser().resolve() / "curve.md").read_text())
@@ -182,10 +186,7 @@ def _run_compare(args) -> None:
         sparsities = [float(s) for s in _sources(args.sparsity)]
     except ValueError as error:
         raise FuseGPTError(f"--sparsity takes comma-separated numbers, got '{args.sparsity}'") from error
-    methods = _sources(args.methods)  # compare() refuses an unknown one before any work
-    if args.blocks or args.selection == "given":
-        raise FuseGPTError("compare chooses blocks by each method's criterion; --blocks and --selection given "
-                           "are for compress")
+    methods = _sources(args.methods)  # compare() refuses an unknown one, and given blocks, before any work
     for sparsity in sparsities:
         config = _config(args, sparsity=sparsity)  # every cell's settings are valid before the first one runs
     _check_sources(args, config.calib)

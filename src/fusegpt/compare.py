@@ -100,10 +100,14 @@ def compare(model_name: str | Path, methods: list[str], sparsities: list[float],
             speed: bool = True, ppl_seqlen: int | None = None) -> list[Cell]:
     """Fill the method x sparsity grid (dense once), reusing cells saved by an earlier run with
     the same settings; then write comparison.{md,csv,json} and the plots."""
+    from .errors import FuseGPTError
+
     unknown = [m for m in methods if m != DENSE and m not in RECIPES and m not in catalog.ALIASES]
     if unknown:
-        from .errors import FuseGPTError
         raise FuseGPTError(f"unknown method(s) {', '.join(unknown)}; choose from {DENSE}, {', '.join(RECIPES)}")
+    if config.blocks or config.selection == "given":
+        raise FuseGPTError("compare chooses blocks by each method's criterion; --blocks and --selection given "
+                           "are for compress")
     out, model_name = Path(out), str(model_name)
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)

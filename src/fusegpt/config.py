@@ -285,6 +285,11 @@ class CompressConfig:
                 "host memory and blocks are streamed to the device as they run; always: stream; never: move it all "
                 "to the device regardless", choices=OFFLOADS)
     seed: int = option(0, "seed for windows, initialisation and order")
+    # a curve (--num-remove 2,4,6): each depth after the first either repaired from the dense model
+    # (0) or from the previous depth's repaired model with N global epochs, the dense model the teacher
+    warm_epochs: int = option(0, "a curve's depths after the first: 0 repairs each from the dense model; N >= 1 goes "
+                                 "on from the previous depth's repaired model and tunes it N global epochs (the "
+                                 "dense model still the teacher)", metavar="N", check=AT_LEAST_0, earlier=0)
     data_dir: str | None = None
     fusion: FusionConfig = field(default_factory=FusionConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)

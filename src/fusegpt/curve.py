@@ -1,6 +1,7 @@
 """One run, every depth (`fusegpt compress MODEL --out DIR --num-remove 2,4,6`): the order in which
 blocks go is one sequence, so it is chosen once, to the deepest depth, and each depth's repair then
-tunes its own prefix of that order from the dense model (`--selection given`, no scoring). Each depth
+tunes its own prefix of that order (`--selection given`, no scoring), from the dense model or, with
+`--warm-epochs N`, from the previous depth's repaired model for N global epochs. Each depth
 is a complete output of its own, DIR/remove-K/ (HF model, GGUF where a single run writes one,
 report), and DIR/curve.{json,csv,md,png} sets them side by side with the dense model as the first
 row: removed blocks, parameters, file sizes, perplexity on `--ppl`, transformers' tokens/s.
@@ -49,10 +50,13 @@ class Depth:
     model_bytes: int = 0  # the safetensors files (the dense row: the input's files)
     gguf_bytes: int | None = None
     ppl: dict[str, float] = field(default_factory=dict)
+    zero_shot: dict[str, dict] = field(default_factory=dict)  # with --tasks: task -> scores, and "mean"
     speed: dict[str, float] = field(default_factory=dict)  # transformers' prefill/decode tokens/s, and the dense's
     gguf_speed: dict[str, float] = field(default_factory=dict)  # llama.cpp's, of the GGUF (and of a dense GGUF)
     gguf: str = ""  # the GGUF file, when one was written
     folder: str = ""  # under DIR (the dense row: the input)
+    block_passes: int = 0  # the depth's own tuning (a warm start's: beyond the previous depth's)
+    seconds: float = 0.0  # its compress time
 
 
 def _depth_of(model: str) -> int:
@@ -67,6 +71,28 @@ def counts(model: str, config, sizes: list[dict]) -> list[int]:
     return sorted({replace(config, **size).blocks_to_remove(depth) for size in sizes})
 
 
+def check_curve(config, sizes: list[dict]) -> None:
+    """Refuse, in one line, what only a curve can do asked of a single run."""
+    if config.warm_epochs and len(sizes) < 2:
+        raise FuseGPTError("--warm-epochs goes on from one depth of a curve to the next; give several depths "
+                           "(--num-remove 2,4,6) or drop --warm-epochs")
+
+
+def depth_config(config, ks: list[int], i: int, order: list[int] | None):
+    """The run of the i-th depth: the prefix of `order` (None: a per-depth criterion chooses its
+    own), tuned `warm_epochs` global epochs when it goes on from the depth before."""
+    amount = dict(blocks=order[:ks[i]], selection="given") if order is not None else dict(num_remove=ks[i])
+    config = replace(config, **{"sparsity": None, "num_remove": None, **amount})
+    if warm(config, i, order):
+        config = replace(config, tune=replace(config.tune, global_epochs=config.warm_epochs))
+    return config
+
+
+def warm(config, i: int, order: list[int] | None) -> bool:
+    """Whether the i-th depth goes on from the one before (a shared order, and --warm-epochs)."""
+    return bool(i and order is not None and config.warm_epochs)
+
+
 def plan_curve(model: str, config, sizes: list[dict]) -> tuple[list, str]:
     """`--dry-run`: (the plans, their rendering). One size: its run's plan. A curve: choosing to the
     deepest depth (the method's steps), then each depth's repair of given blocks, and the totals."""
@@ -78,9 +104,9 @@ def plan_curve(model: str, config, sizes: list[dict]) -> tuple[list, str]:
         return [planned], planned.render()
     ks = counts(model, config, sizes)
     shared = not catalog.CRITERIA[config.recipe[0]].per_depth
+    order = list(range(ks[-1])) if shared else None  # which blocks go does not change the plan
     plans = [plan(model, replace(config, sparsity=None, num_remove=ks[-1]))] if shared else []
-    plans += [plan(model, replace(config, sparsity=None, num_remove=None, blocks=list(range(k)), selection="given")
-                   if shared else replace(config, sparsity=None, num_remove=k)) for k in ks]
+    plans += [plan(model, depth_config(config, ks, i, order)) for i in range(len(ks))]
     if shared:  # the choosing run stops before its tune
         plans[0].tuning_passes = 0
     total = (f"curve of {len(ks)} depths ({', '.join(map(str, ks))} blocks removed): "
@@ -117,7 +143,8 @@ def _order(job: Job, deepest: int, staging: Path) -> list[int] | None:
     config = replace(job.config, num_remove=deepest, sparsity=None)
     checkpoint = Checkpoint(staging / ".choose.checkpoint", config.to_dict(), job.model)
     result, _ = load_and_compress(job.model, config, job.progress, checkpoint, heal=False)
-    write_atomic(saved, json.dumps({"order": result.report.removed, "method": config.label}) + "\n")
+    write_atomic(saved, json.dumps({"order": result.report.removed, "method": config.label,
+                                    "seconds": result.report.seconds["total"]}) + "\n")
     checkpoint.remove()
     return result.report.removed
 
@@ -140,10 +167,11 @@ def _dense_row(job: Job, staging: Path) -> Depth:
         row.gguf_bytes, row.gguf = source.stat().st_size, str(source)
     elif Path(job.model).expanduser().is_dir():
         row.model_bytes = sum(f.stat().st_size for f in Path(job.model).expanduser().glob("*.safetensors"))
-    if job.ppl:
+    if job.ppl or job.tasks:
         place_for_inference(model, resolve_device(job.config.device), job.config.offload)
-        row.ppl = measure(model, tokenizer, job.ppl, [], job.ppl_seqlen or job.config.seqlen, job.config.data_dir,
-                          job.ppl_windows, progress=job.progress).ppl
+        measured = measure(model, tokenizer, job.ppl, job.tasks, job.ppl_seqlen or job.config.seqlen,
+                           job.config.data_dir, job.ppl_windows, job.limit, job.tasks_dir, progress=job.progress)
+        row.ppl, row.zero_shot = measured.ppl, measured.zero_shot
     write_atomic(saved, json.dumps(asdict(row)) + "\n")
     return row
 
@@ -155,8 +183,10 @@ def _depth_row(folder: Path, k: int) -> Depth:
     gguf = report.get("gguf") or {}
     return Depth(removed=k, blocks=[s["removed"] for s in report["steps"]],
                  model_bytes=sum(f.stat().st_size for f in folder.glob("*.safetensors")),
-                 gguf_bytes=gguf.get("bytes"), ppl=report.get("perplexity", {}), folder=folder.name,
-                 gguf=Path(gguf["file"]).name if gguf.get("file") else "")
+                 gguf_bytes=gguf.get("bytes"), ppl=report.get("perplexity", {}), zero_shot=report.get("zero_shot", {}),
+                 folder=folder.name,
+                 gguf=Path(gguf["file"]).name if gguf.get("file") else "", block_passes=report.get("block_passes", 0),
+                 seconds=report.get("seconds", {}).get("total", 0.0))
 
 
 def _measure_speed(job: Job, rows: list[Depth], staging: Path) -> None:
@@ -202,12 +232,12 @@ def run_curve(job: Job, sizes: list[dict]) -> list[Depth]:
     try:
         order = _order(job, ks[-1], staging)
         rows = [_dense_row(job, staging)]
-        for k in ks:
+        for i, k in enumerate(ks):
             folder = staging / f"remove-{k}"
             if not folder.exists():
-                amount = dict(blocks=order[:k], selection="given") if order else dict(num_remove=k)
-                run(replace(job, config=replace(job.config, **{"sparsity": None, "num_remove": None, **amount}),
-                            out=folder, overwrite=False, resume=(checkpoint_folder(folder) / STATE).exists()))
+                run(replace(job, config=depth_config(job.config, ks, i, order), out=folder, overwrite=False,
+                            resume=(checkpoint_folder(folder) / STATE).exists(),
+                            start_from=staging / f"remove-{ks[i - 1]}" if warm(job.config, i, order) else None))
             rows.append(_depth_row(folder, k))
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted; the curve's finished work is kept in {staging}: rerun the same "
@@ -225,7 +255,9 @@ def run_curve(job: Job, sizes: list[dict]) -> list[Depth]:
 def compress_curve(model: str, config, removed: list[int], out: str | Path, **options) -> list[Depth]:
     """The curve from Python: `removed`, the numbers of blocks (e.g. [2, 4, 6]); `options`, those of
     `workflow.Job` (ppl, gguf, resume, ...). Returns the rows, the dense model first."""
-    return run_curve(Job(str(model), config, out, **options), [{"sparsity": None, "num_remove": k} for k in removed])
+    sizes = [{"sparsity": None, "num_remove": k} for k in removed]
+    check_curve(config, sizes)
+    return run_curve(Job(str(model), config, out, **options), sizes)
 
 
 COLUMNS = ("removed", "blocks", "parameters", "model MiB", "GGUF MiB")
@@ -241,11 +273,12 @@ def _rate(speed: dict[str, float], key: str) -> str:
     return f"{speed[key]:.1f}" + (f" ({speed[key] / dense:.2f}x)" if dense else "")
 
 
-def _cells(row: Depth, sources: list[str]) -> list[str]:
+def _cells(row: Depth, sources: list[str], tasks: list[str]) -> list[str]:
     return [str(row.removed), " ".join(map(str, row.blocks)) or "-", f"{row.parameters:,}",
             f"{row.model_bytes / 2**20:.1f}" if row.model_bytes else "-",
             f"{row.gguf_bytes / 2**20:.1f}" if row.gguf_bytes else "-",
             *(f"{row.ppl[s]:.3f}" if s in row.ppl else "-" for s in sources),
+            *(f"{row.zero_shot[t]['value']:.4f}" if t in row.zero_shot else "-" for t in tasks),
             *(_rate(getattr(row, kind), key) for kind, key in SPEEDS.values())]
 
 
@@ -253,8 +286,10 @@ def write_curve(rows: list[Depth], folder: Path, model: str) -> None:
     """curve.json (every row), curve.csv and curve.md (one line per depth) and curve.png (perplexity
     against blocks removed, one panel per source)."""
     sources = list(dict.fromkeys(s for row in rows for s in row.ppl))
-    header = [*COLUMNS, *(f"PPL {Path(s).name}" for s in sources), *(f"{name} (vs dense)" for name in SPEEDS)]
-    table = [header, *(_cells(row, sources) for row in rows)]
+    tasks = list(dict.fromkeys(t for row in rows for t in row.zero_shot))  # each task's score, then their mean
+    header = [*COLUMNS, *(f"PPL {Path(s).name}" for s in sources), *(f"zero-shot {t}" for t in tasks),
+              *(f"{name} (vs dense)" for name in SPEEDS)]
+    table = [header, *(_cells(row, sources, tasks) for row in rows)]
     write_atomic(folder / "curve.json", json.dumps({"model": model, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
 
     def write_csv(path: Path) -> None:

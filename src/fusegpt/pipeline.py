@@ -3,6 +3,7 @@ a selection criterion (score, choose) and a repair (fuse and tune, delete, fit a
 methods/ says what each means, this loop holds the state."""
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, replace
 
@@ -36,6 +37,16 @@ class CompressResult:
     windows: torch.Tensor | None = None  # the calibration windows (token ids): GGUF out weighs its rounding by them
 
 
+@dataclass
+class Start:
+    """A repaired shallower model to go on from (a curve's warm start): its blocks, which original
+    blocks they are, and the steps that removed the others. The dense model stays the teacher."""
+
+    blocks: list[torch.nn.Module]
+    origin: list[int]
+    steps: list[StepRecord]
+
+
 def with_tuning_memory(config: CompressConfig, planned) -> CompressConfig:
     """The config with the plan's choice of how the tune holds memory, where the user left it open."""
     chosen = planned.tuning
@@ -56,12 +67,13 @@ def _count_passes(report: Report, outcome) -> None:
 
 def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = None,
              progress: bool = True, model_name: str | None = None,
-             checkpoint: Checkpoint | None = None, heal: bool = True) -> CompressResult:
+             checkpoint: Checkpoint | None = None, heal: bool = True, start: Start | None = None) -> CompressResult:
     """Remove blocks from `model` (in place) by `config.method` and return it with its report.
 
     Only the blocks being scored or tuned are moved to the compute device. With a `checkpoint`,
     the state after every removal step is saved there, and a saved state is resumed from. Without
-    `heal`, a repair's tune after the last removal is skipped (`curve`: the order of removal alone)."""
+    `heal`, a repair's tune after the last removal is skipped (`curve`: the order of removal alone).
+    From a `start`, the steps it has taken are not taken again."""
     config = config or CompressConfig()
     config.validate()
     device = resolve_device(config.device)
@@ -115,6 +127,14 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     latest: dict[int, float] = {}  # every block's most recent score (what rescoring ranks by)
     if checkpoint is not None and checkpoint.exists():
         latest = checkpoint.restore(stack, report)
+    elif start is not None:  # its weights into the dense model's own blocks: their placement, no second copy
+        blocks = adapter.blocks(model)
+        if stack.dense_blocks is not None:  # a dense teacher inside the network keeps the dense weights
+            stack.dense_blocks = [copy.deepcopy(b) for b in stack.dense_blocks]
+        for block, o in zip(start.blocks, start.origin):
+            blocks[o].load_state_dict(block.state_dict())
+        stack.install([blocks[o] for o in start.origin], start.origin)
+        report.steps = list(start.steps)
     scores = latest
     for step in tqdm(range(len(report.steps), to_remove), desc=config.label, unit="block", disable=not progress,
                      initial=len(report.steps), total=to_remove):

@@ -4,6 +4,8 @@ evaluation of a saved model (`fusegpt eval`). The CLI parses arguments into thes
 `compare` runs the same load-and-compress part for each cell."""
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,11 +26,15 @@ class Job:
     ppl: list[str] = field(default_factory=list)  # perplexity sources evaluated after saving
     ppl_windows: int | None = None
     ppl_seqlen: int | None = None
+    tasks: list[str] = field(default_factory=list)  # zero-shot tasks evaluated after saving
+    limit: int | None = None  # each task's first N items
+    tasks_dir: str | None = None
     # GGUF out: None writes it for a GGUF input only; True asks for it, False never; its type
     # (None: the input's) and llama.cpp's quantiser for quantised types
     gguf: bool | None = None
     gguf_type: str | None = None
     progress: bool = True
+    start_from: str | Path | None = None  # a shallower model this tool repaired from `model`, to go on from
 
     @property
     def asks_gguf(self) -> bool:
@@ -72,9 +78,10 @@ def check_gguf_request(job: Job) -> None:
 
 
 def load_and_compress(model_name: str, config: CompressConfig, progress: bool = True, checkpoint=None,
-                      check=None, heal: bool = True):
+                      check=None, heal: bool = True, start_from: str | Path | None = None):
     """(compress result, tokenizer) of a freshly loaded model, its source recorded in the report;
-    `check(model, tokenizer)` runs between loading and compressing (what must hold before the work)."""
+    `check(model, tokenizer)` runs between loading and compressing (what must hold before the work);
+    `start_from`: a model this tool saved, repaired from the same one, to go on from."""
     from .io import load_model, model_source
     from .pipeline import compress
 
@@ -82,10 +89,26 @@ def load_and_compress(model_name: str, config: CompressConfig, progress: bool = 
     model, tokenizer = load_model(model_name, config.dtype)
     if check is not None:
         check(model, tokenizer)
+    start = warm_start(start_from, config.dtype) if start_from is not None else None
     result = compress(model, tokenizer, config, progress=progress, model_name=model_name, checkpoint=checkpoint,
-                      heal=heal)
+                      heal=heal, start=start)
     result.report.source = source
     return result, tokenizer
+
+
+def warm_start(folder: str | Path, dtype: str):
+    """The blocks of a model this tool saved and the steps that made it, to go on from (`pipeline.Start`)."""
+    from .evaluation.report import StepRecord
+    from .io import REPORT_NAME, load_model
+    from .models import adapter_for
+    from .pipeline import Start
+
+    saved = json.loads((Path(folder) / REPORT_NAME).read_text())
+    steps = [StepRecord.from_json(s) for s in saved["steps"]]
+    removed = {s.removed for s in steps}
+    model, _ = load_model(str(folder), dtype)
+    return Start(list(adapter_for(model).blocks(model)), [i for i in range(saved["original_depth"]) if i not in removed],
+                 steps)
 
 
 def gguf_probe(job: Job):
@@ -150,7 +173,8 @@ def run(job: Job):
     checkpoint = Checkpoint(folder, job.config.to_dict(), str(model_path.resolve()) if model_path.exists() else job.model)
     check, writes_gguf = gguf_probe(job)
     try:
-        result, tokenizer = load_and_compress(job.model, job.config, job.progress, checkpoint, check)
+        result, tokenizer = load_and_compress(job.model, job.config, job.progress, checkpoint, check,
+                                              start_from=job.start_from)
     except KeyboardInterrupt:
         if checkpoint.exists():
             raise KeyboardInterrupt(f"interrupted; every finished step is kept in {folder}: rerun the same command "
@@ -159,6 +183,8 @@ def run(job: Job):
     if not distributed.is_main():  # under torchrun, rank 0 writes and evaluates; the others are done
         return None
     report = result.report
+    if job.start_from is not None:  # relative to the output: a curve's folders move together
+        report.started_from = os.path.relpath(Path(job.start_from).resolve(), out.resolve())
     saving = time.perf_counter()
     try:
         save_compressed(result.model, tokenizer, report, out, job.overwrite)  # before any evaluation
@@ -193,15 +219,16 @@ def run(job: Job):
                                    "or another --gguf-type") from error
             report.gguf = asdict(export)
             report.seconds["gguf"] = time.perf_counter() - writing
-        if job.ppl:
+        if job.ppl or job.tasks:
             from .evaluation.measure import measure
             from .runtime.placement import place_for_inference, resolve_device
 
             evaluating = time.perf_counter()
             place_for_inference(result.model, resolve_device(job.config.device), job.config.offload)
-            report.perplexity = measure(result.model, tokenizer, job.ppl, [], job.ppl_seqlen or report.seqlen,
-                                        job.config.data_dir, job.ppl_windows, progress=job.progress).ppl
-            report.perplexity_windows = job.ppl_windows
+            measured = measure(result.model, tokenizer, job.ppl, job.tasks, job.ppl_seqlen or report.seqlen,
+                               job.config.data_dir, job.ppl_windows, job.limit, job.tasks_dir, progress=job.progress)
+            report.perplexity, report.zero_shot = measured.ppl, measured.zero_shot
+            report.perplexity_windows = job.ppl_windows if job.ppl else None
             report.seconds["evaluate"] = time.perf_counter() - evaluating
     except FuseGPTError as error:
         raise FuseGPTError(f"{error} (the compressed model is saved in {out})") from error

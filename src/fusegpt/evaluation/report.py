@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..files import write_atomic
@@ -22,6 +22,13 @@ class StepRecord:
     score_passes: int = 0  # choosing compute: forward passes of one block on one window while scoring
     # blocks whose score is a lower bound: stopped once it could not be the lowest (--full-scores: none)
     bounds: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, saved: dict) -> StepRecord:
+        """A step as a report or checkpoint saved it (JSON's string keys back to block indices)."""
+        known = {f.name for f in fields(cls)}
+        scores = {int(k): v for k, v in saved["scores"].items()}
+        return cls(**{k: v for k, v in saved.items() if k in known} | {"scores": scores})
 
 
 @dataclass
@@ -50,9 +57,11 @@ class Report:
     seconds: dict[str, float] = field(default_factory=dict)
     perplexity: dict[str, float] = field(default_factory=dict)
     perplexity_windows: int | None = None  # None: every protocol window
+    zero_shot: dict[str, dict] = field(default_factory=dict)  # task -> scores (evaluation/zeroshot.py), and "mean"
     source: dict = field(default_factory=dict)  # how the input was stored (HF folder / Hub id, or GGUF and its type)
     gguf: dict = field(default_factory=dict)  # the GGUF written beside the model: file, type, bytes, tensor types
     world_size: int = 1  # processes that shared the work (torchrun)
+    started_from: str = ""  # a repaired shallower model this run went on from (a curve's warm start)
     shares: dict[str, list[int]] = field(default_factory=dict)  # each rank's part of the work, by kind
 
     @property
@@ -109,6 +118,8 @@ class Report:
         lines = [f"{self.model}: {self.original_depth} -> {len(self.kept)} blocks "
                  f"({self.method or self.config['method']}, seqlen {self.seqlen}, {self.seconds.get('total', 0):.0f} s)",
                  f"{'step':>4}  {'removed':>7}  {criterion:>15}  {'loss first -> last':>22}  group"]
+        if self.started_from:
+            lines.insert(1, f"went on from {self.started_from} (its steps below; its tuning not counted here)")
         for s in self.steps:
             group = ",".join(map(str, s.group)) or "-"
             score = s.scores.get(s.removed, float("nan"))  # a span criterion scores span starts only
@@ -132,6 +143,8 @@ class Report:
                          f"{self.gguf.get('weighted', 0)} rounded by their inputs' importance; "
                          f"types {self.gguf.get('rounding') or 'as asked'}: {types})")
         lines += [f"perplexity {name}: {value:.3f}" for name, value in self.perplexity.items()]
+        lines += [f"zero-shot {task}: {scores['value']:.4f}" + (f" ({scores['metric']})" if "metric" in scores else "")
+                  for task, scores in self.zero_shot.items()]
         return "\n".join(lines)
 
 

@@ -62,14 +62,9 @@ class Checkpoint:
         if changed:
             raise FuseGPTError(f"--resume: the checkpoint in {self.folder} is of another run ({changed}); rerun with "
                                f"the same model and arguments, or delete {self.folder} to start over")
-        every_kwargs = stack.block_kwargs
-        stack.blocks, stack.origin = state["blocks"], state["origin"]
+        stack.install(state["blocks"], state["origin"])
         stack.score_margins = state.get("margins", {})
-        stack.block_kwargs = [every_kwargs[o] for o in stack.origin]
-        del stack.boundaries[len(stack.blocks) + 1:]
-        stack.refresh(0)
-        report.steps = [StepRecord(**{**s, "scores": {int(k): v for k, v in s["scores"].items()}})
-                        for s in state["steps"]]
+        report.steps = [StepRecord.from_json(s) for s in state["steps"]]
         torch.set_rng_state(state["rng"])
         return {int(k): v for k, v in state["scores"].items()}
 
