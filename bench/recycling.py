@@ -11,7 +11,8 @@ pinned recipe of today's default (`DEFAULT`) and the variant's changes: `top64`,
 64 most likely tokens and the rest's mass computed once as the teacher (`--distill-top-k 64`),
 against `full`, the whole vocabulary recomputed every step (`top256`, `top1024`: more tokens);
 `trial`, the coefficient rate chosen by a trial of 0 (LoRA healing) and the default's 3e-3 on
-held-out calibration windows (`--trial-rates`); `bf16`, the blocks' products in bfloat16;
+held-out calibration windows (`--trial-rates`); `bf16`, the blocks' products in bfloat16; `stride2`,
+the logit loss on every 2nd position (`--distill-stride 2`);
 `seed1`, `seed2`: other seeds (their calibration windows, their order, the start). Cells are cached in
 bench/results/recycling-<model>/ (bench/common.py)."""
 from __future__ import annotations
@@ -37,6 +38,8 @@ def variants(model: str) -> dict[str, dict]:
              "lora-top1024": {**lora, "--distill-top-k": "1024"},
              "fuse-trial-top1024": {**fuse, "--distill-top-k": "1024", "--trial-rates": "0,3e-3"},
              "fuse-top1024-bf16": {**fuse, "--distill-top-k": "1024", "--tune-dtype": "bfloat16"}}
+    # the loss on every 2nd position only (the head's products halved), after the default's trial
+    cells["fuse-trial-top1024-stride2"] = {**cells["fuse-trial-top1024"], "--distill-stride": "2"}
     for name in ("lora-top1024", "fuse-trial-top1024", "fuse-top1024"):  # the seed's spread, against which a gap is judged
         for seed in (1, 2):
             cells[f"{name}-seed{seed}"] = {**cells[name], "--seed": str(seed)}

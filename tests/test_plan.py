@@ -106,6 +106,9 @@ def test_the_top_k_teacher_is_planned_on_the_host(tmp_path, monkeypatch, capsys)
                          "--distill-top-k", "1024")
     assert _gib(top, "host") - _gib(full, "host") == pytest.approx(2.0, abs=0.051)
     assert _gib(top, "device") == _gib(full, "device")
+    _, strided, _ = _plan_7b(tmp_path / "c", monkeypatch, capsys, 300 * GIB, "--device", "cuda", "--device-memory",
+                             "24", "--distill-top-k", "1024", "--distill-stride", "4")  # a quarter of the positions
+    assert _gib(strided, "host") - _gib(full, "host") == pytest.approx(0.5, abs=0.051)
 
 
 def test_dry_run_refuses_a_run_that_cannot_fit(tmp_path, monkeypatch, capsys):

@@ -222,6 +222,24 @@ def test_logit_distillation_against_the_dense_top_k_is_the_k_plus_one_bin_kl(max
         assert loss.item() == pytest.approx(LogitDistillation(head)(student.detach(), teacher).item(), rel=1e-4)
 
 
+def test_a_strided_top_k_teacher_is_the_kl_on_its_positions_alone():
+    """Targets at every 2nd position (1 and 3 of 5): the loss is the whole-vocabulary KL over those
+    positions by hand, and no gradient reaches the positions in between."""
+    from fusegpt.predictions import dense_targets
+    from fusegpt.tuning.losses import LogitDistillation
+
+    torch.manual_seed(0)
+    head = _head(norm=True)
+    student, teacher = torch.randn(2, 5, 6, requires_grad=True), torch.randn(2, 5, 6)
+    targets = dense_targets(head, teacher, top_k=11, stride=2, device=torch.device("cpu"))
+    loss = LogitDistillation(head)(student, targets)
+    loss.backward()
+    assert targets.positions.tolist() == [1, 3]
+    assert loss.item() == pytest.approx(_kl_by_hand(head(student.detach()[:, 1::2]), head(teacher[:, 1::2]), -1),
+                                        rel=1e-4)
+    assert student.grad[:, 0::2].abs().max() == 0 and student.grad[:, 1::2].abs().min() > 0
+
+
 @pytest.mark.parametrize("memory", [dict(checkpoint_activations=True), dict(micro_batch=1),
                                     dict(micro_batch=3, checkpoint_activations=True), dict(optimizer_on_host=True),
                                     dict(micro_batch=1, checkpoint_activations=True, optimizer_on_host=True)])

@@ -150,6 +150,10 @@ class TuneConfig:
                                 "the rest's mass, computed once, are the target (0: the whole vocabulary, recomputed "
                                 "every step)", check=(lambda v: v >= 0, "0 (the whole vocabulary) or more"),
                                 earlier=0)
+    # with that top-k teacher: the loss on every N-th position only (the blocks still run on all):
+    # the head's products, which on a 262k vocabulary cost twice the blocks', shrink N-fold
+    distill_stride: int = option(1, "with --distill-top-k: the logit loss on every N-th position only (the blocks "
+                                    "still run on all of them)", metavar="N", check=AT_LEAST_1, earlier=1)
     # the dtype of the tunes' block products: "bfloat16" runs them under autocast (2x on a CPU with
     # AVX512-BF16 or AMX, and on GPUs), with weights, trainables, Adam and the loss in their own dtype
     compute: DType = option("float32", "the dtype of the tunes' block products (bfloat16: under autocast, weights "
@@ -349,6 +353,9 @@ class CompressConfig:
              "--loss kl_batch compares the windows of a whole batch and cannot be split into --micro-batch"),
             ((not self.blocks or self.selection in (None, "given")) and (self.selection != "given" or self.blocks),
              "--selection given needs --blocks, and --blocks works only with --selection given"),
+            (self.tune.distill_stride == 1 or (self.tune.distill == "logits" and self.tune.distill_top_k > 0),
+             "--distill-stride keeps positions of the top-k teacher; it needs --distill logits and --distill-top-k "
+             "above 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -368,7 +375,7 @@ PRESETS: dict[str, dict] = {
                          "seam_map": False, "normalize_donors": False},
               "tune": {"loss": "kl_batch", "epochs": 20, "batch_size": 8, "coef_lr": 1e-3, "lr": 9.65e-6,
                        "betas": (0.9, 0.95), "teacher": "group", "global_epochs": 0, "global_coef_lr": None,
-                       "coef_decay": 0.0, "distill": "hidden", "distill_top_k": 0, "trial_rates": (), "compute": "float32", "warmup": 0.0, "heal_epochs": None, "micro_batch": None,
+                       "coef_decay": 0.0, "distill": "hidden", "distill_top_k": 0, "distill_stride": 1, "trial_rates": (), "compute": "float32", "warmup": 0.0, "heal_epochs": None, "micro_batch": None,
                        "checkpoint_activations": None, "optimizer_on_host": None}},
 }
 

@@ -49,7 +49,8 @@ def heal_globally(ctx: StepContext, epochs: int, rates: tuple[float, ...] = ()) 
     with onloaded([head] if objective else [], stack.device):
         teacher = stack.dense_final
         if objective and config.tune.distill_top_k:  # the dense predictions once, in place of its hidden states
-            teacher = dense_targets(head, teacher, config.tune.distill_top_k, 1, stack.device, objective.max_elements * 2)
+            teacher = dense_targets(head, teacher, config.tune.distill_top_k, config.tune.distill_stride, stack.device,
+                                    objective.max_elements * 2)
             stack.dense_final = None
         trial = {}
         if rates and epochs > 1:  # the coefficients' rate chosen on held-out windows, among the tune's and `rates`

@@ -314,7 +314,8 @@ def plan(name: str, config: CompressConfig, shape: Shape | None = None) -> Plan:
         # the dense top-k teacher of a final logit tune (int32 ids, fp32 log-probabilities, each
         # position's rest), built beside the dense output it replaces (predictions.dense_targets)
         top_k = final and config.tune.distill == "logits" and config.tune.distill_top_k
-        teacher = n * t * (8 * min(config.tune.distill_top_k, shape.vocab) + 4) if top_k else 0
+        positions = n * (t // config.tune.distill_stride)
+        teacher = positions * (8 * min(config.tune.distill_top_k, shape.vocab) + 4) if top_k else 0
         beside += teacher
         # 90% of the device, as placement leaves for the allocator's fragmentation; the host's available rest
         gpu = device_memory(config) if on_gpu else None

@@ -162,6 +162,8 @@ class LogitDistillation:
         return loss.sum(), self._backward(features, student, gradient, logits if capped is not None else None)
 
     def __call__(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if isinstance(teacher, DenseTargets) and len(teacher.positions) != student.shape[-2]:
+            student = student[..., teacher.positions.to(student.device), :]  # the positions the targets keep
         return _ChunkedKL.apply(student, teacher, self)
 
 
