@@ -77,7 +77,34 @@ def gguf_table() -> str:
     return "\n".join(lines)
 
 
-TABLES = {"results": table, "gguf": gguf_table}
+# (model, repair, bench/recycling.py's cell of seed 0; seeds 1, 2 add -seed1, -seed2): the default's
+# trial against LoRA healing of the same blocks, each seed's windows, order and start
+SEEDED = [("SmolLM2-135M, 8 of 30 blocks", "recycling-smollm2"), ("Gemma 3 270M, 4 of 18 blocks", "recycling-gemma3")]
+REPAIRS = {"the default (its trial, top-1024 teacher)": "fuse-trial-top1024",
+           "LoRA healing (top-1024 teacher)": "lora-top1024"}
+
+
+def _mean(cells: list[dict], split: str) -> str:
+    names = list(cells[0][split])
+    return " / ".join(f"{sum(c[split][n] for c in cells) / len(cells):.2f}" for n in names)
+
+
+def seeds_table() -> str:
+    lines = ["| model | repair | seeds | mean test PPL WikiText-2 / C4 | mean dev PPL | each seed's dev PPL |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for model, suite in SEEDED:
+        for what, cell in REPAIRS.items():
+            found = {seed: RESULTS / suite / f"{cell}{f'-seed{seed}' if seed else ''}.json" for seed in (0, 1, 2)}
+            cells = {seed: json.loads(path.read_text()) for seed, path in found.items() if path.is_file()}
+            if not cells:
+                continue
+            each = "; ".join(f"{seed}: {_ppl(c['dev'])}" for seed, c in cells.items())
+            lines.append(f"| {model} | {what} | {', '.join(map(str, cells))} | {_mean(list(cells.values()), 'test')} | "
+                         f"{_mean(list(cells.values()), 'dev')} | {each} |")
+    return "\n".join(lines)
+
+
+TABLES = {"results": table, "seeds": seeds_table, "gguf": gguf_table}
 
 
 def main() -> None:

@@ -260,7 +260,7 @@ def compress_curve(model: str, config, removed: list[int], out: str | Path, **op
     return run_curve(Job(str(model), config, out, **options), sizes)
 
 
-COLUMNS = ("removed", "blocks", "parameters", "model MiB", "GGUF MiB")
+COLUMNS = ("removed", "blocks", "parameters", "model MiB", "GGUF MiB", "tuning block passes")
 SPEEDS = {"prefill tok/s": ("speed", "prefill_tokens_per_s"), "decode tok/s": ("speed", "decode_tokens_per_s"),
           "llama.cpp prefill tok/s": ("gguf_speed", "prefill"), "llama.cpp decode tok/s": ("gguf_speed", "decode")}
 
@@ -276,7 +276,7 @@ def _rate(speed: dict[str, float], key: str) -> str:
 def _cells(row: Depth, sources: list[str], tasks: list[str]) -> list[str]:
     return [str(row.removed), " ".join(map(str, row.blocks)) or "-", f"{row.parameters:,}",
             f"{row.model_bytes / 2**20:.1f}" if row.model_bytes else "-",
-            f"{row.gguf_bytes / 2**20:.1f}" if row.gguf_bytes else "-",
+            f"{row.gguf_bytes / 2**20:.1f}" if row.gguf_bytes else "-", f"{row.block_passes:,}" if row.removed else "-",
             *(f"{row.ppl[s]:.3f}" if s in row.ppl else "-" for s in sources),
             *(f"{row.zero_shot[t]['value']:.4f}" if t in row.zero_shot else "-" for t in tasks),
             *(_rate(getattr(row, kind), key) for kind, key in SPEEDS.values())]
