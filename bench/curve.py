@@ -20,6 +20,9 @@ DEPTHS = {"smollm2": (4, 6, 8, 10), "gemma3": (2, 3, 4, 5), "pydoc": (2, 3, 4, 5
 # the default of 2026-12-06 spelled out (the trial of rate 0 and the top-1024 teacher included)
 DEFAULT = pinned(normalize_donors=None, distill="logits", distill_top_k="1024", rescore_limit="8", trial_rates="0")
 VARIANTS = {"dense": {"--warm-epochs": "0"}, "warm1": {"--warm-epochs": "1"}, "warm2": {"--warm-epochs": "2"}}
+# curve-warm1-retrial.json, curve-warm2-retrial.json: the same variants at commit 5ecc64a, when each
+# warm depth ran the coefficients' trial again (since then it goes on at the first depth's choice)
+EARLIER = ("warm1-retrial", "warm2-retrial")
 
 
 def _curve(model: str, variant: str) -> dict:
@@ -65,7 +68,7 @@ def table(model: str) -> str:
                     + " / ".join(f"{v:.2f}" for v in cell["test"].values()) + f" | {cell['block_passes']:,} |")
     separate = sum(cell["compress_seconds"] for cell in alone.values())
     totals = []
-    for variant in VARIANTS:
+    for variant in [*VARIANTS, *EARLIER]:
         path = folder / f"curve-{variant}.json"
         if not path.exists():
             continue

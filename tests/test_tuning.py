@@ -342,3 +342,13 @@ def test_a_bfloat16_tune_trains_fp32_weights_to_about_the_fp32_tunes_loss(tokeni
     assert half.report.heal.losses[-1] < half.report.heal.losses[0]
     assert half.report.heal.losses == pytest.approx(plain.report.heal.losses, rel=0.02)
     assert half.report.heal.losses != plain.report.heal.losses  # the products did run in bfloat16
+
+
+def test_a_coefficient_rate_of_zero_is_kept_not_replaced_by_the_lora_rate():
+    """--global-coef-lr 0 keeps the coefficients at zero (LoRA healing, as the trial's rate 0 does);
+    only None falls back to --lr."""
+    from fusegpt import TuneConfig
+
+    assert TuneConfig(global_coef_lr=0.0).coefficient_rate == 0.0
+    assert TuneConfig(global_coef_lr=None, lr=2e-3).coefficient_rate == 2e-3
+    assert TuneConfig(global_coef_lr=0.0, trial_rates=(0.0,)).trial_runs() == 1  # the trial has nothing to weigh

@@ -119,8 +119,8 @@ class TuneConfig:
     # norms). Starting at zero they need more than LoRA's 1e-3 to use the recycled weights; 1e-2
     # fits the calibration corpus (SmolLM2's C4 and zero-shot got worse), 3e-2 diverges
     global_coef_lr: float | None = option(3e-3, "fusegpt: learning rate of the fusion coefficients in that "
-                                          "global tune (None: --lr)", parse=float, check=(lambda v: v > 0, "positive"),
-                                          earlier=None)
+                                          "global tune (None: --lr; 0: they stay at zero, which is LoRA healing)",
+                                          parse=float, check=AT_LEAST_0, earlier=None)
     # decoupled weight decay of the fusion coefficients (AdamW's, per step: lr x decay x value):
     # it pulls the recycled weights back towards zero, where fusion is LoRA healing
     coef_decay: float = option(0.0, "fusion coefficients' decoupled weight decay in the tunes (0: none)",
@@ -190,7 +190,12 @@ class TuneConfig:
         `heal_fused`)."""
         if self.global_epochs < 2 or not self.trial_rates:
             return 1
-        return len({*self.trial_rates, self.global_coef_lr or self.lr})
+        return len({*self.trial_rates, self.coefficient_rate})
+
+    @property
+    def coefficient_rate(self) -> float:
+        """The fusion coefficients' rate in the global tune."""
+        return self.lr if self.global_coef_lr is None else self.global_coef_lr
 
     def trial_block_passes(self, depth: int, remove: int, windows: int) -> int:
         """Block passes of the rates a trial does not keep: each runs the global tune's first epoch
@@ -292,8 +297,9 @@ class CompressConfig:
     # a curve (--num-remove 2,4,6): each depth after the first either repaired from the dense model
     # (0) or from the previous depth's repaired model with N global epochs, the dense model the teacher
     warm_epochs: int = option(0, "a curve's depths after the first: 0 repairs each from the dense model; N >= 1 goes "
-                                 "on from the previous depth's repaired model and tunes it N global epochs (the "
-                                 "dense model still the teacher)", metavar="N", check=AT_LEAST_0, earlier=0)
+                                 "on from the previous depth's repaired model and tunes it N global epochs at the "
+                                 "coefficients' rate the first depth's trial chose (the dense model still the "
+                                 "teacher)", metavar="N", check=AT_LEAST_0, earlier=0)
     data_dir: str | None = None
     fusion: FusionConfig = field(default_factory=FusionConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)

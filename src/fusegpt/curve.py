@@ -78,14 +78,24 @@ def check_curve(config, sizes: list[dict]) -> None:
                            "(--num-remove 2,4,6) or drop --warm-epochs")
 
 
-def depth_config(config, ks: list[int], i: int, order: list[int] | None):
+def depth_config(config, ks: list[int], i: int, order: list[int] | None, rate: float | None = None):
     """The run of the i-th depth: the prefix of `order` (None: a per-depth criterion chooses its
-    own), tuned `warm_epochs` global epochs when it goes on from the depth before."""
+    own); when it goes on from the depth before, `warm_epochs` global epochs at the coefficients'
+    `rate` that the first depth's trial chose (no trial again)."""
     amount = dict(blocks=order[:ks[i]], selection="given") if order is not None else dict(num_remove=ks[i])
     config = replace(config, **{"sparsity": None, "num_remove": None, **amount})
     if warm(config, i, order):
-        config = replace(config, tune=replace(config.tune, global_epochs=config.warm_epochs))
+        chosen = {} if rate is None else {"global_coef_lr": rate}
+        config = replace(config, tune=replace(config.tune, global_epochs=config.warm_epochs, trial_rates=(), **chosen))
     return config
+
+
+def _chosen_rate(folder: Path) -> float | None:
+    """The coefficients' rate a depth's trial chose (None: it ran none)."""
+    from .io import REPORT_NAME
+
+    trial = (json.loads((folder / REPORT_NAME).read_text()).get("heal") or {}).get("trial") or {}
+    return float(min(trial, key=trial.get)) if trial else None
 
 
 def warm(config, i: int, order: list[int] | None) -> bool:
@@ -235,9 +245,11 @@ def run_curve(job: Job, sizes: list[dict]) -> list[Depth]:
         for i, k in enumerate(ks):
             folder = staging / f"remove-{k}"
             if not folder.exists():
-                run(replace(job, config=depth_config(job.config, ks, i, order), out=folder, overwrite=False,
-                            resume=(checkpoint_folder(folder) / STATE).exists(),
-                            start_from=staging / f"remove-{ks[i - 1]}" if warm(job.config, i, order) else None))
+                before = staging / f"remove-{ks[i - 1]}" if warm(job.config, i, order) else None
+                rate = _chosen_rate(staging / f"remove-{ks[0]}") if before else None  # the first depth's trial
+                config = depth_config(job.config, ks, i, order, rate)
+                run(replace(job, config=config, out=folder, overwrite=False, start_from=before,
+                            resume=(checkpoint_folder(folder) / STATE).exists()))
             rows.append(_depth_row(folder, k))
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted; the curve's finished work is kept in {staging}: rerun the same "

@@ -43,7 +43,7 @@ def heal_globally(ctx: StepContext, epochs: int, rates: tuple[float, ...] = ()) 
             others += linear.lora_parameters()
         if config.fusion.train_norms:
             others += adapter.norm_parameters(block)
-    tune = replace(config.tune, epochs=epochs, coef_lr=config.tune.global_coef_lr or config.tune.lr)
+    tune = replace(config.tune, epochs=epochs, coef_lr=config.tune.coefficient_rate)
     head = adapter.head(ctx.model)
     objective = LogitDistillation(head) if config.tune.distill == "logits" else None
     with onloaded([head] if objective else [], stack.device):
