@@ -78,6 +78,8 @@ def test_compare_command(tmp_path, model_dir, text_file, capsys):
     assert "--sparsity must be in (0, 1)" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "given"), "--selection", "given", "--blocks", "1"]) == 2
     assert "are for compress" in capsys.readouterr().err and not (tmp_path / "given").exists()
+    assert main([*args, "--out", str(tmp_path / "warm"), "--warm-epochs", "1"]) == 2
+    assert "add --curve" in capsys.readouterr().err and not (tmp_path / "warm").exists()
 
 
 def test_a_cell_reports_cost_size_and_speed(model_dir, text_file):
@@ -116,3 +118,42 @@ def test_an_option_added_later_leaves_cached_cells_valid_at_its_earlier_value():
     assert key(warmed) != key(before) and key(warmed, "mi") == key(before, "mi")  # no tune, no difference
     paper = preset("paper")
     assert paper.rescore == 0 and key(paper, "fusegpt") != key(replace(paper, rescore=4), "fusegpt")
+
+
+def test_compared_curves_run_each_method_once_and_quote_its_depths(tmp_path, model_dir, text_file):
+    """`curve`: a method's sparsities come from one curve run (its order chosen once, to the deepest),
+    its cells are that curve's rows, and a rerun computes nothing; a warm start needs it."""
+    from dataclasses import replace
+
+    from fusegpt.compare import curve_cells
+    from fusegpt.errors import FuseGPTError
+
+    out, calls = tmp_path / "cmp", []
+
+    def counting(*args, **kwargs):
+        calls.append((args[1], tuple(args[2])))
+        return curve_cells(*args, **kwargs)
+
+    config = _config(text_file)
+    config.tune.trial_rates = ()
+    cells = compare(model_dir, ["dense", "kl-fuse"], [0.5, 0.25], config, out, ppl=[str(text_file)], progress=False,
+                    speed=False, curve=True, run_curve=counting)
+    assert calls == [("kl-fuse", (0.5, 0.25))]
+    by_cell = {(c.method, c.sparsity): c for c in cells}
+    shallow, deep = by_cell[("kl-fuse", 0.25)], by_cell[("kl-fuse", 0.5)]
+    assert len(deep.removed) == 2 and shallow.removed == deep.removed[:1]
+    rows = {r["removed"]: r for r in json.loads((out / "curves" / "kl-fuse" / "curve.json").read_text())["rows"]}
+    for cell in (shallow, deep):
+        row = rows[len(cell.removed)]
+        assert cell.ppl == row["ppl"] and cell.block_passes == row["block_passes"] > 0
+        assert cell.parameters == row["parameters"] and cell.criterion == "output_divergence"
+        assert set(cell.scores) == {"0", "1", "2", "3"}
+    assert deep.parameters < shallow.parameters < by_cell[("dense", 0.0)].parameters
+    assert (out / "ppl_vs_sparsity.png").stat().st_size > 0
+
+    calls.clear()
+    again = compare(model_dir, ["dense", "kl-fuse"], [0.5, 0.25], config, out, ppl=[str(text_file)], progress=False,
+                    speed=False, curve=True, run_curve=counting)
+    assert calls == [] and [c.ppl for c in again] == [c.ppl for c in cells]
+    with pytest.raises(FuseGPTError, match="add --curve"):
+        compare(model_dir, ["kl-fuse"], [0.25], replace(config, warm_epochs=1), tmp_path / "warm", progress=False)

@@ -97,6 +97,9 @@ def _compare_parser(sub) -> None:
     p.add_argument("--sparsity", default="0.125,0.25", help="comma-separated sparsities")
     _add_evaluation_options(p, "wikitext2", "comma-separated perplexity sources")
     p.add_argument("--no-speed", action="store_true", help="skip the inference-speed measurement of each cell")
+    p.add_argument("--curve", action="store_true",
+                   help="one run per method for all its sparsities: its order of removal chosen once, to the deepest "
+                        "(as compress --num-remove 2,4,6 does; with --warm-epochs); its outputs kept in OUT/curves/")
     _add_method_options(p)
 
 
@@ -192,7 +195,8 @@ def _run_compare(args) -> None:
     _check_sources(args, config.calib)
     cells = compare(args.model, methods, sparsities, _config(args, sparsity=sparsities[0]), args.out,
                     _sources(args.ppl), _sources(args.tasks), args.limit, args.tasks_dir, progress=not args.quiet,
-                    ppl_windows=args.ppl_windows, speed=not args.no_speed, ppl_seqlen=args.ppl_seqlen)
+                    ppl_windows=args.ppl_windows, speed=not args.no_speed, ppl_seqlen=args.ppl_seqlen,
+                    curve=args.curve)
     print((Path(args.out) / "comparison.md").read_text())
     print(f"{len(cells)} cells; written to {args.out}")
 

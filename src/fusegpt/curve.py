@@ -153,8 +153,11 @@ def _order(job: Job, deepest: int, staging: Path) -> list[int] | None:
     config = replace(job.config, num_remove=deepest, sparsity=None)
     checkpoint = Checkpoint(staging / ".choose.checkpoint", config.to_dict(), job.model)
     result, _ = load_and_compress(job.model, config, job.progress, checkpoint, heal=False)
+    first = result.report.steps[0]  # the dense model's scores, for compare's plots
     write_atomic(saved, json.dumps({"order": result.report.removed, "method": config.label,
-                                    "seconds": result.report.seconds["total"]}) + "\n")
+                                    "seconds": result.report.seconds["total"], "criterion": first.criterion,
+                                    "scores": {str(k): v for k, v in first.scores.items()},
+                                    "bounds": list(first.bounds)}) + "\n")
     checkpoint.remove()
     return result.report.removed
 
@@ -199,9 +202,10 @@ def _depth_row(folder: Path, k: int) -> Depth:
                  seconds=report.get("seconds", {}).get("total", 0.0))
 
 
-def _measure_speed(job: Job, rows: list[Depth], staging: Path) -> None:
-    """Parameters and transformers' tokens/s of every depth, each timed in turn with the dense model;
-    llama.cpp's of each GGUF likewise (with the dense GGUF input's, when there is one)."""
+def _measure_speed(job: Job, rows: list[Depth], staging: Path, speed: bool = True) -> None:
+    """Parameters and (unless `speed` is False) transformers' tokens/s of every depth, each timed in
+    turn with the dense model; llama.cpp's of each GGUF likewise (with the dense GGUF input's, when
+    there is one)."""
     import importlib.util
 
     import torch
@@ -219,9 +223,9 @@ def _measure_speed(job: Job, rows: list[Depth], staging: Path) -> None:
         model, _ = load_model(str(staging / row.folder), job.config.dtype)
         place_for_inference(model, device, job.config.offload)
         row.parameters = parameter_count(model)
-        row.speed = speed_beside(model, dense)
+        row.speed = speed_beside(model, dense) if speed else {}
         del model
-        if row.gguf and importlib.util.find_spec("llama_cpp") is not None:
+        if speed and row.gguf and importlib.util.find_spec("llama_cpp") is not None:
             from .evaluation.llamacpp import llama_speed
 
             files = {"output": staging / row.folder / row.gguf, **({"dense": Path(rows[0].gguf)} if rows[0].gguf else {})}
@@ -229,9 +233,9 @@ def _measure_speed(job: Job, rows: list[Depth], staging: Path) -> None:
             row.gguf_speed = {**measured["output"], **{f"dense_{k}": v for k, v in measured.get("dense", {}).items()}}
 
 
-def run_curve(job: Job, sizes: list[dict]) -> list[Depth]:
+def run_curve(job: Job, sizes: list[dict], speed: bool = True) -> list[Depth]:
     """Compress `job.model` at every size of `sizes` (config overrides: `amounts`), sharing the
-    choice of blocks; returns the curve's rows, the dense model first."""
+    choice of blocks; returns the curve's rows, the dense model first (`speed` False: untimed)."""
     from .paths import STATE, check_output, checkpoint_folder
     from .workflow import check_gguf_request, run
 
@@ -254,7 +258,7 @@ def run_curve(job: Job, sizes: list[dict]) -> list[Depth]:
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted; the curve's finished work is kept in {staging}: rerun the same "
                                 "command with --resume to continue") from None
-    _measure_speed(job, rows, staging)
+    _measure_speed(job, rows, staging, speed)
     write_curve(rows, staging, job.model)
     previous = out.with_name(f".{out.name}.previous")
     if out.exists():  # --overwrite: the old result is moved aside, and goes once the new one is in place
