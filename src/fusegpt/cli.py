@@ -184,11 +184,9 @@ def _run_eval(args) -> None:
 
 def _run_compare(args) -> None:
     from .compare import compare
+    from .curve import amounts
 
-    try:
-        sparsities = [float(s) for s in _sources(args.sparsity)]
-    except ValueError as error:
-        raise FuseGPTError(f"--sparsity takes comma-separated numbers, got '{args.sparsity}'") from error
+    sparsities = [size["sparsity"] for size in amounts(args.sparsity, float, "--sparsity")]
     methods = _sources(args.methods)  # compare() refuses an unknown one, and given blocks, before any work
     for sparsity in sparsities:
         config = _config(args, sparsity=sparsity)  # every cell's settings are valid before the first one runs
@@ -213,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     _eval_parser(sub)
     _compare_parser(sub)
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop ends like Ctrl-C
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop ends like Ctrl-C
     try:
         if args.command != "compress" and _launched_as_ranks():
             raise FuseGPTError(f"`fusegpt {args.command}` runs in one process (under torchrun every rank would write "
@@ -243,10 +241,6 @@ def _launched_as_ranks() -> bool:
     from .runtime.distributed import launched
 
     return launched()
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
