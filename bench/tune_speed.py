@@ -1,7 +1,8 @@
 """Where the logit tune's time goes (issue 29, item 4): one epoch of the default's global tune on
 the default's blocks, with the whole vocabulary recomputed every step or the dense top-k computed
-once, and the blocks' products in float32 or bfloat16, timed in turn in one process (so that every
-variant sees the same machine), medians of 2 rounds. Run it alone: it is a timing.
+once, the blocks' products in float32 or bfloat16, and the logit loss on every position or every
+2nd (`--distill-stride 2`), timed in turn in one process (so that every variant sees the same
+machine), medians of 2 rounds. Run it alone: it is a timing.
 
     python bench/tune_speed.py gemma3      # writes bench/results/tune-speed-gemma3.json
     python bench/tune_speed.py smollm2"""
@@ -18,8 +19,9 @@ from common import MODELS, RESULTS, gemma3_path, require_assets, splits
 from recycling import BLOCKS
 
 WINDOWS, SEQLEN, ROUNDS = 32, 256, 2
-VARIANTS = {"full-fp32": (0, "float32"), "top1024-fp32": (1024, "float32"),
-            "full-bf16": (0, "bfloat16"), "top1024-bf16": (1024, "bfloat16")}
+# name: (--distill-top-k, --tune-dtype, --distill-stride)
+VARIANTS = {"full-fp32": (0, "float32", 1), "top1024-fp32": (1024, "float32", 1),
+            "top1024-stride2-fp32": (1024, "float32", 2), "top1024-bf16": (1024, "bfloat16", 1)}
 
 
 def main() -> None:
@@ -42,8 +44,8 @@ def main() -> None:
                         warmup=0.0)
     cells: dict[str, dict] = {v: {"tune_seconds": [], "block_passes": None, "loss": None} for v in VARIANTS}
     for _ in range(ROUNDS):
-        for variant, (top_k, dtype) in VARIANTS.items():
-            config = replace(base, tune=replace(base.tune, distill_top_k=top_k, compute=dtype))
+        for variant, (top_k, dtype, stride) in VARIANTS.items():
+            config = replace(base, tune=replace(base.tune, distill_top_k=top_k, compute=dtype, distill_stride=stride))
             started = time.perf_counter()
             report = compress(copy.deepcopy(model), tokenizer, config, progress=False).report
             cell = cells[variant]
