@@ -2,9 +2,10 @@
 the default's blocks, with the whole vocabulary recomputed every step or the dense top-k computed
 once, the blocks' products in float32 or bfloat16, and the logit loss on every position or every
 2nd (`--distill-stride 2`), timed in turn in one process (so that every variant sees the same
-machine), medians of 2 rounds. Run it alone: it is a timing.
+machine), medians of 2 rounds (or `--rounds N`). Run it alone: it is a timing.
 
     python bench/tune_speed.py gemma3      # writes bench/results/tune-speed-gemma3.json
+    python bench/tune_speed.py gemma3 --rounds 1
     python bench/tune_speed.py smollm2"""
 from __future__ import annotations
 
@@ -18,16 +19,17 @@ from dataclasses import replace
 from common import MODELS, RESULTS, gemma3_path, require_assets, splits
 from recycling import BLOCKS
 
-WINDOWS, SEQLEN, ROUNDS = 32, 256, 2
+WINDOWS, SEQLEN = 32, 256
 # name: (--distill-top-k, --tune-dtype, --distill-stride)
 VARIANTS = {"full-fp32": (0, "float32", 1), "top1024-fp32": (1024, "float32", 1),
             "top1024-stride2-fp32": (1024, "float32", 2), "top1024-bf16": (1024, "bfloat16", 1)}
 
 
 def main() -> None:
-    if len(sys.argv) != 2 or sys.argv[1] not in BLOCKS:
+    args = sys.argv[1:]
+    if len(args) not in (1, 3) or args[0] not in BLOCKS or args[1:2] not in ([], ["--rounds"]):
         sys.exit(__doc__)
-    name = sys.argv[1]
+    name, rounds = args[0], int(args[2]) if len(args) == 3 else 2
     require_assets()
     import torch
 
@@ -43,7 +45,7 @@ def main() -> None:
                         global_epochs=1, global_coef_lr=3e-3, coef_decay=0.0, trial_rates=(), distill="logits",
                         warmup=0.0)
     cells: dict[str, dict] = {v: {"tune_seconds": [], "block_passes": None, "loss": None} for v in VARIANTS}
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for variant, (top_k, dtype, stride) in VARIANTS.items():
             config = replace(base, tune=replace(base.tune, distill_top_k=top_k, compute=dtype, distill_stride=stride))
             started = time.perf_counter()
@@ -58,7 +60,7 @@ def main() -> None:
         cell["ratio"] = round(cell["median"] / reference, 3)
         print(f"{name} {variant}: tune {cell['median']:.1f} s for {cell['block_passes']} block passes "
               f"({cell['ratio']:.2f}x full-fp32), last epoch's loss {cell['loss']:.4f}", flush=True)
-    out = {"model": name, "blocks": BLOCKS[name], "windows": WINDOWS, "seqlen": SEQLEN, "rounds": ROUNDS,
+    out = {"model": name, "blocks": BLOCKS[name], "windows": WINDOWS, "seqlen": SEQLEN, "rounds": rounds,
            "threads": torch.get_num_threads(), "variants": cells}
     (RESULTS / f"tune-speed-{name}.json").write_text(json.dumps(out, indent=2) + "\n")
 
