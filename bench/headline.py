@@ -31,6 +31,9 @@ CELLS = {"default": pinned(sparsity="0.25", normalize_donors=None, distill="logi
          "default-ranked": pinned(sparsity="0.25", normalize_donors=None, distill="logits"),
          # the limit of 8 ranking blocks by their margins behind their steps' best (2026-12-05; the default since)
          "default-margins": pinned(sparsity="0.25", normalize_donors=None, distill="logits", rescore_limit="8"),
+         # the default of 2026-12-06: the top-1024 teacher and the coefficients' rate chosen by a trial
+         "default-trial": pinned(sparsity="0.25", normalize_donors=None, distill="logits", rescore_limit="8",
+                                 distill_top_k="1024", trial_rates="0,3e-3"),
          # LoRA healing at its best dev rate, with the default's target (the dense model's logits)
          "lora": pinned(method="kl-lora", blocks=BLOCKS, lr="1e-3", distill="logits"),
          # the earlier defaults and their baseline: the dense model's final hidden states as the target
