@@ -27,7 +27,8 @@ VARIANTS = {"full-fp32": (0, "float32", 1), "top1024-fp32": (1024, "float32", 1)
 
 def main() -> None:
     args = sys.argv[1:]
-    if len(args) not in (1, 3) or args[0] not in BLOCKS or args[1:2] not in ([], ["--rounds"]):
+    if len(args) not in (1, 3) or args[0] not in BLOCKS or args[1:] not in ([], ["--rounds", *args[2:]]) \
+            or not (len(args) == 1 or args[2].isdigit() and int(args[2]) > 0):
         sys.exit(__doc__)
     name, rounds = args[0], int(args[2]) if len(args) == 3 else 2
     require_assets()

@@ -33,7 +33,8 @@ def amounts(text: str | None, kind: type, flag: str) -> list[dict]:
     try:
         values = [kind(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
-        raise FuseGPTError(f"{flag} takes a number or comma-separated numbers (e.g. 2,4,6), got '{text}'") from None
+        example = "2,4,6" if kind is int else "0.1,0.2,0.3"
+        raise FuseGPTError(f"{flag} takes a number or comma-separated numbers (e.g. {example}), got '{text}'") from None
     if not values:
         raise FuseGPTError(f"{flag} is empty; give a number or comma-separated numbers")
     key = "num_remove" if kind is int else "sparsity"
