@@ -352,3 +352,32 @@ def test_a_coefficient_rate_of_zero_is_kept_not_replaced_by_the_lora_rate():
     assert TuneConfig(global_coef_lr=0.0).coefficient_rate == 0.0
     assert TuneConfig(global_coef_lr=None, lr=2e-3).coefficient_rate == 2e-3
     assert TuneConfig(global_coef_lr=0.0, trial_rates=(0.0,)).trial_runs() == 1  # the trial has nothing to weigh
+
+
+@pytest.mark.parametrize("top_k", [0, 4], ids=["whole-vocabulary", "top-4"])
+def test_the_logit_loss_with_a_bf16_head_is_the_fp32_loss_to_bf16_precision(top_k):
+    """`compute` bfloat16 runs the head's products on a bf16 copy of its weight: the loss and the
+    gradient on the hidden states are the fp32 ones to bf16's ~3 digits, and a head given a new
+    weight (moved to a device, reloaded) is copied again rather than served stale."""
+    from fusegpt.predictions import dense_targets
+    from fusegpt.tuning.losses import LogitDistillation
+
+    torch.manual_seed(0)
+    head = _head(norm=True, bias=True, softcap=2.0)
+    student, teacher = torch.randn(2, 5, 6), torch.randn(2, 5, 6)
+    if top_k:
+        teacher = dense_targets(head, teacher, top_k=top_k, stride=1, device=torch.device("cpu"))
+
+    def loss_and_grad(distill):
+        x = student.clone().requires_grad_(True)
+        loss = distill(x, teacher)
+        loss.backward()
+        return loss.item(), x.grad
+
+    exact, exact_grad = loss_and_grad(LogitDistillation(head, max_elements=33))
+    low = LogitDistillation(head, max_elements=33, compute="bfloat16")
+    approx, approx_grad = loss_and_grad(low)
+    assert approx == pytest.approx(exact, rel=2e-2) and approx != exact
+    assert torch.nn.functional.cosine_similarity(approx_grad.flatten(), exact_grad.flatten(), dim=0) > 0.999
+    head.lm_head.weight = torch.nn.Parameter(-head.lm_head.weight.detach(), requires_grad=False)  # a new weight
+    assert loss_and_grad(low)[0] == pytest.approx(loss_and_grad(LogitDistillation(head))[0], rel=2e-2)

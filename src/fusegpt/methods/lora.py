@@ -45,7 +45,7 @@ def heal_globally(ctx: StepContext, epochs: int, rates: tuple[float, ...] = ()) 
             others += adapter.norm_parameters(block)
     tune = replace(config.tune, epochs=epochs, coef_lr=config.tune.coefficient_rate)
     head = adapter.head(ctx.model)
-    objective = LogitDistillation(head) if config.tune.distill == "logits" else None
+    objective = LogitDistillation(head, compute=config.tune.compute) if config.tune.distill == "logits" else None
     with onloaded([head] if objective else [], stack.device):
         teacher = stack.dense_final
         if objective and config.tune.distill_top_k:  # the dense predictions once, in place of its hidden states

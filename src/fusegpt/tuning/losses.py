@@ -67,9 +67,15 @@ class LogitDistillation:
     its loss (softmax(student) - softmax(teacher) on the logits, through the head's weight and its
     final layers)."""
 
-    def __init__(self, head: OutputHead, max_elements: int = 2**25):
+    def __init__(self, head: OutputHead, max_elements: int = 2**25, compute: str = "float32"):
         self.head, self.max_elements = head, max_elements
         self._buffers: list[torch.Tensor] = []
+        # compute "bfloat16": the head's two products (logits, and the gradient through the weight)
+        # run in bf16 on a copy of the frozen weight made once per device, each into one reused bf16
+        # buffer; the softmax, the KL and the gradient on the logits stay in fp32
+        self.low = torch.bfloat16 if compute == "bfloat16" else None
+        self._low_weight: tuple[tuple, torch.Tensor] | None = None
+        self._low_buffer = torch.empty(0)
 
     def rows_per_chunk(self, buffers: int = 2) -> int:
         """Positions per chunk: `max_elements` logits in each of two buffers, as many in all when fewer
@@ -85,11 +91,30 @@ class LogitDistillation:
             self._buffers = [torch.empty(size, device=like.device) for _ in range(count)]
         return [b[:rows] for b in self._buffers[:count]]
 
+    def _weight(self) -> torch.Tensor:
+        """The head's weight in `low`, copied when the weight is new or has moved."""
+        weight = self.head.lm_head.weight
+        key = (weight.data_ptr(), weight.device, tuple(weight.shape))
+        if self._low_weight is None or self._low_weight[0] != key:
+            self._low_weight = (key, weight.detach().to(self.low))
+        return self._low_weight[1]
+
+    def _low_scratch(self, like: torch.Tensor) -> torch.Tensor:
+        """A (rows, vocabulary) view of the reused bf16 buffer, shaped like `like`."""
+        if self._low_buffer.device != like.device or self._low_buffer.shape[0] < like.shape[0] \
+                or self._low_buffer.shape[1:] != like.shape[1:]:
+            self._low_buffer = torch.empty(like.shape, dtype=self.low, device=like.device)
+        return self._low_buffer[:like.shape[0]]
+
     def _logits(self, features: torch.Tensor, out: torch.Tensor, capped: torch.Tensor | None) -> torch.Tensor:
         """The head's logits of `features` (rows, hidden), written into `out`; with a soft-cap,
         `out` keeps tanh(logits / cap) (its derivative's ingredient) and `capped` the capped logits."""
         weight, bias = self.head.lm_head.weight, self.head.lm_head.bias
-        if weight.dtype == out.dtype:
+        if self.low is not None:
+            out.copy_(torch.mm(features.to(self.low), self._weight().t(), out=self._low_scratch(out)))
+            if bias is not None:
+                out.add_(bias)
+        elif weight.dtype == out.dtype:
             torch.mm(features, weight.t(), out=out) if bias is None else torch.addmm(bias, features, weight.t(), out=out)
         else:
             out.copy_(F.linear(features, weight, bias))
@@ -131,8 +156,11 @@ class LogitDistillation:
         with torch.no_grad():
             if tanh is not None:  # through cap * tanh(x / cap): times 1 - tanh^2
                 gradient.mul_(tanh.square_().neg_().add_(1))
-            weight = self.head.lm_head.weight
-            upstream = torch.mm(gradient.to(weight.dtype), weight)
+            if self.low is not None:
+                upstream = torch.mm(self._low_scratch(gradient).copy_(gradient), self._weight())
+            else:
+                weight = self.head.lm_head.weight
+                upstream = torch.mm(gradient.to(weight.dtype), weight)
         return torch.autograd.grad(features, student, upstream.to(features.dtype))[0]
 
     def _top_chunk(self, student: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, log_rest: torch.Tensor,
