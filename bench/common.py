@@ -73,7 +73,7 @@ RECIPE: dict[str, str | None] = {
     "--coef-lr": "1e-2", "--lr": "1e-3", "--loss": "relative_mse", "--teacher": "dense", "--batch-size": "8",
     "--group-size": "7", "--coef": "lowrank", "--rank": "128", "--lora-rank": "128", "--no-seam-map": None,
     "--no-normalize-donors": None, "--fuse-eval": "0", "--seed": "0", "--dtype": "float32",
-    "--distill": "hidden", "--distill-top-k": "0", "--distill-stride": "1", "--warmup": "0", "--rescore-limit": "0", "--trial-rates": "",
+    "--distill": "hidden", "--distill-top-k": "0", "--distill-stride": "1", "--warmup": "0", "--rescore-limit": "0", "--trial-rates": "", "--tune-dtype": "float32",
 }
 SWITCHES = ("seam_map", "normalize_donors")  # on/off flag pairs: --x and --no-x
 

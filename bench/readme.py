@@ -22,6 +22,8 @@ ROWS = [
      "recycling-smollm2/fuse-trial-top1024.json"),
     ("SmolLM2-135M, 8 of 30 blocks", "LoRA healing at its best dev rate", "headline-smollm2/lora.json"),
     ("SmolLM2-135M, 8 of 30 blocks", "LoRA healing, top-1024 teacher", "recycling-smollm2/lora-top1024.json"),
+    ("SmolLM2-135M, 8 of 30 blocks", "LoRA healing, top-1024 teacher, lr 2e-3 (its best dev rate with logits)",
+     "recycling-smollm2/lora-top1024-lr2e-3.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "fusion, top-64 teacher", "recycling-gemma3/fuse-top64.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "fusion, whole vocabulary", "recycling-gemma3/fuse-full.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "fusion, top-1024 teacher", "recycling-gemma3/fuse-top1024.json"),
@@ -30,6 +32,8 @@ ROWS = [
      "recycling-gemma3/fuse-trial-top1024.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "LoRA healing, top-64 teacher", "recycling-gemma3/lora-top64.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "LoRA healing, top-1024 teacher", "recycling-gemma3/lora-top1024.json"),
+    ("Gemma 3 270M, 4 of 18 blocks", "**LoRA healing, top-1024 teacher, lr 5e-4 (its best dev rate with logits)**",
+     "recycling-gemma3/lora-top1024-lr5e-4.json"),
 ]
 
 

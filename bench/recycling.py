@@ -13,8 +13,8 @@ against `full`, the whole vocabulary recomputed every step (`top256`, `top1024`:
 `trial`, the coefficient rate chosen by a trial of 0 (LoRA healing) and the default's 3e-3 on
 held-out calibration windows (`--trial-rates`); `bf16`, the blocks' and the LM head's products in
 bfloat16 (the cached `bf16-blocks`: the blocks' alone, by the code before the head's); `stride2`,
-the logit loss on every 2nd position (`--distill-stride 2`); `lr5e-4`, `lr2e-3`: LoRA healing's
-learning rate searched on dev with the default's logit target (its 1e-3 neighbours);
+the logit loss on every 2nd position (`--distill-stride 2`); `lr5e-4`, `lr2e-3`: the rate of LoRA
+and norms (the default's 1e-3) searched on dev with the default's logit target, for both repairs;
 `seed1`, `seed2`: other seeds (their calibration windows, their order, the start). Cells are cached in
 bench/results/recycling-<model>/ (bench/common.py)."""
 from __future__ import annotations
@@ -42,8 +42,9 @@ def variants(model: str) -> dict[str, dict]:
              "fuse-top1024-bf16": {**fuse, "--distill-top-k": "1024", "--tune-dtype": "bfloat16"}}
     # the loss on every 2nd position only (the head's products halved), after the default's trial
     cells["fuse-trial-top1024-stride2"] = {**cells["fuse-trial-top1024"], "--distill-stride": "2"}
-    for lr in ("5e-4", "2e-3"):  # LoRA's rate searched with the logit target, as fusion's coefficients were
+    for lr in ("5e-4", "2e-3"):  # LoRA's rate searched with the logit target, and fusion's LoRA and norms at it
         cells[f"lora-top1024-lr{lr}"] = {**cells["lora-top1024"], "--lr": lr}
+        cells[f"fuse-trial-top1024-lr{lr}"] = {**cells["fuse-trial-top1024"], "--lr": lr}
     for name in ("lora-top1024", "fuse-trial-top1024", "fuse-top1024"):  # the seed's spread, against which a gap is judged
         for seed in (1, 2):
             cells[f"{name}-seed{seed}"] = {**cells[name], "--seed": str(seed)}

@@ -186,3 +186,23 @@ def test_bounded_memory_changes_no_result(tokenizer, text_file, method):
     assert weights["scoring"].keys() == weights["all"].keys()
     for name, value in weights["all"].items():
         assert torch.allclose(weights["scoring"][name], value, atol=1e-6), name
+
+
+def test_the_auto_tune_dtype_is_bfloat16_only_where_the_device_runs_it_natively(tokenizer, text_file, monkeypatch):
+    """`--tune-dtype auto` is decided before the run: bfloat16 where the device multiplies bf16
+    natively, float32 where bf16 would be emulated (slower); the report records the dtype that
+    ran, and the run is the one given that dtype outright."""
+    from dataclasses import replace
+
+    config = _config(text_file, num_remove=1)
+    config = replace(config, tune=replace(config.tune, compute="auto"))
+    runs = {}
+    for native in (True, False):
+        monkeypatch.setattr("fusegpt.pipeline.native_bf16", lambda device, native=native: native)
+        runs[native] = compress(tiny_llama(), tokenizer, config, progress=False)
+    given = compress(tiny_llama(), tokenizer, replace(config, tune=replace(config.tune, compute="bfloat16")),
+                     progress=False)
+    assert [runs[n].report.config["tune"]["compute"] for n in (True, False)] == ["bfloat16", "float32"]
+    native, emulated, given = (r.model.state_dict() for r in (runs[True], runs[False], given))
+    assert all(torch.equal(native[k], given[k]) for k in native)
+    assert any(not torch.equal(native[k], emulated[k]) for k in native)

@@ -26,7 +26,7 @@ from .methods.fuse import fusion_aware
 from .errors import FuseGPTError
 from .models import adapter_for
 from .tuning.losses import BATCH_LOSSES
-from .runtime.placement import STREAMED_CANDIDATES, context_length, place, resolve_device
+from .runtime.placement import STREAMED_CANDIDATES, context_length, native_bf16, place, resolve_device
 from .runtime.plan import plan, shape_of
 
 
@@ -77,6 +77,8 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     config = config or CompressConfig()
     config.validate()
     device = resolve_device(config.device)
+    if config.tune.compute == "auto":  # the report and a resume see the dtype that ran
+        config = replace(config, tune=replace(config.tune, compute="bfloat16" if native_bf16(device) else "float32"))
     distributed.init(device)  # under torchrun: join the others (a no-op in a single process)
     ranks = distributed.world_size()
     progress = progress and distributed.is_main()

@@ -5,6 +5,8 @@ with blocks streamed to the device: `compress` onloads one block or group at a t
 either way. On the CPU everything is already where it computes."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import PreTrainedModel
 
@@ -19,6 +21,18 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 matrices natively (faster than fp32): a CUDA GPU from
+    Ampere on, or a CPU with AVX512-BF16 or AMX; elsewhere bf16 is emulated, slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    cpuinfo = Path("/proc/cpuinfo")
+    if device.type != "cpu" or not cpuinfo.exists():
+        return False
+    flags = cpuinfo.read_text()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def context_length(model: PreTrainedModel) -> int:
