@@ -73,7 +73,8 @@ RECIPE: dict[str, str | None] = {
     "--coef-lr": "1e-2", "--lr": "1e-3", "--loss": "relative_mse", "--teacher": "dense", "--batch-size": "8",
     "--group-size": "7", "--coef": "lowrank", "--rank": "128", "--lora-rank": "128", "--no-seam-map": None,
     "--no-normalize-donors": None, "--fuse-eval": "0", "--seed": "0", "--dtype": "float32",
-    "--distill": "hidden", "--distill-top-k": "0", "--distill-stride": "1", "--warmup": "0", "--rescore-limit": "0", "--trial-rates": "", "--tune-dtype": "float32",
+    "--distill": "hidden", "--distill-top-k": "0", "--distill-stride": "1", "--warmup": "0", "--rescore-limit": "0",
+    "--trial-rates": "", "--trial-lrs": "", "--trial-share": "1", "--tune-dtype": "float32",
 }
 SWITCHES = ("seam_map", "normalize_donors")  # on/off flag pairs: --x and --no-x
 
@@ -310,7 +311,8 @@ def _compute_cell(result: Path, suite: str, name: str, model: str, settings: dic
             "stages": _stage_seconds(report),
             "dev": {Path(s).name: scores["ppl"][s] for s in proto.dev},
             "test": {Path(s).name: scores["ppl"][s] for s in proto.test},
-            "zero_shot": scores.get("zero_shot"), "heal_losses": (report.get("heal") or {}).get("losses")}
+            "zero_shot": scores.get("zero_shot"), "heal_losses": (report.get("heal") or {}).get("losses"),
+            "trial": (report.get("heal") or {}).get("trial") or None}
     result.write_text(json.dumps(cell, indent=2) + "\n")
     return cell
 

@@ -18,8 +18,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 # (model, what the row is, result file under bench/results); each model's rows share its blocks and passes
 ROWS = [
     ("SmolLM2-135M, 8 of 30 blocks", "fusion (the default without its trial)", "headline-smollm2/default-margins.json"),
-    ("SmolLM2-135M, 8 of 30 blocks", "fusion after the default's trial (chose 3e-3), top-1024 teacher",
-     "recycling-smollm2/fuse-trial-top1024.json"),
+    ("SmolLM2-135M, 8 of 30 blocks", "fusion after the 2026-12-05 default's trial of coefficient rates (chose 3e-3), "
+     "top-1024 teacher", "recycling-smollm2/fuse-trial-top1024.json"),
+    ("SmolLM2-135M, 8 of 30 blocks", "the default: its trial of rate pairs chose coefficients 3e-3, LoRA 5e-4",
+     "recycling-smollm2/fuse-halving-top1024.json"),
     ("SmolLM2-135M, 8 of 30 blocks", "LoRA healing at its best dev rate", "headline-smollm2/lora.json"),
     ("SmolLM2-135M, 8 of 30 blocks", "LoRA healing, top-1024 teacher", "recycling-smollm2/lora-top1024.json"),
     ("SmolLM2-135M, 8 of 30 blocks", "LoRA healing, top-1024 teacher, lr 2e-3 (its best dev rate with logits)",
@@ -28,8 +30,10 @@ ROWS = [
     ("Gemma 3 270M, 4 of 18 blocks", "fusion, whole vocabulary", "recycling-gemma3/fuse-full.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "fusion, top-1024 teacher", "recycling-gemma3/fuse-top1024.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "fusion, top-1024 teacher, seed 1", "recycling-gemma3/fuse-top1024-seed1.json"),
-    ("Gemma 3 270M, 4 of 18 blocks", "after the default's trial (chose 0: LoRA healing), top-1024 teacher",
-     "recycling-gemma3/fuse-trial-top1024.json"),
+    ("Gemma 3 270M, 4 of 18 blocks", "after the 2026-12-05 default's trial of coefficient rates (chose 0: LoRA "
+     "healing), top-1024 teacher", "recycling-gemma3/fuse-trial-top1024.json"),
+    ("Gemma 3 270M, 4 of 18 blocks", "the default: its trial of rate pairs chose coefficients 0 (LoRA healing), LoRA 5e-4",
+     "recycling-gemma3/fuse-halving-top1024.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "LoRA healing, top-64 teacher", "recycling-gemma3/lora-top64.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "LoRA healing, top-1024 teacher", "recycling-gemma3/lora-top1024.json"),
     ("Gemma 3 270M, 4 of 18 blocks", "**LoRA healing, top-1024 teacher, lr 5e-4 (its best dev rate with logits)**",
@@ -81,11 +85,16 @@ def gguf_table() -> str:
     return "\n".join(lines)
 
 
-# (model, repair, bench/recycling.py's cell of seed 0; seeds 1, 2 add -seed1, -seed2): the default's
-# trial against LoRA healing of the same blocks, each seed's windows, order and start
+# (model, repair, bench/recycling.py's cell of seed 0 by suite; seeds 1, 2 add -seed1, -seed2): the
+# default's trial against LoRA healing of the same blocks, each seed's windows, order and start
 SEEDED = [("SmolLM2-135M, 8 of 30 blocks", "recycling-smollm2"), ("Gemma 3 270M, 4 of 18 blocks", "recycling-gemma3")]
-REPAIRS = {"the default (its trial, top-1024 teacher)": "fuse-trial-top1024",
-           "LoRA healing (top-1024 teacher)": "lora-top1024"}
+REPAIRS = {"the default (its trial of rate pairs)": {"recycling-smollm2": "fuse-halving-top1024",
+                                                     "recycling-gemma3": "fuse-halving-top1024"},
+           "the 2026-12-05 default (its trial of coefficient rates)": {"recycling-smollm2": "fuse-trial-top1024",
+                                                                     "recycling-gemma3": "fuse-trial-top1024"},
+           "LoRA healing at lr 1e-3": {"recycling-smollm2": "lora-top1024", "recycling-gemma3": "lora-top1024"},
+           "LoRA healing at its best dev rate (SmolLM2 2e-3, Gemma 3 5e-4)": {
+               "recycling-smollm2": "lora-top1024-lr2e-3", "recycling-gemma3": "lora-top1024-lr5e-4"}}
 
 
 def _mean(cells: list[dict], split: str) -> str:
@@ -97,7 +106,8 @@ def seeds_table() -> str:
     lines = ["| model | repair | seeds | mean test PPL WikiText-2 / C4 | mean dev PPL | each seed's dev PPL |",
              "| --- | --- | --- | --- | --- | --- |"]
     for model, suite in SEEDED:
-        for what, cell in REPAIRS.items():
+        for what, cells_by_suite in REPAIRS.items():
+            cell = cells_by_suite[suite]
             found = {seed: RESULTS / suite / f"{cell}{f'-seed{seed}' if seed else ''}.json" for seed in (0, 1, 2)}
             cells = {seed: json.loads(path.read_text()) for seed, path in found.items() if path.is_file()}
             if not cells:

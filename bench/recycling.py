@@ -11,7 +11,9 @@ pinned recipe of today's default (`DEFAULT`) and the variant's changes: `top64`,
 64 most likely tokens and the rest's mass computed once as the teacher (`--distill-top-k 64`),
 against `full`, the whole vocabulary recomputed every step (`top256`, `top1024`: more tokens);
 `trial`, the coefficient rate chosen by a trial of 0 (LoRA healing) and the default's 3e-3 on
-held-out calibration windows (`--trial-rates`); `bf16`, the blocks' and the LM head's products in
+held-out calibration windows (`--trial-rates`); `halving`, a trial of those rates x LoRA's 1e-3
+and 5e-4 that halves the pairs after each quarter of the first epoch (`--trial-lrs`,
+`--trial-share`); `bf16`, the blocks' and the LM head's products in
 bfloat16 (the cached `bf16-blocks`: the blocks' alone, by the code before the head's); `stride2`,
 the logit loss on every 2nd position (`--distill-stride 2`); `lr5e-4`, `lr2e-3`: the rate of LoRA
 and norms (the default's 1e-3) searched on dev with the default's logit target, for both repairs;
@@ -40,12 +42,17 @@ def variants(model: str) -> dict[str, dict]:
              "lora-top1024": {**lora, "--distill-top-k": "1024"},
              "fuse-trial-top1024": {**fuse, "--distill-top-k": "1024", "--trial-rates": "0,3e-3"},
              "fuse-top1024-bf16": {**fuse, "--distill-top-k": "1024", "--tune-dtype": "bfloat16"}}
+    # the default of 2026-12-07: a trial of coefficient rates {3e-3, 0} x LoRA/norm rates {1e-3, 5e-4},
+    # successive halving over quarters of the first epoch (tuning/trial.py)
+    cells["fuse-halving-top1024"] = {**cells["fuse-trial-top1024"], "--trial-lrs": "5e-4", "--trial-share": "0.25"}
     # the loss on every 2nd position only (the head's products halved), after the default's trial
     cells["fuse-trial-top1024-stride2"] = {**cells["fuse-trial-top1024"], "--distill-stride": "2"}
     for lr in ("5e-4", "2e-3"):  # LoRA's rate searched with the logit target, and fusion's LoRA and norms at it
         cells[f"lora-top1024-lr{lr}"] = {**cells["lora-top1024"], "--lr": lr}
         cells[f"fuse-trial-top1024-lr{lr}"] = {**cells["fuse-trial-top1024"], "--lr": lr}
-    for name in ("lora-top1024", "fuse-trial-top1024", "fuse-top1024"):  # the seed's spread, against which a gap is judged
+    # the seed's spread, against which a gap is judged; the default and each model's best-tuned LoRA
+    best_lora = {"smollm2": "lora-top1024-lr2e-3", "gemma3": "lora-top1024-lr5e-4"}[model]
+    for name in ("lora-top1024", "fuse-trial-top1024", "fuse-top1024", "fuse-halving-top1024", best_lora):
         for seed in (1, 2):
             cells[f"{name}-seed{seed}"] = {**cells[name], "--seed": str(seed)}
     if model == "smollm2":  # fuse-full is headline-smollm2/default-margins (the same settings, its own choice)

@@ -43,7 +43,7 @@ def main() -> None:
     base.fusion = replace(base.fusion, group_size=7, coefficient="lowrank", rank=128, lora_rank=128,
                           train_norms=True, seam_map=False, normalize_donors=True)
     base.tune = replace(base.tune, loss="relative_mse", epochs=0, batch_size=8, coef_lr=1e-2, lr=1e-3,
-                        global_epochs=1, global_coef_lr=3e-3, coef_decay=0.0, trial_rates=(), distill="logits",
+                        global_epochs=1, global_coef_lr=3e-3, coef_decay=0.0, trial_rates=(), trial_lrs=(), distill="logits",
                         warmup=0.0)
     cells: dict[str, dict] = {v: {"tune_seconds": [], "block_passes": None, "loss": None} for v in VARIANTS}
     for _ in range(rounds):

@@ -151,7 +151,9 @@ def test_preset_paper_is_the_authors_settings_and_flags_override_it(tmp_path, mo
     memory = {k: tune.pop(k) for k in ("micro_batch", "checkpoint_activations", "optimizer_on_host")}
     assert tune == {"loss": "kl_batch", "epochs": 1, "batch_size": 2, "coef_lr": 1e-3, "lr": 9.65e-6,
                     "betas": [0.9, 0.95], "teacher": "group", "global_epochs": 0, "global_coef_lr": None,
-                    "coef_decay": 0.0, "distill": "hidden", "distill_top_k": 0, "distill_stride": 1, "trial_rates": [], "compute": "float32", "warmup": 0.0, "heal_epochs": None}
+                    "coef_decay": 0.0, "distill": "hidden", "distill_top_k": 0, "distill_stride": 1,
+                    "trial_rates": [], "trial_lrs": [], "trial_share": 0.25, "compute": "float32", "warmup": 0.0,
+                    "heal_epochs": None}
     # how the tune held memory, as the plan chose it for this small run on the CPU: the plain way
     assert memory == {"micro_batch": None, "checkpoint_activations": False, "optimizer_on_host": False}
     assert main([*args, "--out", str(tmp_path / "ours"), "--epochs", "1"]) == 0

@@ -103,7 +103,7 @@ def test_an_option_added_later_leaves_cached_cells_valid_at_its_earlier_value():
     from dataclasses import replace
 
     from fusegpt.compare import fingerprint
-    from fusegpt.config import preset
+    from fusegpt.presets import preset
     from fusegpt.options import unchanged_since
 
     config = CompressConfig()
@@ -135,7 +135,7 @@ def test_compared_curves_run_each_method_once_and_quote_its_depths(tmp_path, mod
         return curve_cells(*args, **kwargs)
 
     config = _config(text_file)
-    config.tune.trial_rates = ()
+    config.tune.trial_rates = config.tune.trial_lrs = ()
     cells = compare(model_dir, ["dense", "kl-fuse"], [0.5, 0.25], config, out, ppl=[str(text_file)], progress=False,
                     speed=False, curve=True, run_curve=counting)
     assert calls == [("kl-fuse", (0.5, 0.25))]

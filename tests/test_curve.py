@@ -13,7 +13,7 @@ from conftest import asset, tiny_llama
 from fusegpt.cli import main
 from test_cli import _compress, _one_line_error
 
-FLAGS = ["--method", "kl-fuse", "--epochs", "0", "--global-epochs", "1", "--trial-rates", "", "--no-gguf"]
+FLAGS = ["--method", "kl-fuse", "--epochs", "0", "--global-epochs", "1", "--trial-rates", "", "--trial-lrs", "", "--no-gguf"]
 
 
 @pytest.fixture
@@ -183,7 +183,7 @@ def fusegpt_config(text_file):
 
     return CompressConfig(calib=str(text_file), nsamples=4, seqlen=32, mi_samples=2, sparsity=None,
                           fusion=FusionConfig(group_size=2, rank=4, lora_rank=0),
-                          tune=TuneConfig(epochs=0, global_epochs=1, batch_size=2, trial_rates=()))
+                          tune=TuneConfig(epochs=0, global_epochs=1, batch_size=2, trial_rates=(), trial_lrs=()))
 
 
 def test_a_warm_start_goes_on_from_a_shallower_model_with_the_dense_model_as_teacher(tmp_path, six_blocks, text_file):
@@ -222,22 +222,24 @@ def test_a_warm_start_goes_on_from_a_shallower_model_with_the_dense_model_as_tea
 
 
 def test_a_warm_curve_tunes_each_later_depth_from_the_one_before(tmp_path, six_blocks, text_file, capsys):
-    """--warm-epochs 1 with 2 global epochs and the trial of rate 0: depth 1 is repaired from the
-    dense model (the chosen rate's first epoch on 3 of 4 windows, its second on 4, 5 blocks: 35 block
-    passes), depth 2 goes on from depth 1 at the rate depth 1 chose, without a trial (1 epoch x 4 x
-    4 = 16), removing the same blocks in the same order; a single run refuses --warm-epochs."""
+    """--warm-epochs 1 with 2 global epochs and the trial of coefficient rate 0: depth 1 is repaired
+    from the dense model (the chosen pair's two epochs on 4 windows, 5 blocks: 40 block passes),
+    depth 2 goes on from depth 1 at the rates depth 1 chose, without a trial (1 epoch x 4 x 4 = 16),
+    removing the same blocks in the same order; a single run refuses --warm-epochs."""
     flags = [*[f if f != "1" else "2" for f in FLAGS], "--trial-rates", "0"]  # --global-epochs 2
     out = tmp_path / "warm"
     assert main(_compress(six_blocks, out, text_file, "--num-remove", "1,2", "--warm-epochs", "1", *flags)) == 0
     one, two = _report(out / "remove-1"), _report(out / "remove-2")
-    assert (one["block_passes"], two["block_passes"]) == (35, 16)
-    chosen = min(one["heal"]["trial"], key=one["heal"]["trial"].get)
-    assert len(one["heal"]["trial"]) == 2 and two["heal"]["trial"] == {}
-    assert two["config"]["tune"]["global_coef_lr"] == float(chosen) and two["config"]["tune"]["trial_rates"] == []
+    assert (one["block_passes"], two["block_passes"]) == (40, 16)
+    chosen = next(t for t in one["heal"]["trial"] if t["chosen"])
+    assert len(one["heal"]["trial"]) == 2 and two["heal"]["trial"] == []
+    assert {k: two["config"]["tune"][k] for k in ("global_coef_lr", "lr")} == {"global_coef_lr": chosen["global_coef_lr"],
+                                                                           "lr": chosen["lr"]}
+    assert two["config"]["tune"]["trial_rates"] == two["config"]["tune"]["trial_lrs"] == []
     assert one["started_from"] == "" and two["started_from"].endswith("remove-1")
     assert two["steps"][0] == one["steps"][0] and len(two["steps"]) == 2
     rows = json.loads((out / "curve.json").read_text())["rows"]
-    assert [r["block_passes"] for r in rows[1:]] == [35, 16]
+    assert [r["block_passes"] for r in rows[1:]] == [40, 16]
     assert AutoModelForCausalLM.from_pretrained(out / "remove-2").config.num_hidden_layers == 4
     capsys.readouterr()
     assert main(_compress(six_blocks, tmp_path / "single", text_file, "--num-remove", "2", "--warm-epochs", "1")) == 2

@@ -494,7 +494,7 @@ def test_a_final_global_tune_trains_the_fusion_against_the_dense_output(tokenize
     """global_epochs adds one tune of every kept block (coefficients, LoRA, norms) towards the
     dense model's final hidden states, counted in the compute; the LoRA baseline gets as much more."""
     config = _config(text_file)
-    config.tune.global_epochs, config.tune.trial_rates = 2, ()  # the trial's passes: test_tuning.py
+    config.tune.global_epochs, config.tune.trial_rates, config.tune.trial_lrs = 2, (), ()  # the trial's passes: test_tuning.py
     report = compress(tiny_llama(), tokenizer, config, progress=False).report
     assert report.heal is not None and report.heal.blocks == report.kept
     assert report.heal.block_passes == 2 * 8 * 4  # 2 epochs x 8 windows x 4 kept blocks

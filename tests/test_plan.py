@@ -38,15 +38,16 @@ def test_dry_run_plans_llama2_7b_from_its_config_without_allocating_it(tmp_path,
     states 2048 x 4096 x 2 bytes = 16 MiB: 33 boundaries x 32 scoring windows = 16.5 GiB and 3
     buffers (embeddings, a run's output, the global tune's dense output) x 128 windows = 6 GiB (no
     local tuning by default: no group input or teacher); tuning passes 128 windows x 4 global
-    epochs x 24 kept blocks = 12,288, and the trial of rate 0 (one epoch on the 120 windows not
-    held out, 24 blocks) 2,880 more: 15,168. The global tune holds every kept block's activations on the
+    epochs x 24 kept blocks = 12,288, and the trial of 4 pairs of rates (two rounds of 24 of the
+    120 windows not held out; 3 dropped in the first, 1 in the second: 96 windows x 24 blocks)
+    2,304 more: 14,592. The global tune holds every kept block's activations on the
     CPU: far more than 20 GiB, which is why such a run belongs on a GPU."""
     before = current_rss()
     code, out, err = _plan_7b(tmp_path, monkeypatch, capsys, available=300 * GIB)
     assert code == 0 and current_rss() - before < GIB // 2  # 6.7B parameters never allocated
     assert "remove 8 of 32 blocks (6.74B parameters, bfloat16)" in out
     assert "weights 12.6" in out and "hidden states 22.5" in out
-    assert "15,168 tuning block passes" in out
+    assert "14,592 tuning block passes" in out
     assert not (tmp_path / "out").exists()
 
 
@@ -59,16 +60,16 @@ def test_the_default_recipe_at_7b_fits_a_24_gib_gpu_and_64_gib_of_host_memory(tm
     8 x 2048 tokens (53 GiB) and Adam on ~0.8B trainables on the device, 89 GiB in all; on a
     24 GiB card it is planned with checkpointed activations, micro-batches and the optimizer in
     host memory, under 22 GiB. Without a GPU, on a 64 GiB machine, the same choices and the scoring
-    cache freed before the tune keep it under 50 GiB. The default's trial of coefficient rates keeps
-    a second run's snapshot, master, gradient and moments on the host: 0.8B x 24 bytes, ~13 GiB more
-    (under 56 GiB beside a 24 GiB card; under 64 GiB on the CPU machine, where it still fits). The
+    cache freed before the tune keep it under 50 GiB. The default's trial of 4 pairs of rates keeps
+    at most 2 waiting runs' values and moments on the host: 0.8B x 24 bytes, ~9 GiB more (under 56
+    GiB beside a 24 GiB card; under 64 GiB on the CPU machine, where it still fits). The
     top-1024 teacher adds 2 GiB on the host (test below)."""
     code, out, _ = _plan_7b(tmp_path, monkeypatch, capsys, 300 * GIB, "--device", "cuda")
     assert code == 0 and _gib(out, "device") > 80 and "activations kept" in out
     code, out, _ = _plan_7b(tmp_path / "b", monkeypatch, capsys, 300 * GIB, "--device", "cuda", "--device-memory", "24")
     assert code == 0 and _gib(out, "device") < 22 and 50 < _gib(out, "host") < 56
     code, out, _ = _plan_7b(tmp_path / "b2", monkeypatch, capsys, 300 * GIB, "--device", "cuda", "--device-memory", "24",
-                            "--trial-rates", "")
+                            "--trial-rates", "", "--trial-lrs", "")
     assert code == 0 and _gib(out, "device") < 22 and _gib(out, "host") < 50
     assert "activations recomputed in backward, optimizer on the host" in out
     # streamed, the criterion scores 8 candidates together: 8 x 32 windows x 2048 x 4096 x 2 bytes = 4 GiB
@@ -78,7 +79,7 @@ def test_the_default_recipe_at_7b_fits_a_24_gib_gpu_and_64_gib_of_host_memory(tm
     assert "candidate states" not in out  # nothing streams on the CPU: one candidate at a time
     code, out, _ = _plan_7b(tmp_path / "e", monkeypatch, capsys, 64 * GIB, "--device", "cpu")
     assert code == 0 and _gib(out, "host") < 64 and "activations recomputed in backward" in out
-    code, out, _ = _plan_7b(tmp_path / "e2", monkeypatch, capsys, 64 * GIB, "--device", "cpu", "--trial-rates", "")
+    code, out, _ = _plan_7b(tmp_path / "e2", monkeypatch, capsys, 64 * GIB, "--device", "cpu", "--trial-rates", "", "--trial-lrs", "")
     assert code == 0 and _gib(out, "host") < 50 and "activations recomputed in backward" in out
     code, out, err = _plan_7b(tmp_path / "d", monkeypatch, capsys, 300 * GIB, "--device", "cuda", "--device-memory", "8")
     assert code == 2 and "GiB of GPU memory" in err and len(err.strip().splitlines()) == 1

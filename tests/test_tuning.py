@@ -284,7 +284,7 @@ def test_the_tune_reports_progress_every_step_with_its_running_loss(tokenizer, t
     monkeypatch.setattr(trainer, "tqdm", Recorded)
     config = CompressConfig(method="kl-fuse", calib=str(text_file), nsamples=8, seqlen=32, mi_samples=4, num_remove=1,
                             sparsity=None, fusion=FusionConfig(group_size=2, rank=4, lora_rank=2),
-                            tune=TuneConfig(epochs=0, global_epochs=2, batch_size=2, trial_rates=()))
+                            tune=TuneConfig(epochs=0, global_epochs=2, batch_size=2, trial_rates=(), trial_lrs=()))
     report = compress(tiny_llama(depth=4), tokenizer, config, progress=True).report
     assert [(n, total) for n, total, _ in moves] == [(n, 8) for n in range(1, 9)]
     assert moves[0][2].startswith("epoch 1/2, loss ") and moves[5][2].startswith("epoch 2/2, loss ")
@@ -294,34 +294,60 @@ def test_the_tune_reports_progress_every_step_with_its_running_loss(tokenizer, t
     assert float(moves[1][2].rsplit(" ", 1)[1]) == pytest.approx((steps[0] + steps[1]) / 2, abs=1e-4)
 
 
-@pytest.mark.parametrize("winner", [0.0, 1e-2])
-def test_a_trial_of_coefficient_rates_goes_on_with_the_one_the_held_out_windows_prefer(tokenizer, text_file,
-                                                                                      monkeypatch, winner):
-    """Two rates (the default 1e-2 and 0) each run the first epoch on 6 of 8 windows; the held-out loss
-    (here rigged to prefer `winner`) picks one, which goes on for the second epoch on all 8: 3 + 4
-    optimiser steps, the other's 3 steps reported apart. At 0 the coefficients never leave zero (LoRA
-    healing); at 1e-2 they move."""
+@pytest.mark.parametrize("winner", [(0.0, 5e-4), (1e-2, 1e-3)], ids=["healing-at-5e-4", "fusion-at-1e-3"])
+def test_a_trial_halves_the_pairs_of_rates_on_held_out_windows_and_goes_on_with_the_last(tokenizer, text_file,
+                                                                                        monkeypatch, winner):
+    """Coefficient rates {1e-2, 0} x LoRA rates {1e-3, 5e-4}: 4 pairs, 2 rounds of a third of the 6
+    training windows (2 windows, one step). Round 1: the held-out loss (rigged) keeps the best 2, the
+    winner second; round 2 keeps the winner, which goes on over the first epoch's other 2 windows and
+    the 2 held out, then a second epoch on all 8: 1 + 1 + 2 + 4 steps. The dropped pairs spent
+    (3 + 1) steps of 2 windows through 3 kept blocks. At coefficient rate 0 they never leave zero."""
     from conftest import tiny_llama
     from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress
     from fusegpt.fusion import FusedLinear
+    from fusegpt.config import held_out_windows
     from fusegpt.tuning import trainer
 
-    assert [trainer.held_out_windows(n) for n in (4, 8, 32, 64, 128, 1024)] == [1, 2, 2, 4, 8, 16]
-    monkeypatch.setattr(trainer.GroupTune, "loss_on",
-                        lambda self, windows: 0.0 if self.config.coef_lr == winner else 1.0)
+    assert [held_out_windows(n) for n in (4, 8, 32, 64, 128, 1024)] == [1, 2, 2, 4, 8, 16]
+    leader = (1e-2, 5e-4) if winner == (0.0, 5e-4) else (0.0, 1e-3)
+    rigged = {1: {winner: 0.5, leader: 0.4}, 2: {winner: 0.3, leader: 0.6}}  # after round 1, 2: else 1.0
+    monkeypatch.setattr(trainer.GroupTune, "loss_on", lambda self, windows: rigged[self.result.optimizer_steps].get(
+        (self.config.coef_lr, self.config.lr), 1.0))
     coefficients = []
     monkeypatch.setattr(FusedLinear, "merge", lambda self, merge=FusedLinear.merge: (
         coefficients.extend(c.P.detach().clone() for c in self.coefficients), merge(self))[1])
     config = CompressConfig(method="kl-fuse", calib=str(text_file), nsamples=8, seqlen=32, mi_samples=4, num_remove=1,
                             sparsity=None, fusion=FusionConfig(group_size=2, rank=4, lora_rank=2),
-                            tune=TuneConfig(epochs=0, global_epochs=2, batch_size=2, global_coef_lr=1e-2,
-                                            trial_rates=(0.0,)))
+                            tune=TuneConfig(epochs=0, global_epochs=2, batch_size=2, global_coef_lr=1e-2, lr=1e-3,
+                                            trial_rates=(0.0,), trial_lrs=(5e-4,), trial_share=1 / 3))
     heal = compress(tiny_llama(depth=4), tokenizer, config, progress=False).report.heal
-    assert heal.trial == {"0.01": 0.0 if winner else 1.0, "0": 0.0 if not winner else 1.0}
-    assert heal.optimizer_steps == 3 + 4 and len(heal.losses) == 2
-    assert heal.trial_block_passes == 3 * 2 * 3  # 3 steps of 2 windows through the 3 kept blocks
+    tried = {(t["global_coef_lr"], t["lr"]): t for t in heal.trial}
+    assert list(tried) == [(1e-2, 1e-3), (1e-2, 5e-4), (0.0, 1e-3), (0.0, 5e-4)]  # the configured pair first
+    assert tried[winner]["held_out"] == [0.5, 0.3] and tried[leader]["held_out"] == [0.4, 0.6]
+    assert all(t["held_out"] == [1.0] for pair, t in tried.items() if pair not in (winner, leader))
+    assert [pair for pair, t in tried.items() if t["chosen"]] == [winner]
+    assert heal.optimizer_steps == 1 + 1 + 2 + 4 and len(heal.losses) == 2
+    assert heal.losses[0] == pytest.approx(sum(heal.step_losses[:4]) / 4, rel=1e-6)
+    assert heal.trial_block_passes == (3 + 1) * 2 * 3
     assert config.tune.trial_block_passes(depth=4, remove=1, windows=8) == heal.trial_block_passes  # what --dry-run plans
-    assert coefficients and all((p == 0).all() for p in coefficients) == (winner == 0.0)
+    assert coefficients and all((p == 0).all() for p in coefficients) == (winner[0] == 0.0)
+
+
+def test_the_trials_rounds_take_whole_batches_and_cost_what_the_plan_says():
+    """A round trains `trial_share` of the training windows in whole batches (at least one); the
+    dropped pairs' passes are all but one of the pairs in each round. SmolLM2's 128 windows (8 held
+    out, 120 trained; batch 8; a quarter: 24 windows): 4 pairs cost 3 x 24 + 1 x 24 windows, an
+    epoch's worth of 96; two pairs (no LoRA rates) one round, 24."""
+    from fusegpt import TuneConfig
+
+    default = TuneConfig()
+    assert default.trial_settings() == [(3e-3, 1e-3), (3e-3, 5e-4), (0.0, 1e-3), (0.0, 5e-4)]
+    assert default.trial_parts(128) == [24, 24] and default.trial_block_passes(30, 8, 128) == 96 * 22
+    assert TuneConfig(trial_lrs=()).trial_parts(128) == [24]
+    assert TuneConfig(trial_lrs=()).trial_block_passes(30, 8, 128) == 24 * 22
+    assert TuneConfig(trial_share=0.01).trial_parts(64) == [8, 8]  # at least a batch
+    assert TuneConfig(trial_share=0.9, trial_lrs=(5e-4, 2e-3)).trial_parts(64) == [48, 12, 0]  # 54 of 60 is 6 batches
+    assert TuneConfig(global_epochs=1).trial_runs() == 1  # one epoch: nothing to go on with
 
 
 def test_a_bfloat16_tune_trains_fp32_weights_to_about_the_fp32_tunes_loss(tokenizer, text_file):
@@ -334,7 +360,7 @@ def test_a_bfloat16_tune_trains_fp32_weights_to_about_the_fp32_tunes_loss(tokeni
 
     config = CompressConfig(method="kl-fuse", calib=str(text_file), nsamples=8, seqlen=32, mi_samples=4, num_remove=1,
                             sparsity=None, fusion=FusionConfig(group_size=2, rank=4, lora_rank=2),
-                            tune=TuneConfig(epochs=0, global_epochs=3, batch_size=4))
+                            tune=TuneConfig(epochs=0, global_epochs=3, batch_size=4, trial_rates=(), trial_lrs=()))
     plain = compress(tiny_llama(depth=4), tokenizer, config, progress=False)
     half = compress(tiny_llama(depth=4), tokenizer, replace(config, tune=replace(config.tune, compute="bfloat16")),
                     progress=False)
@@ -351,7 +377,7 @@ def test_a_coefficient_rate_of_zero_is_kept_not_replaced_by_the_lora_rate():
 
     assert TuneConfig(global_coef_lr=0.0).coefficient_rate == 0.0
     assert TuneConfig(global_coef_lr=None, lr=2e-3).coefficient_rate == 2e-3
-    assert TuneConfig(global_coef_lr=0.0, trial_rates=(0.0,)).trial_runs() == 1  # the trial has nothing to weigh
+    assert TuneConfig(global_coef_lr=0.0, trial_rates=(0.0,), trial_lrs=()).trial_runs() == 1  # nothing to weigh
 
 
 @pytest.mark.parametrize("top_k", [0, 4], ids=["whole-vocabulary", "top-4"])

@@ -2,7 +2,7 @@
 their neighbours (FuseGPT, arXiv 2411.14507)."""
 from ._lazy import lazy_exports
 
-_EXPORTS = {"CompressConfig": ".config", "FusionConfig": ".config", "TuneConfig": ".config", "preset": ".config",
+_EXPORTS = {"CompressConfig": ".config", "FusionConfig": ".config", "TuneConfig": ".config", "preset": ".presets",
             "FuseGPTError": ".errors", "Report": ".evaluation.report", "evaluate_perplexity": ".evaluation.ppl",
             "load_model": ".io", "save_compressed": ".io", "CompressResult": ".pipeline", "compress": ".pipeline",
             "compare": ".compare", "compress_curve": ".curve"}

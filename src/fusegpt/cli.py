@@ -8,7 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import DTYPES, METHODS, OFFLOADS, PRESETS, TASKS, CompressConfig, preset
+from .config import DTYPES, METHODS, OFFLOADS, TASKS, CompressConfig
+from .presets import PRESETS, preset
 from .errors import FuseGPTError, first_line
 from .options import add_options, apply
 

@@ -19,7 +19,7 @@ from .files import write_atomic
 from .options import unchanged_since
 
 SPEED_PROTOCOL = "interleaved with a dense copy, medians of 5 rounds"  # cells timed otherwise are redone
-FUSION_ONLY_TUNE = ("global_coef_lr", "trial_rates")  # shapes fusing repairs only
+FUSION_ONLY_TUNE = ("global_coef_lr", "trial_rates", "trial_lrs", "trial_share")  # shapes fusing repairs only
 # how a tune holds its memory, never what it computes (results equal up to rounding)
 MEMORY_TUNE = ("micro_batch", "checkpoint_activations", "optimizer_on_host")
 NEUTRAL_SCORING = ("kl_top_k", "kl_stride", "rescore", "rescore_limit")  # 0: what ran before each existed

@@ -2,6 +2,7 @@
 where we deviate, the field's comment says why."""
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -125,16 +126,20 @@ class TuneConfig:
     # it pulls the recycled weights back towards zero, where fusion is LoRA healing
     coef_decay: float = option(0.0, "fusion coefficients' decoupled weight decay in the tunes (0: none)",
                                check=AT_LEAST_0, earlier=0.0)
-    # other coefficient rates that a trial weighs against `global_coef_lr` before that global tune:
-    # each runs its first epoch from the same start, held-out calibration windows judge, the best goes
-    # on (0: the coefficients stay at zero, which is LoRA healing); empty: no trial. With 0 it chose
-    # 3e-3 on SmolLM2 and 0 on Gemma 3, the repair that was better on each one's dev text, for about
-    # a quarter more tuning passes (docs/BENCHMARKS.md, "Recycling or healing")
-    trial_rates: tuple[float, ...] = option((0.0,), "fusegpt: other coefficient rates a one-epoch trial weighs "
-                                            "against --global-coef-lr on held-out calibration windows before the "
-                                            "global tune, the best going on (comma-separated; 0: LoRA healing; "
-                                            "empty: no trial)", parse=rates,
+    # the global tune's trial: every pair of a coefficient rate (`global_coef_lr`, `trial_rates`; 0
+    # keeps them at zero, which is LoRA healing) and a LoRA/norm rate (`lr`, `trial_lrs`) trains from
+    # the same start on a `trial_share` of the first epoch, held-out calibration windows keep the
+    # better half, and so on until one goes on (successive halving; tuning/trial.py). It chose 0 and
+    # 5e-4 on Gemma 3 (its best LoRA), 3e-3 and 5e-4 on SmolLM2 (docs/BENCHMARKS.md, "A trial of rate pairs")
+    trial_rates: tuple[float, ...] = option((0.0,), "fusegpt: other coefficient rates the trial weighs against "
+                                            "--global-coef-lr (comma-separated; 0: LoRA healing)", parse=rates,
                                             check=(lambda v: all(r >= 0 for r in v), "rates of 0 or more"), earlier=())
+    trial_lrs: tuple[float, ...] = option((5e-4,), "fusegpt: other LoRA and norm rates the trial weighs against --lr, "
+                                          "each with every coefficient rate (comma-separated)", parse=rates,
+                                          check=(lambda v: all(r > 0 for r in v), "positive rates"), earlier=())
+    trial_share: float = option(0.25, "fusegpt: share of the first epoch's windows each round of the trial trains "
+                                "before the held-out windows halve the settings", check=(lambda v: 0 < v <= 1, "in (0, 1]"),
+                                earlier=1.0)
     # what the global tune and LoRA healing match: the dense model's next-token distributions
     # through the model's own head (KL over the vocabulary, a chunk of positions at a time), or its
     # final hidden states (by `loss`). Logits won on SmolLM2's dev by 14% / 10% for fusion and LoRA
@@ -187,22 +192,35 @@ class TuneConfig:
         local = sum(min(group_size, depth - step - 1) for step in range(remove))
         return windows * (self.epochs * local + self.global_epochs * (depth - remove))
 
+    def trial_settings(self) -> list[tuple[float, float]]:
+        """The (coefficient rate, LoRA/norm rate) pairs the global tune's trial weighs, the configured
+        pair first (one pair: no trial; methods/lora.py, `heal_fused`)."""
+        pairs = [(self.coefficient_rate, self.lr)]
+        if self.global_epochs >= 2:
+            pairs += itertools.product((self.coefficient_rate, *self.trial_rates), (self.lr, *self.trial_lrs))
+        return list(dict.fromkeys(pairs))
+
     def trial_runs(self) -> int:
-        """How many coefficient rates the global tune's trial runs (1: no trial; methods/lora.py,
-        `heal_fused`)."""
-        if self.global_epochs < 2 or not self.trial_rates:
-            return 1
-        return len({*self.trial_rates, self.coefficient_rate})
+        return len(self.trial_settings())
 
     @property
     def coefficient_rate(self) -> float:
         """The fusion coefficients' rate in the global tune."""
         return self.lr if self.global_coef_lr is None else self.global_coef_lr
 
+    def trial_parts(self, windows: int) -> list[int]:
+        """Windows each round of the trial trains, in whole batches: a round per halving of the settings."""
+        train = windows - held_out_windows(windows)
+        size = max(self.batch_size, int(self.trial_share * train) // self.batch_size * self.batch_size)
+        rounds = math.ceil(math.log2(self.trial_runs()))
+        return [max(0, min(size, train - i * size)) for i in range(rounds)]
+
     def trial_block_passes(self, depth: int, remove: int, windows: int) -> int:
-        """Block passes of the rates a trial does not keep: each runs the global tune's first epoch
-        on the windows not held out."""
-        return (self.trial_runs() - 1) * (windows - held_out_windows(windows)) * (depth - remove)
+        """Block passes of the settings a trial does not keep: each round, all but one of those still in."""
+        runs, wasted = self.trial_runs(), 0
+        for part in self.trial_parts(windows):
+            wasted, runs = wasted + (runs - 1) * part, math.ceil(runs / 2)
+        return wasted * (depth - remove)
 
     def lora_epochs(self, depth: int, remove: int, group_size: int, windows: int) -> int:
         """`heal_epochs`, or the fewest LoRA epochs over the kept blocks with at least fusegpt's passes."""
@@ -373,28 +391,3 @@ class CompressConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-# The authors' settings (the paper, arXiv 2411.14507, and their code's defaults), one flag away from our recipe.
-PRESETS: dict[str, dict] = {
-    "default": {},
-    "paper": {"method": "fusegpt", "nsamples": 128, "seqlen": 2048, "mi_samples": 32, "rescore": 0,
-              "fusion": {"group_size": 7, "coefficient": "lowrank", "rank": 128, "lora_rank": 128, "train_norms": True,
-                         "seam_map": False, "normalize_donors": False},
-              "tune": {"loss": "kl_batch", "epochs": 20, "batch_size": 8, "coef_lr": 1e-3, "lr": 9.65e-6,
-                       "betas": (0.9, 0.95), "teacher": "group", "global_epochs": 0, "global_coef_lr": None,
-                       "coef_decay": 0.0, "distill": "hidden", "distill_top_k": 0, "distill_stride": 1, "trial_rates": (), "compute": "float32", "warmup": 0.0, "heal_epochs": None, "micro_batch": None,
-                       "checkpoint_activations": None, "optimizer_on_host": None}},
-}
-
-
-def preset(name: str = "default", **overrides) -> CompressConfig:
-    """The named settings (`default`: the best recipe we measured; `paper`: the authors'), with
-    top-level overrides."""
-    from .errors import FuseGPTError
-
-    if name not in PRESETS:
-        raise FuseGPTError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
-    settings = dict(PRESETS[name])
-    fusion, tune = FusionConfig(**settings.pop("fusion", {})), TuneConfig(**settings.pop("tune", {}))
-    return CompressConfig(**{**settings, "fusion": fusion, "tune": tune, **overrides})

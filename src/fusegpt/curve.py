@@ -79,24 +79,24 @@ def check_curve(config, sizes: list[dict]) -> None:
                            "(--num-remove 2,4,6) or drop --warm-epochs")
 
 
-def depth_config(config, ks: list[int], i: int, order: list[int] | None, rate: float | None = None):
+def depth_config(config, ks: list[int], i: int, order: list[int] | None, rates: dict | None = None):
     """The run of the i-th depth: the prefix of `order` (None: a per-depth criterion chooses its
     own); when it goes on from the depth before, `warm_epochs` global epochs at the coefficients'
-    `rate` that the first depth's trial chose (no trial again)."""
+    `rates` that the first depth's trial chose (no trial again)."""
     amount = dict(blocks=order[:ks[i]], selection="given") if order is not None else dict(num_remove=ks[i])
     config = replace(config, **{"sparsity": None, "num_remove": None, **amount})
     if warm(config, i, order):
-        chosen = {} if rate is None else {"global_coef_lr": rate}
-        config = replace(config, tune=replace(config.tune, global_epochs=config.warm_epochs, trial_rates=(), **chosen))
+        config = replace(config, tune=replace(config.tune, global_epochs=config.warm_epochs, trial_rates=(), trial_lrs=(),
+                                              **(rates or {})))
     return config
 
 
-def _chosen_rate(folder: Path) -> float | None:
-    """The coefficients' rate a depth's trial chose (None: it ran none)."""
+def _chosen_rates(folder: Path) -> dict | None:
+    """The global tune's rates a depth's trial chose (None: it ran none)."""
     from .io import REPORT_NAME
 
-    trial = (json.loads((folder / REPORT_NAME).read_text()).get("heal") or {}).get("trial") or {}
-    return float(min(trial, key=trial.get)) if trial else None
+    trial = (json.loads((folder / REPORT_NAME).read_text()).get("heal") or {}).get("trial") or []
+    return next(({"global_coef_lr": t["global_coef_lr"], "lr": t["lr"]} for t in trial if t["chosen"]), None)
 
 
 def warm(config, i: int, order: list[int] | None) -> bool:
@@ -251,8 +251,8 @@ def run_curve(job: Job, sizes: list[dict], speed: bool = True) -> list[Depth]:
             folder = staging / f"remove-{k}"
             if not folder.exists():
                 before = staging / f"remove-{ks[i - 1]}" if warm(job.config, i, order) else None
-                rate = _chosen_rate(staging / f"remove-{ks[0]}") if before else None  # the first depth's trial
-                config = depth_config(job.config, ks, i, order, rate)
+                rates = _chosen_rates(staging / f"remove-{ks[0]}") if before else None  # the first depth's trial
+                config = depth_config(job.config, ks, i, order, rates)
                 run(replace(job, config=config, out=folder, overwrite=False, start_from=before,
                             resume=(checkpoint_folder(folder) / STATE).exists()))
             rows.append(_depth_row(folder, k))

@@ -41,8 +41,8 @@ class HealRecord:
     seconds: dict[str, float]
     block_passes: int = 0
     step_losses: list[float] = field(default_factory=list)  # each optimiser step's loss
-    trial: dict[str, float] = field(default_factory=dict)  # coefficient rate tried -> its held-out loss
-    trial_block_passes: int = 0  # block passes of the rates not chosen (beside `block_passes`)
+    trial: list[dict] = field(default_factory=list)  # each pair of rates tried: held-out losses, chosen (tuning/trial.py)
+    trial_block_passes: int = 0  # block passes of the pairs not chosen (beside `block_passes`)
 
 
 @dataclass
@@ -127,10 +127,10 @@ class Report:
         if self.heal:
             lines.append(f"healed {len(self.heal.blocks)} blocks: loss {_losses(self.heal.losses)}")
         if self.heal and self.heal.trial:
-            chosen = min(self.heal.trial, key=self.heal.trial.get)
-            lines.append("trial of the coefficients' rate (held-out loss after an epoch): "
-                         + ", ".join(f"{rate} {loss:.4f}" for rate, loss in self.heal.trial.items())
-                         + f"; chose {chosen} ({self.heal.trial_block_passes} block passes on the others)")
+            lines.append("trial of the global tune's rates (held-out loss after each round): " + "; ".join(
+                f"coefficients {t['global_coef_lr']:g}, LoRA {t['lr']:g}: " + ", ".join(f"{v:.4f}" for v in t["held_out"])
+                + (" (chosen)" if t["chosen"] else "") for t in self.heal.trial)
+                + f"; {self.heal.trial_block_passes} block passes on the others")
         lines.append(f"kept blocks: {self.kept}; optimiser steps: {self.optimizer_steps}; "
                      f"tuning block passes: {self.block_passes} ({self.tune_seconds:.0f} s); "
                      f"choosing: {sum(s.score_passes for s in self.steps)} forward block passes")

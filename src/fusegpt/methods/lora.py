@@ -25,7 +25,7 @@ from ..tuning.losses import LogitDistillation
 from .step import StepContext, StepOutcome
 
 
-def heal_globally(ctx: StepContext, epochs: int, rates: tuple[float, ...] = ()) -> StepOutcome:
+def heal_globally(ctx: StepContext, epochs: int, trial: bool = False) -> StepOutcome:
     """All kept blocks together learn to map the embeddings onto the dense model's predictions (or
     final hidden states) for `epochs` epochs: fused layers train their coefficients (at `global_coef_lr`) and
     LoRA; every other role linear gets a LoRA pair; LoRA and norms learn at `lr`. Coefficients
@@ -52,18 +52,17 @@ def heal_globally(ctx: StepContext, epochs: int, rates: tuple[float, ...] = ()) 
             teacher = dense_targets(head, teacher, config.tune.distill_top_k, config.tune.distill_stride, stack.device,
                                     objective.max_elements * 2)
             stack.dense_final = None
-        trial = {}
-        if rates and epochs > 1:  # the coefficients' rate chosen on held-out windows, among the tune's and `rates`
-            tuned, trial, spent = trial_then_tune(stack, stack.embeddings, teacher, coefficients, others, tune,
-                                                  [tune.coef_lr, *rates], config.seed, ctx.progress, objective)
+        tried, spent = [], 0
+        if trial and tune.trial_runs() > 1:  # the rates chosen on held-out windows (tuning/trial.py)
+            tuned, tried, spent = trial_then_tune(stack, stack.embeddings, teacher, coefficients, others, tune,
+                                                  config.seed, ctx.progress, objective)
         else:
             tuned = tune_group(stack, 0, len(stack), stack.embeddings, teacher, coefficients, others, tune,
                                seed=config.seed, progress=ctx.progress, objective=objective)
     return StepOutcome(group=list(stack.origin), losses=tuned.losses, step_losses=tuned.step_losses,
                        optimizer_steps=tuned.optimizer_steps, block_passes=tuned.block_passes,
                        passes_by_rank=tuned.passes_by_rank, seconds={"tune": time.perf_counter() - started},
-                       trial={f"{rate:g}": loss for rate, loss in trial.items()},
-                       trial_block_passes=spent if trial else 0)
+                       trial=tried, trial_block_passes=spent)
 
 
 def heal_with_lora(ctx: StepContext) -> StepOutcome:
@@ -77,4 +76,4 @@ def heal_with_lora(ctx: StepContext) -> StepOutcome:
 def heal_fused(ctx: StepContext) -> StepOutcome | None:
     """FuseGPT's optional final global tune (`global_epochs`), after the last fusion."""
     tune = ctx.config.tune
-    return heal_globally(ctx, tune.global_epochs, tune.trial_rates) if tune.global_epochs else None
+    return heal_globally(ctx, tune.global_epochs, trial=True) if tune.global_epochs else None

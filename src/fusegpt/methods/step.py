@@ -32,8 +32,8 @@ class StepOutcome:
     group: list[int] = field(default_factory=list)  # original indices of the blocks that absorbed or healed it
     losses: list[float] = field(default_factory=list)  # tuning loss per epoch
     step_losses: list[float] = field(default_factory=list)  # and per optimiser step
-    trial: dict[str, float] = field(default_factory=dict)  # each coefficient rate tried: its held-out loss
-    trial_block_passes: int = 0  # what the rates not chosen spent
+    trial: list[dict] = field(default_factory=list)  # each pair of rates tried: its held-out losses (tuning/trial.py)
+    trial_block_passes: int = 0  # what the pairs not chosen spent
     seconds: dict[str, float] = field(default_factory=dict)
     optimizer_steps: int = 0
     block_passes: int = 0  # tuning compute: forward + backward of one block on one window

@@ -22,6 +22,7 @@ The activation constants were measured with autograd's saved-tensor hooks on fus
 transformers hold here before any model. `docs/BENCHMARKS.md` compares estimates with measured peaks."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,7 +215,7 @@ def tuning_memory(shape: Shape, config: CompressConfig, tuned: int, k: int, on_g
         temporaries     one block's fp32 effective weights and gradients: 4 P_block x 4 on a GPU;
                         on the host, measured with the allocator's slack: 13 P_block x 4
         on a GPU also   the tuned blocks and the removed blocks injected into them, in b bytes
-        trial           with R --trial-rates, (4 R + 16 (R - 1)) bytes per trainable on the host
+        trial           with R pairs of rates in the trial, 12 ceil(R / 2) bytes per trainable on the host
         logits          with --distill logits, the head (V x H b) and a chunk's vocabulary-wide fp32
                         tensors (4 x min(2^25, m x T x V) x 4 bytes: LogitDistillation's chunking)
     """
@@ -245,9 +246,9 @@ def tuning_memory(shape: Shape, config: CompressConfig, tuned: int, k: int, on_g
         memory.host["temporaries"] = CPU_SLACK * p * 4
     rates = config.tune.trial_runs()
     if tuned == shape.depth - k and rates > 1:
-        # the trial's runs: each one's snapshot (4 bytes a trainable) and, for each run waiting
-        # while another goes on, its master, gradient and Adam moments (16), parked on the host
-        memory.host["trial"] = trained * (4 * rates + 16 * (rates - 1))
+        # the trial's waiting runs, at most half of them (tuning/trial.py): each one's values or
+        # master (4 bytes a trainable) and Adam's moments (8), parked on the host
+        memory.host["trial"] = trained * 12 * math.ceil(rates / 2)
     return memory
 
 

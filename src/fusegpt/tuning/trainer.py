@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..calibrate import BlockStack, onloaded
 from ..runtime import distributed
-from ..config import TuneConfig, held_out_windows
+from ..config import TuneConfig
 from .losses import BATCH_LOSSES, LOSSES, Loss
 
 
@@ -126,7 +126,7 @@ class GroupTune:
             groups.append({"params": secondary, "lr": config.lr, "weight_decay": 0.0})
         self.trainables = [p for g in groups for p in g["params"]]
         self.on_host = bool(config.optimizer_on_host)
-        self.masters = {p: p.detach().float().to("cpu" if self.on_host else p.device) for p in self.trainables
+        self.masters = {p: p.detach().to("cpu" if self.on_host else p.device, torch.float32, copy=True) for p in self.trainables
                         if self.on_host or p.dtype != torch.float32}
         for group in groups:
             group["params"] = [self.masters.get(p, p) for p in group["params"]]
@@ -141,6 +141,7 @@ class GroupTune:
         self.run = _Forward(stack, start, end, inputs, teacher, objective or LOSSES[config.loss], config.micro_batch,
                             config.checkpoint_activations, config.compute)
         self.reference = None
+        self._epoch_loss, self._epoch_seen = 0.0, 0  # the current epoch's so far (`train_on`)
         self.progress, self.desc = progress, desc
         self.hooks, self.bar, self._onloaded = [], None, None
 
@@ -172,8 +173,11 @@ class GroupTune:
         self._onloaded.__exit__(*exc)
 
     def park(self) -> None:
-        """Adam's moments and the fp32 masters to the host until the tune is entered again, so that
-        a trial's run waiting for the choice holds no device memory."""
+        """Adam's moments and the fp32 masters to the host until the tune is entered again, and the
+        gradients freed (every step sets its own), so that a trial's waiting run holds no device
+        memory and 12 bytes a trainable on the host (with `snapshot`)."""
+        for q in {*self.trainables, *self.stepped}:
+            q.grad = None
         self._move_optimizer(torch.device("cpu"))
 
     def _move_optimizer(self, device: torch.device) -> None:
@@ -191,17 +195,16 @@ class GroupTune:
         """What the optimizer steps: each trainable's fp32 master where it has one, else itself."""
         return [self.masters.get(p, p) for p in self.trainables]
 
-    def snapshot(self) -> list[torch.Tensor]:
-        """The trainables' values (their masters'), on the host."""
-        return [q.detach().to("cpu", copy=True) for q in self.stepped]
+    def snapshot(self) -> list[torch.Tensor | None]:
+        """The values of the trainables this tune holds no master of, on the host (a master keeps its own)."""
+        return [None if p in self.masters else p.detach().to("cpu", copy=True) for p in self.trainables]
 
     @torch.no_grad()
-    def restore(self, values: list[torch.Tensor]) -> None:
-        """Set the trainables (and their masters) to a snapshot's values."""
-        for p, q, value in zip(self.trainables, self.stepped, values):
-            q.copy_(value)
-            if q is not p:
-                p.copy_(q)
+    def restore(self, values: list[torch.Tensor | None]) -> None:
+        """Set the trainables to where this tune left them (`snapshot`'s values, else their masters'),
+        whatever another tune of the same parameters did since."""
+        for p, value in zip(self.trainables, values):
+            p.copy_(self.masters[p] if value is None else value)
 
 
     @torch.no_grad()
@@ -214,86 +217,54 @@ class GroupTune:
     def epochs(self, count: int, windows: torch.Tensor | None = None) -> None:
         """`count` epochs over `windows` (indices of `inputs`; default: all), in a seeded order."""
         windows = torch.arange(self.inputs.shape[0]) if windows is None else windows
-        with torch.enable_grad():
-            for _ in range(count):
-                self._epoch(windows[torch.randperm(len(windows), generator=self.order)])
+        for _ in range(count):
+            self.train_on(windows[torch.randperm(len(windows), generator=self.order)])
+            self.end_epoch()
 
-    def _epoch(self, order: torch.Tensor) -> None:
+    def end_epoch(self) -> None:
+        """Close the epoch that `train_on` has been adding to: its mean loss joins `result.losses`."""
+        self.result.losses.append(self._epoch_loss / max(1, self._epoch_seen))
+        self._epoch_loss, self._epoch_seen = 0.0, 0
+
+    def train_on(self, order: torch.Tensor) -> None:
+        """Optimiser steps over `order` (indices of `inputs`), a batch at a time, as part of the current epoch."""
         masters, result, ranks, run = self.masters, self.result, self.ranks, self.run
-        epoch_loss, seen, number = 0.0, 0, len(result.losses) + 1
-        for chunk in window_batches(order, self.config.batch_size, self.no_single):
-            # this rank's share of the batch; its mean loss weighted by its share, so that
-            # the losses and gradients summed over ranks are the whole batch's
-            mine = chunk[distributed.rank()::ranks]
-            if self.reference is None:  # the first batch's loss, before any step
+        number = len(result.losses) + 1
+        with torch.enable_grad():
+            for chunk in window_batches(order, self.config.batch_size, self.no_single):
+                # this rank's share of the batch; its mean loss weighted by its share, so that
+                # the losses and gradients summed over ranks are the whole batch's
+                mine = chunk[distributed.rank()::ranks]
+                if self.reference is None:  # the first batch's loss, before any step
+                    with torch.no_grad():
+                        first = run.loss(mine, len(chunk)).reshape(1)
+                    distributed.sum_across([first])
+                    self.reference = first.item() if first.item() > 0 else 1.0
+                self.optimizer.zero_grad(set_to_none=True)
+                for p in masters:  # the optimizer holds their masters: their own gradients are reset here
+                    p.grad = None
+                value = run.loss(mine, len(chunk), divisor=self.reference).reshape(1)
+                distributed.sum_across([value])
+                stepped = [masters[p] if self.on_host else p for p in self.trainables]  # where the gradients are
+                if ranks > 1:
+                    grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in stepped]
+                    distributed.sum_across(grads)
+                    for q, g in zip(stepped, grads):
+                        q.grad = g
+                if not self.on_host:
+                    for p, master in masters.items():
+                        master.grad = None if p.grad is None else p.grad.float()
+                self.optimizer.step()
                 with torch.no_grad():
-                    first = run.loss(mine, len(chunk)).reshape(1)
-                distributed.sum_across([first])
-                self.reference = first.item() if first.item() > 0 else 1.0
-            self.optimizer.zero_grad(set_to_none=True)
-            for p in masters:  # the optimizer holds their masters: their own gradients are reset here
-                p.grad = None
-            value = run.loss(mine, len(chunk), divisor=self.reference).reshape(1)
-            distributed.sum_across([value])
-            stepped = [masters[p] if self.on_host else p for p in self.trainables]  # where the gradients are
-            if ranks > 1:
-                grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in stepped]
-                distributed.sum_across(grads)
-                for q, g in zip(stepped, grads):
-                    q.grad = g
-            if not self.on_host:
-                for p, master in masters.items():
-                    master.grad = None if p.grad is None else p.grad.float()
-            self.optimizer.step()
-            with torch.no_grad():
-                for p, master in masters.items():
-                    p.copy_(master)
-            self.schedule.step()
-            result.optimizer_steps += 1
-            result.block_passes += len(chunk) * (self.end - self.start)
-            for r in range(ranks):
-                result.passes_by_rank[r] += len(chunk[r::ranks]) * (self.end - self.start)
-            epoch_loss, seen = epoch_loss + value.item() * len(chunk), seen + len(chunk)
-            result.step_losses.append(value.item())
-            self.bar.set_postfix_str(f"epoch {number}/{self.config.epochs}, loss {epoch_loss / seen:.4f}", refresh=False)
-            self.bar.update()
-        result.losses.append(epoch_loss / len(order))
-
-
-def trial_then_tune(stack: BlockStack, inputs: torch.Tensor, teacher, primary: list[nn.Parameter],
-                    secondary: list[nn.Parameter], config: TuneConfig, rates: list[float], seed: int,
-                    progress: bool = True, objective: Loss | None = None) -> tuple[TuneResult, dict[float, float], int]:
-    """`tune_group` of the whole stack, with the primary trainables' rate chosen by a trial: each of
-    `rates` (0 leaves the primaries at their start: fusion's coefficients at zero is LoRA healing)
-    runs the tune's first epoch on all but the last `held_out_windows` windows, from the same start;
-    the one whose loss on those held-out windows is lowest goes on for the other epochs on every
-    window, the others stop. Returns the chosen run's result, each rate's held-out loss, and the
-    block passes the trial spent on the others."""
-    n = inputs.shape[0]
-    held = held_out_windows(n)
-    train, held_out = torch.arange(n - held), torch.arange(n - held, n)
-    runs: dict[float, tuple[GroupTune, float, list[torch.Tensor]]] = {}
-
-    def steps(windows: int) -> int:
-        return len(window_batches(torch.arange(windows), config.batch_size, config.loss in BATCH_LOSSES))
-
-    total = steps(n - held) + (config.epochs - 1) * steps(n)
-    start = [p.detach().to("cpu", copy=True) for p in [*primary, *secondary]]
-    for rate in dict.fromkeys(rates):
-        with torch.no_grad():
-            for p, value in zip([*primary, *secondary], start):
-                p.copy_(value)
-        tune = GroupTune(stack, 0, len(stack), inputs, teacher, primary, secondary, replace(config, coef_lr=rate),
-                         seed, progress, objective, total, desc=f"tune (trial: coefficients at {rate:g})")
-        with tune:
-            tune.epochs(1, train)
-            runs[rate] = (tune, tune.loss_on(held_out), tune.snapshot())
-        tune.park()
-    chosen = min(runs, key=lambda rate: runs[rate][1])  # the first listed on a tie
-    tune, _, values = runs[chosen]
-    tune.restore(values)
-    tune.desc = f"tune (coefficients at {chosen:g})"
-    with tune:
-        tune.epochs(config.epochs - 1)
-    spent = sum(run.result.block_passes for rate, (run, _, _) in runs.items() if rate != chosen)
-    return tune.result, {rate: loss for rate, (_, loss, _) in runs.items()}, spent
+                    for p, master in masters.items():
+                        p.copy_(master)
+                self.schedule.step()
+                result.optimizer_steps += 1
+                result.block_passes += len(chunk) * (self.end - self.start)
+                for r in range(ranks):
+                    result.passes_by_rank[r] += len(chunk[r::ranks]) * (self.end - self.start)
+                self._epoch_loss, self._epoch_seen = self._epoch_loss + value.item() * len(chunk), self._epoch_seen + len(chunk)
+                result.step_losses.append(value.item())
+                self.bar.set_postfix_str(f"epoch {number}/{self.config.epochs}, loss {self._epoch_loss / self._epoch_seen:.4f}",
+                                         refresh=False)
+                self.bar.update()
