@@ -318,7 +318,7 @@ class CompressConfig:
     # (0) or from the previous depth's repaired model with N global epochs, the dense model the teacher
     warm_epochs: int = option(0, "a curve's depths after the first: 0 repairs each from the dense model; N >= 1 goes "
                                  "on from the previous depth's repaired model and tunes it N global epochs at the "
-                                 "coefficients' rate the first depth's trial chose (the dense model still the "
+                                 "rates the first depth's trial chose (the dense model still the "
                                  "teacher)", metavar="N", check=AT_LEAST_0, earlier=0)
     data_dir: str | None = None
     fusion: FusionConfig = field(default_factory=FusionConfig)
