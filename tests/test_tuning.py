@@ -333,6 +333,25 @@ def test_a_trial_halves_the_pairs_of_rates_on_held_out_windows_and_goes_on_with_
     assert coefficients and all((p == 0).all() for p in coefficients) == (winner[0] == 0.0)
 
 
+def test_a_trial_round_the_windows_no_longer_cover_trains_nothing_and_judges_again(tokenizer, text_file):
+    """8 windows, batch 8: 6 to train, and the first round takes them all (a batch at least), so
+    the second round has none. It takes no step (an empty batch would step on a loss of nothing):
+    its survivors' held-out losses repeat the first round's, and the chosen pair goes on over the
+    2 held-out windows, then an epoch of all 8: 1 + 1 + 1 steps."""
+    from conftest import tiny_llama
+    from fusegpt import CompressConfig, FusionConfig, TuneConfig, compress
+
+    config = CompressConfig(method="kl-fuse", calib=str(text_file), nsamples=8, seqlen=32, mi_samples=4, num_remove=1,
+                            sparsity=None, fusion=FusionConfig(group_size=2, rank=4, lora_rank=2),
+                            tune=TuneConfig(epochs=0, global_epochs=2, batch_size=8))
+    assert config.tune.trial_parts(8) == [6, 0]
+    heal = compress(tiny_llama(depth=4), tokenizer, config, progress=False).report.heal
+    survivors = [t["held_out"] for t in heal.trial if len(t["held_out"]) == 2]
+    assert len(survivors) == 2 and all(first == second for first, second in survivors)
+    assert heal.optimizer_steps == 3 and all(math.isfinite(v) for v in heal.step_losses)
+    assert heal.trial_block_passes == 3 * 6 * 3  # 3 dropped pairs' one step of 6 windows, 3 kept blocks
+
+
 def test_the_trials_rounds_take_whole_batches_and_cost_what_the_plan_says():
     """A round trains `trial_share` of the training windows in whole batches (at least one); the
     dropped pairs' passes are all but one of the pairs in each round. SmolLM2's 128 windows (8 held

@@ -26,12 +26,18 @@ class TuneResult:
 
 
 def window_batches(order: torch.Tensor, batch_size: int, no_single: bool) -> list[torch.Tensor]:
-    """`order` in batches of `batch_size`; with `no_single`, a last batch of one window joins the
-    one before it (a loss across the batch is exactly zero on one window: a step on it is wasted)."""
-    chunks = list(order.split(batch_size))
+    """`order` in batches of `batch_size` (none when it is empty); with `no_single`, a last batch of
+    one window joins the one before it (a loss across the batch is exactly zero on one window: a
+    step on it is wasted)."""
+    chunks = list(order.split(batch_size)) if len(order) else []
     if no_single and len(chunks) > 1 and len(chunks[-1]) == 1:
         chunks[-2:] = [torch.cat(chunks[-2:])]
     return chunks
+
+
+def optimizer_steps(windows: int, config: TuneConfig) -> int:
+    """The steps of a pass over `windows` windows (`window_batches`)."""
+    return len(window_batches(torch.arange(windows), config.batch_size, config.loss in BATCH_LOSSES))
 
 
 def learning_rate_factor(step: int, total: int, warmup: float) -> float:
@@ -132,7 +138,7 @@ class GroupTune:
             group["params"] = [self.masters.get(p, p) for p in group["params"]]
         self.optimizer = torch.optim.Adam(groups, betas=config.betas, decoupled_weight_decay=True)
         self.no_single = config.loss in BATCH_LOSSES
-        self.total = total = max(1, total_steps or config.epochs * self.steps_per_epoch(inputs.shape[0]))
+        self.total = total = max(1, total_steps or config.epochs * optimizer_steps(inputs.shape[0], config))
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                           lambda s: learning_rate_factor(s, total, config.warmup))
         self.order = torch.Generator().manual_seed(seed)
@@ -144,9 +150,6 @@ class GroupTune:
         self._epoch_loss, self._epoch_seen = 0.0, 0  # the current epoch's so far (`train_on`)
         self.progress, self.desc = progress, desc
         self.hooks, self.bar, self._onloaded = [], None, None
-
-    def steps_per_epoch(self, windows: int) -> int:
-        return len(window_batches(torch.arange(windows), self.config.batch_size, self.no_single))
 
     def __enter__(self) -> GroupTune:
         """The blocks on the device and the trainables trainable, until the context ends; a tune

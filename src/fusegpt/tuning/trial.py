@@ -1,12 +1,13 @@
 """The global tune's trial: its learning rates chosen on the run's own held-out calibration windows.
 
-Whether recycled weights help depends on the model, and so does the rate LoRA and the norms stand
-(of our two real models, one wanted the coefficients and 1e-3, the other neither and half that
-rate: docs/BENCHMARKS.md). Each pair of a
-coefficient rate and a LoRA/norm rate starts from the same weights and trains on the first share
+Whether recycled weights help depends on the model, and so does the rate LoRA and the norms
+stand: of our two real models, one gained from the coefficients, the other wanted them at zero and
+LoRA at half the rate (its loss rose in the first steps at 1e-3; docs/BENCHMARKS.md). Each pair of
+a coefficient rate and a LoRA/norm rate starts from the same weights and trains on the first share
 of the first epoch's windows; the held-out windows keep the better half, which trains on the next
 share, and so on until one pair is left (successive halving, Jamieson & Talwalkar 2016). It goes
-on where it stands, so what the trial trained it keeps: only the dropped pairs' steps are spent."""
+on where it stands, so what the trial trained it keeps: only the dropped pairs' steps are spent. A
+round whose share the training windows no longer cover trains nothing and judges again."""
 from __future__ import annotations
 
 import math
@@ -17,8 +18,8 @@ import torch.nn as nn
 
 from ..calibrate import BlockStack
 from ..config import TuneConfig, held_out_windows
-from .losses import BATCH_LOSSES, Loss
-from .trainer import GroupTune, TuneResult, window_batches
+from .losses import Loss
+from .trainer import GroupTune, TuneResult, optimizer_steps
 
 
 def describe(pair: tuple[float, float]) -> str:
@@ -40,10 +41,8 @@ def trial_then_tune(stack: BlockStack, inputs: torch.Tensor, teacher, primary: l
     parts = list(first_epoch[:sum(sizes)].split(sizes))
     rest = torch.cat([first_epoch[sum(sizes):], held_out])  # the chosen run's first epoch goes on over these
 
-    def steps(windows: int) -> int:
-        return len(window_batches(torch.arange(windows), config.batch_size, config.loss in BATCH_LOSSES))
-
-    total = sum(steps(len(p)) for p in parts if len(p)) + steps(len(rest)) + (config.epochs - 1) * steps(n)
+    total = (sum(optimizer_steps(len(p), config) for p in parts) + optimizer_steps(len(rest), config)
+             + (config.epochs - 1) * optimizer_steps(n, config))
     start = [p.detach().to("cpu", copy=True) for p in [*primary, *secondary]]
     runs: dict[tuple[float, float], tuple[GroupTune, list]] = {}
     losses: dict[tuple[float, float], list[float]] = {pair: [] for pair in config.trial_settings()}
