@@ -12,6 +12,7 @@ from typing import Callable
 
 import pytest
 import torch
+from lm_eval.api.instance import Instance
 from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, BertConfig, BertForMaskedLM,
                           CLIPVisionConfig, Gemma2Config, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig,
                           LlavaConfig, MistralConfig, MixtralConfig, OPTConfig, Phi3Config, PretrainedConfig,
@@ -23,6 +24,7 @@ from fusegpt import CompressConfig, FuseGPTError, FusionConfig, TuneConfig, comp
 from fusegpt.calibrate import BlockStack, capture_block_inputs
 from fusegpt.cli import main
 from fusegpt.data import calibration_windows
+from fusegpt.evaluation.zeroshot import InMemoryLM
 from fusegpt.models import ADAPTERS, LANGUAGE_TOWERS, adapter_for
 
 VOCAB = len(CHARS) + 3
@@ -127,6 +129,27 @@ def test_calibration_sees_what_the_model_computes(family, tokenizer, text_file):
         hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
     for i in range(DEPTH):  # HF's hidden_states[i] is the input of block i
         assert torch.allclose(stack.boundaries[i], hidden[i], atol=1e-5), i
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_zero_shot_scores_continuations_as_the_full_logits_do(family, tokenizer):
+    """Zero-shot scoring computes the head only from a batch's first continuation token on: each
+    request's log-likelihood and greedy flag equal those of its own row's full logits, in batches of
+    rows whose contexts and continuations differ in length (the first batch's head starts past
+    position 0, the second's at it)."""
+    model = _tiny(CASES[family], tied=False)
+    requests = [Instance("loglikelihood", {}, args, 0) for args in
+                [("the fused model", " still reads"), ("a", " b"), ("text of another length", " x"), ("q", " rs tu")]]
+    scored = InMemoryLM(model, tokenizer, batch_size=2, progress=False).loglikelihood(requests)
+    for request, (loglikelihood, greedy) in zip(requests, scored):
+        context, continuation = request.args
+        whole, target = tokenizer.encode(context + continuation), tokenizer.encode(continuation)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([whole[:-1]])).logits[0, -len(target):]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        target = torch.tensor(target)
+        assert loglikelihood == pytest.approx(logprobs.gather(1, target[:, None]).sum().item(), abs=1e-4)
+        assert greedy == bool((logprobs.argmax(-1) == target).all())
 
 
 @pytest.mark.slow

@@ -69,7 +69,9 @@ class InMemoryLM(TemplateLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """(sum of log p(continuation | context), whether the continuation is the greedy one) per
         request; longest first so that a batch wastes little padding, left-truncated to the context
-        window as lm-eval does."""
+        window as lm-eval does. The LM head runs only from the batch's first continuation token on
+        (`logits_to_keep`): with a 262k vocabulary it is most of a token's cost, and the context's
+        logits are never read."""
         device = execution_device(self.model)
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
@@ -78,11 +80,14 @@ class InMemoryLM(TemplateLM):
             rows = [(requests[i][1] + requests[i][2])[-(self.max_length + 1):][:-1] for i in batch]
             width = max(map(len, rows))
             ids = torch.tensor([row + [0] * (width - len(row)) for row in rows], device=device)
-            logits = self.model(input_ids=ids, use_cache=False).logits  # right padding: no effect on real positions
-            for i, row, row_logits in zip(batch, rows, logits):
-                # a continuation longer than the context window is scored on its last tokens that fit
-                target = torch.tensor(requests[i][2][-len(row):], device=device)
-                logprobs = F.log_softmax(row_logits[len(row) - len(target):len(row)].float(), dim=-1)
+            # a continuation longer than the context window is scored on its last tokens that fit
+            targets = [requests[i][2][-len(row):] for i, row in zip(batch, rows)]
+            first = min(len(row) - len(target) for row, target in zip(rows, targets))
+            # right padding: no effect on real positions; logits of positions first.. only
+            logits = self.model(input_ids=ids, use_cache=False, logits_to_keep=width - first).logits
+            for i, row, target, row_logits in zip(batch, rows, targets, logits):
+                target = torch.tensor(target, device=device)
+                logprobs = F.log_softmax(row_logits[len(row) - len(target) - first:len(row) - first].float(), dim=-1)
                 results[i] = (logprobs.gather(1, target[:, None]).sum().item(),
                               bool((logprobs.argmax(-1) == target).all()))
         return results
