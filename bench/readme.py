@@ -102,9 +102,18 @@ def _mean(cells: list[dict], split: str) -> str:
     return " / ".join(f"{sum(c[split][n] for c in cells) / len(cells):.2f}" for n in names)
 
 
+def _zero_shot(cells: dict[int, dict]) -> str:
+    """The mean zero-shot accuracy over the seeds whose cell has it (their number in parentheses)."""
+    scored = {seed: c["zero_shot"]["mean"]["value"] for seed, c in cells.items() if c.get("zero_shot")}
+    if not scored:
+        return "-"
+    return f"{100 * sum(scored.values()) / len(scored):.2f} (seeds {', '.join(map(str, scored))})"
+
+
 def seeds_table() -> str:
-    lines = ["| model | repair | seeds | mean test PPL WikiText-2 / C4 | mean dev PPL | each seed's dev PPL |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| model | repair | seeds | mean test PPL WikiText-2 / C4 | mean zero-shot accuracy, % | mean dev PPL | "
+             "each seed's dev PPL |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for model, suite in SEEDED:
         for what, cells_by_suite in REPAIRS.items():
             cell = cells_by_suite[suite]
@@ -114,7 +123,7 @@ def seeds_table() -> str:
                 continue
             each = "; ".join(f"{seed}: {_ppl(c['dev'])}" for seed, c in cells.items())
             lines.append(f"| {model} | {what} | {', '.join(map(str, cells))} | {_mean(list(cells.values()), 'test')} | "
-                         f"{_mean(list(cells.values()), 'dev')} | {each} |")
+                         f"{_zero_shot(cells)} | {_mean(list(cells.values()), 'dev')} | {each} |")
     return "\n".join(lines)
 
 
