@@ -17,6 +17,8 @@ and 5e-4 that halves the pairs after each quarter of the first epoch (`--trial-l
 bfloat16 (the cached `bf16-blocks`: the blocks' alone, by the code before the head's); `stride2`,
 the logit loss on every 2nd position (`--distill-stride 2`); `lr5e-4`, `lr2e-3`: the rate of LoRA
 and norms (the default's 1e-3) searched on dev with the default's logit target, for both repairs;
+`fuse-top1024-lr5e-4`: fusion at coefficients 3e-3 without the trial, LoRA and norms at 5e-4 (what the trial drops
+on Gemma 3 after its first rounds, run to the end);
 `seed1`, `seed2`: other seeds (their calibration windows, their order, the start). Cells are cached in
 bench/results/recycling-<model>/ (bench/common.py)."""
 from __future__ import annotations
@@ -50,6 +52,7 @@ def variants(model: str) -> dict[str, dict]:
     for lr in ("5e-4", "2e-3"):  # LoRA's rate searched with the logit target, and fusion's LoRA and norms at it
         cells[f"lora-top1024-lr{lr}"] = {**cells["lora-top1024"], "--lr": lr}
         cells[f"fuse-trial-top1024-lr{lr}"] = {**cells["fuse-trial-top1024"], "--lr": lr}
+        cells[f"fuse-top1024-lr{lr}"] = {**cells["fuse-top1024"], "--lr": lr}  # coefficients at 3e-3, no trial
     # the seed's spread, against which a gap is judged; the default and each model's best-tuned LoRA
     best_lora = {"smollm2": "lora-top1024-lr2e-3", "gemma3": "lora-top1024-lr5e-4"}[model]
     for name in ("lora-top1024", "fuse-trial-top1024", "fuse-top1024", "fuse-halving-top1024", best_lora):
