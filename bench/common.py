@@ -84,6 +84,26 @@ def require_assets() -> None:
         sys.exit(f"needs ../shared/assets beside the repository ({ASSETS} not found)")
 
 
+def cells_asked(doc: str, models, names, table) -> tuple[str, list[str]] | None:
+    """A cell script's command line, `MODEL [NAME,NAME,...]` or `MODEL --table`: the model and the
+    names asked for (default: all of `names(model)`, in order), each checked; None once `table(model)`
+    is printed. Exits with `doc` without a known model, and when the assets are missing."""
+    args = sys.argv[1:]
+    if not args or args[0] not in models:
+        sys.exit(doc)
+    model = args[0]
+    if args[1:] == ["--table"]:
+        print(table(model))
+        return None
+    require_assets()
+    known = list(names(model))
+    asked = args[1].split(",") if len(args) > 1 else known
+    for name in asked:
+        if name not in known:
+            sys.exit(f"unknown variant {name!r}; one of {', '.join(known)}")
+    return model, asked
+
+
 def _cut(lines: list[str], fraction: float, starts_document) -> int:
     """The index of the document start nearest `fraction` of the text's characters."""
     total, seen, best = sum(map(len, lines)), 0, None

@@ -11,10 +11,9 @@ Today's default recipe is pinned; run it alone (its times are the comparison).
 from __future__ import annotations
 
 import json
-import sys
 import time
 
-from common import OUTPUTS, RESULTS, flags_of, fusegpt, pinned, protocol, require_assets, run_cell
+from common import OUTPUTS, RESULTS, cells_asked, flags_of, fusegpt, pinned, protocol, run_cell
 
 DEPTHS = {"smollm2": (4, 6, 8, 10), "gemma3": (2, 3, 4, 5), "pydoc": (2, 3, 4, 5)}
 # the default of 2026-12-06 spelled out (the trial of rate 0 and the top-1024 teacher included)
@@ -86,18 +85,10 @@ def table(model: str) -> str:
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    if not args or args[0] not in DEPTHS:
-        sys.exit(__doc__)
-    model = args[0]
-    if args[1:] == ["--table"]:
-        print(table(model))
+    asked = cells_asked(__doc__, DEPTHS, lambda model: VARIANTS, table)
+    if asked is None:
         return
-    require_assets()
-    variants = args[1].split(",") if len(args) > 1 else list(VARIANTS)
-    for variant in variants:
-        if variant not in VARIANTS:
-            sys.exit(f"unknown variant {variant!r}; one of {', '.join(VARIANTS)}")
+    model, variants = asked
     for k in DEPTHS[model]:
         run_cell(f"curve-{model}", f"separate-{k}", model, {**DEFAULT, "--num-remove": str(k)})
     for variant in variants:

@@ -23,9 +23,7 @@ on Gemma 3 after its first rounds, run to the end);
 bench/results/recycling-<model>/ (bench/common.py)."""
 from __future__ import annotations
 
-import sys
-
-from common import pinned, require_assets, run_cell
+from common import cells_asked, pinned, run_cell
 from frontier import table
 
 # the default's blocks on each protocol, in its order (SmolLM2: headline-smollm2/default-margins;
@@ -64,18 +62,12 @@ def variants(model: str) -> dict[str, dict]:
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    if not args or args[0] not in BLOCKS:
-        sys.exit(__doc__)
-    model = args[0]
-    if args[1:] == ["--table"]:
-        print(table(model, folder=f"recycling-{model}"))
+    asked = cells_asked(__doc__, BLOCKS, variants, lambda model: table(model, folder=f"recycling-{model}"))
+    if asked is None:
         return
-    require_assets()
+    model, names = asked
     cells = variants(model)
-    for name in args[1].split(",") if len(args) > 1 else cells:
-        if name not in cells:
-            sys.exit(f"unknown variant {name!r}; one of {', '.join(cells)}")
+    for name in names:
         cell = run_cell(f"recycling-{model}", name, model, cells[name])
         if cell is not None:  # else another runner computes it
             print(f"{name}: dev {cell['dev']} test {cell['test']} stages {cell['stages']}", flush=True)

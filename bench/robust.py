@@ -15,11 +15,9 @@ raw fusion injects them at their scale; normalised donors (`--normalize-donors`)
 Cells are cached in bench/results/robust-<model>/ (bench/common.py)."""
 from __future__ import annotations
 
-import sys
-
 from pathlib import Path
 
-from common import OUTPUTS, pinned, protocol, require_assets, run_cell
+from common import OUTPUTS, cells_asked, pinned, protocol, run_cell
 from frontier import table
 
 SMALL = ["--nsamples", "64", "--mi-samples", "8"]  # the held-out run's calibration
@@ -75,18 +73,12 @@ def variants(model: str) -> dict[str, tuple[dict, list[str]]]:
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    if not args or args[0] not in SPANS:
-        sys.exit(__doc__)
-    model = args[0]
-    if args[1:] == ["--table"]:
-        print(table(model, folder=f"robust-{model}"))
+    asked = cells_asked(__doc__, SPANS, variants, lambda model: table(model, folder=f"robust-{model}"))
+    if asked is None:
         return
-    require_assets()
+    model, names = asked
     cells = variants(model)
-    for name in args[1].split(",") if len(args) > 1 else cells:
-        if name not in cells:
-            sys.exit(f"unknown variant {name!r}; one of {', '.join(cells)}")
+    for name in names:
         settings, extra = cells[name]
         weights = rescaled(model) if name.startswith("rescaled") else None
         cell = run_cell(f"robust-{model}", name, model, settings, extra, weights=weights)
