@@ -1,8 +1,10 @@
-"""The headline cells timed alone: the default and the best-tuned baseline (LoRA healing at its best
-dev rate, on the default's blocks) on SmolLM2 at 0.25, each compression run with nothing else on
-the machine (other benchmarks paused with SIGSTOP, resumed after), then evaluated on dev and test.
+"""The headline cells timed alone: the default, choosing included, and the best-tuned baseline (LoRA
+healing at its best dev rate, on the default's blocks) on SmolLM2 at 0.25 and Gemma 3 (4 of 18
+blocks), each compression run with nothing else on the machine (other benchmarks paused with
+SIGSTOP, resumed after), then evaluated on dev and test.
 
-    python bench/headline.py [NAMES]      # default: default,lora; results in bench/results/headline-smollm2/
+    python bench/headline.py smollm2 default-halving-bf16   # results in bench/results/headline-<model>/
+    python bench/headline.py gemma3                         # every cell of a model, in order
 
 Each result has the wall time, the stage breakdown of the report (calibrate, score, tune, refresh,
 merge, save), the forward block passes of choosing, peak RSS, the processes paused and the 1-minute
@@ -15,9 +17,8 @@ import subprocess
 import sys
 import time
 
-from common import OUTPUTS, RESULTS, alone, flags_of, pinned, protocol, require_assets
+from common import OUTPUTS, RESULTS, alone, cells_asked, flags_of, pinned, protocol
 
-SUITE = "headline-smollm2"
 BLOCKS = "14,17,13,26,16,18,15,12"  # the default's choice on this protocol (frontier-smollm2/s25-default)
 CELLS = {"default": pinned(sparsity="0.25", normalize_donors=None, distill="logits"),
          # the same, timed again once the logit loss computed its gradient beside it (bench/logit_loss.py)
@@ -41,19 +42,29 @@ CELLS = {"default": pinned(sparsity="0.25", normalize_donors=None, distill="logi
          "default-hidden": pinned(sparsity="0.25", normalize_donors=None),
          "default-raw": pinned(sparsity="0.25"),
          "lora-hidden": pinned(method="kl-lora", blocks=BLOCKS, lr="1e-3")}
+# the default of 2026-12-07: a trial of coefficient rates {0, 3e-3} x LoRA/norm rates {1e-3, 5e-4}
+# by successive halving; `-bf16`: the tune's block and head products in bfloat16 (`--tune-dtype`)
+HALVING = dict(normalize_donors=None, distill="logits", rescore_limit="8", distill_top_k="1024",
+               trial_rates="0,3e-3", trial_lrs="5e-4", trial_share="0.25")
+SIZE = {"smollm2": dict(sparsity="0.25"), "gemma3": dict(num_remove="4")}  # Gemma 3: issue 29's held-out run
+CELLS = {"smollm2": CELLS, "gemma3": {}}
+for model, size in SIZE.items():
+    CELLS[model]["default-halving"] = pinned(**size, **HALVING)
+    CELLS[model]["default-halving-bf16"] = pinned(**size, **HALVING, tune_dtype="bfloat16")
 
 
-def timed(name: str) -> dict:
-    result = RESULTS / SUITE / f"{name}.json"
+def timed(model: str, name: str) -> dict:
+    suite = f"headline-{model}"
+    result = RESULTS / suite / f"{name}.json"
     if result.exists():
         return json.loads(result.read_text())
-    proto = protocol("smollm2")
-    out = OUTPUTS / SUITE / name
+    proto = protocol(model)
+    out = OUTPUTS / suite / name
     with alone() as paused:
         started = time.perf_counter()
         run = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M", sys.executable, "-m", "fusegpt", "compress",
                               str(proto.model), "--out", str(out), "--overwrite", *proto.calib,
-                              *flags_of(CELLS[name]), "--no-gguf", "--quiet"], capture_output=True, text=True)
+                              *flags_of(CELLS[model][name]), "--no-gguf", "--quiet"], capture_output=True, text=True)
         wall = time.perf_counter() - started
         load_after = os.getloadavg()[0]
     if run.returncode:
@@ -64,7 +75,7 @@ def timed(name: str) -> dict:
     subprocess.run([sys.executable, "-m", "fusegpt", "eval", str(out), "--ppl", ",".join(proto.dev + proto.test),
                     *proto.ppl, "--json", str(evaluation), "--quiet"], check=True)
     scores = json.loads(evaluation.read_text())["ppl"]
-    cell = {"name": name, "settings": CELLS[name], "removed": report["removed"], "wall_seconds": round(wall, 1),
+    cell = {"name": name, "settings": CELLS[model][name], "removed": report["removed"], "wall_seconds": round(wall, 1),
             "stage_seconds": {k: round(v, 1) for k, v in report["stage_seconds"].items()},
             "score_passes": sum(s.get("score_passes", 0) for s in report["steps"]),
             "block_passes": report["block_passes"], "peak_rss_gib": round(rss / 2**20, 2),
@@ -77,12 +88,12 @@ def timed(name: str) -> dict:
 
 
 def main() -> None:
-    require_assets()
-    for name in (sys.argv[1] if len(sys.argv) > 1 else "default,lora").split(","):
-        if name not in CELLS:
-            sys.exit(f"unknown cell {name!r}; one of {', '.join(CELLS)}")
-        cell = timed(name)
-        print(json.dumps(cell, indent=2), flush=True)
+    asked = cells_asked(__doc__, CELLS, lambda model: CELLS[model], lambda model: "\n".join(CELLS[model]))
+    if asked is None:
+        return
+    model, names = asked
+    for name in names:
+        print(json.dumps(timed(model, name), indent=2), flush=True)
 
 
 if __name__ == "__main__":

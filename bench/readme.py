@@ -107,7 +107,8 @@ def _zero_shot(cells: dict[int, dict]) -> str:
     scored = {seed: c["zero_shot"]["mean"]["value"] for seed, c in cells.items() if c.get("zero_shot")}
     if not scored:
         return "-"
-    return f"{100 * sum(scored.values()) / len(scored):.2f} (seeds {', '.join(map(str, scored))})"
+    seeds = "seed" if len(scored) == 1 else "seeds"
+    return f"{100 * sum(scored.values()) / len(scored):.2f} ({seeds} {', '.join(map(str, scored))})"
 
 
 def seeds_table() -> str:

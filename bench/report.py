@@ -22,12 +22,13 @@ BLOCK = re.compile(r"(<!-- generated: (?P<kind>[^>]*?) -->\n)(?:(?!<!-- generate
 
 
 def headline() -> str:
-    rows = ["| cell | removed | wall s | calibrate / score / tune / refresh s | choosing block passes | peak RSS GiB "
-            "| dev PPL | test PPL | zero-shot |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for path in sorted((RESULTS / "headline-smollm2").glob("*.json")):
+    rows = ["| model | cell | removed | wall s | calibrate / score / tune / refresh s | choosing block passes | peak RSS GiB "
+            "| dev PPL | test PPL | zero-shot |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    paths = [(model, path) for model in ("smollm2", "gemma3") for path in sorted((RESULTS / f"headline-{model}").glob("*.json"))]
+    for model, path in paths:
         c = json.loads(path.read_text())
         stages = c["stage_seconds"]
-        rows.append(f"| {c['name']} | {' '.join(map(str, c['removed']))} | {c['wall_seconds']:.0f} | "
+        rows.append(f"| {model} | {c['name']} | {' '.join(map(str, c['removed']))} | {c['wall_seconds']:.0f} | "
                     + " / ".join(f"{stages.get(k, 0):.0f}" for k in ("calibrate", "score", "tune", "refresh"))
                     + f" | {c['score_passes']:,} | {c['peak_rss_gib']:.2f} | "
                     + " / ".join(f"{v:.2f}" for v in c["dev"].values()) + " | "
