@@ -3,7 +3,7 @@ K1,K2,K3,K4`, the order chosen once), each depth repaired from the dense model (
 on from the depth before for 1 or 2 global epochs (`warm1`, `warm2`: `--warm-epochs`), against the
 4 runs of their own (`--num-remove K`): each depth's perplexity on dev and test beside its separate
 run's, and the compress time and block passes of the curve against the sum of the separate runs'.
-Today's default recipe is pinned; run it alone (its times are the comparison).
+The default recipe is pinned (`DEFAULTS`); run it alone (its times are the comparison).
 
     python bench/curve.py smollm2                # every variant; results in bench/results/curve-smollm2/
     python bench/curve.py pydoc dense,warm1      # some variants (the separate runs always)
@@ -16,8 +16,13 @@ import time
 from common import OUTPUTS, RESULTS, cells_asked, flags_of, fusegpt, pinned, protocol, run_cell
 
 DEPTHS = {"smollm2": (4, 6, 8, 10), "gemma3": (2, 3, 4, 5), "pydoc": (2, 3, 4, 5)}
-# the default of 2026-12-06 spelled out (the trial of rate 0 and the top-1024 teacher included)
-DEFAULT = pinned(normalize_donors=None, distill="logits", distill_top_k="1024", rescore_limit="8", trial_rates="0")
+# the default spelled out: pydoc's cells ran that of 2026-12-06 (the trial of rate 0, the top-1024
+# teacher); the real models' that of 2026-12-07 (the trial of rate pairs, the tune's products in bf16)
+EARLIER_DEFAULT = pinned(normalize_donors=None, distill="logits", distill_top_k="1024", rescore_limit="8",
+                         trial_rates="0")
+DEFAULTS = {"pydoc": EARLIER_DEFAULT,
+            **dict.fromkeys(("smollm2", "gemma3"), {**EARLIER_DEFAULT, "--trial-rates": "0,3e-3", "--trial-lrs": "5e-4",
+                                                     "--trial-share": "0.25", "--tune-dtype": "bfloat16"})}
 VARIANTS = {"dense": {"--warm-epochs": "0"}, "warm1": {"--warm-epochs": "1"}, "warm2": {"--warm-epochs": "2"}}
 # curve-warm1-retrial.json, curve-warm2-retrial.json: the same variants at commit 5ecc64a, when each
 # warm depth ran the coefficients' trial again (since then it goes on at the first depth's choice)
@@ -33,7 +38,7 @@ def _curve(model: str, variant: str) -> dict:
     proto, out = protocol(model), OUTPUTS / f"curve-{model}" / f"curve-{variant}"
     started = time.perf_counter()
     fusegpt(["compress", str(proto.model), "--out", str(out), "--overwrite", *proto.calib,
-             *flags_of({**DEFAULT, **VARIANTS[variant]}), "--num-remove", ",".join(map(str, DEPTHS[model])), "--quiet"])
+             *flags_of({**DEFAULTS[model], **VARIANTS[variant]}), "--num-remove", ",".join(map(str, DEPTHS[model])), "--quiet"])
     cell = {"seconds": round(time.perf_counter() - started, 1),
             "choose_seconds": round(json.loads((out / "order.json").read_text())["seconds"], 1), "depths": {}}
     for k in DEPTHS[model]:
@@ -90,7 +95,7 @@ def main() -> None:
         return
     model, variants = asked
     for k in DEPTHS[model]:
-        run_cell(f"curve-{model}", f"separate-{k}", model, {**DEFAULT, "--num-remove": str(k)})
+        run_cell(f"curve-{model}", f"separate-{k}", model, {**DEFAULTS[model], "--num-remove": str(k)})
     for variant in variants:
         _curve(model, variant)
     print(table(model))

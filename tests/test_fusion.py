@@ -213,8 +213,9 @@ def test_normalised_donors_make_fusion_blind_to_a_scale_the_model_does_not_see(t
     config = CompressConfig(method="kl-fuse", blocks=[2], sparsity=None, calib=str(text_file), nsamples=8, seqlen=32,
                             mi_samples=4, fusion=FusionConfig(group_size=2, rank=4, lora_rank=0, train_norms=False,
                                                               normalize_donors=normalized),
+                            # no trial (it may keep the coefficients at 0); fp32 products, for equality to 1e-4
                             tune=TuneConfig(epochs=0, global_epochs=2, batch_size=4, global_coef_lr=1e-2,
-                                            trial_rates=(), trial_lrs=()))  # no trial: it may keep the coefficients at 0
+                                            trial_rates=(), trial_lrs=(), compute="float32"))
     first = compress(plain, tokenizer, config, progress=False).model.state_dict()
     second = compress(scaled, tokenizer, config, progress=False).model.state_dict()
     neighbours = [k for k in first if k.startswith(("model.layers.1.", "model.layers.2.")) and k.endswith("proj.weight")]

@@ -254,7 +254,8 @@ def test_checkpointed_and_micro_batched_global_tunes_equal_the_plain_one(tokeniz
 
     config = CompressConfig(method="kl-fuse", calib=str(text_file), nsamples=8, seqlen=32, mi_samples=4, num_remove=2,
                             sparsity=None, fusion=FusionConfig(group_size=3, rank=4, lora_rank=2),
-                            tune=TuneConfig(epochs=0, global_epochs=2, batch_size=4, checkpoint_activations=False))
+                            tune=TuneConfig(epochs=0, global_epochs=2, batch_size=4, checkpoint_activations=False,
+                                            compute="float32"))  # fp32: equal up to fp32's rounding
     plain = compress(tiny_llama(), tokenizer, config, progress=False).model.state_dict()
     other = compress(tiny_llama(), tokenizer, replace(config, tune=replace(config.tune, **memory)),
                      progress=False).model.state_dict()
@@ -379,7 +380,8 @@ def test_a_bfloat16_tune_trains_fp32_weights_to_about_the_fp32_tunes_loss(tokeni
 
     config = CompressConfig(method="kl-fuse", calib=str(text_file), nsamples=8, seqlen=32, mi_samples=4, num_remove=1,
                             sparsity=None, fusion=FusionConfig(group_size=2, rank=4, lora_rank=2),
-                            tune=TuneConfig(epochs=0, global_epochs=3, batch_size=4, trial_rates=(), trial_lrs=()))
+                            tune=TuneConfig(epochs=0, global_epochs=3, batch_size=4, trial_rates=(), trial_lrs=(),
+                                            compute="float32"))
     plain = compress(tiny_llama(depth=4), tokenizer, config, progress=False)
     half = compress(tiny_llama(depth=4), tokenizer, replace(config, tune=replace(config.tune, compute="bfloat16")),
                     progress=False)

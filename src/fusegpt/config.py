@@ -161,8 +161,9 @@ class TuneConfig:
                                     "still run on all of them)", metavar="N", check=AT_LEAST_1, earlier=1)
     # the dtype of the tunes' products: bfloat16 runs the blocks' under autocast and the logit loss's
     # head on a bf16 copy (weights, Adam, softmax and loss keep theirs); auto: bfloat16 where it runs
-    # natively (GPUs from Ampere on, CPUs with AVX512-BF16 or AMX). Gemma 3's tune 0.57x, dev within 1%
-    compute: str = option("float32", "the dtype of the tunes' block and LM-head products: float32, bfloat16, or "
+    # natively (GPUs from Ampere on, CPUs with AVX512-BF16 or AMX), the default: the tune ~0.6x on
+    # both real models, their dev within 1% of float32 (docs/BENCHMARKS.md, "The default in bf16")
+    compute: str = option("auto", "the dtype of the tunes' block and LM-head products: float32, bfloat16, or "
                           "auto (bfloat16 where the device runs it natively, else float32)", flag="--tune-dtype",
                           choices=("auto", *DTYPES), earlier="float32")
     warmup: float = option(0.0, "share of each tune's steps over which the learning rates ramp up linearly before "
