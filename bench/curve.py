@@ -7,13 +7,19 @@ The default recipe is pinned (`DEFAULTS`); run it alone (its times are the compa
 
     python bench/curve.py smollm2                # every variant; results in bench/results/curve-smollm2/
     python bench/curve.py pydoc dense,warm1      # some variants (the separate runs always)
-    python bench/curve.py gemma3 --table"""
+    python bench/curve.py gemma3 --table
+    python bench/curve.py gemma3 --plot        # docs/curve-gemma3.png: test PPL by depth, LoRA beside
+
+Beside each depth, LoRA healing of that separate run's blocks at the model's best dev rate with
+the same target and passes (`lora-K`), the baseline of the README's picture."""
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 
-from common import OUTPUTS, RESULTS, cells_asked, flags_of, fusegpt, pinned, protocol, run_cell
+from common import OUTPUTS, RESULTS, ROOT, cached, cells_asked, flags_of, fusegpt, pinned, protocol, run_cell
 
 DEPTHS = {"smollm2": (4, 6, 8, 10), "gemma3": (2, 3, 4, 5), "pydoc": (2, 3, 4, 5)}
 # the default spelled out: pydoc's cells ran that of 2026-12-06 (the trial of rate 0, the top-1024
@@ -23,6 +29,8 @@ EARLIER_DEFAULT = pinned(normalize_donors=None, distill="logits", distill_top_k=
 DEFAULTS = {"pydoc": EARLIER_DEFAULT,
             **dict.fromkeys(("smollm2", "gemma3"), {**EARLIER_DEFAULT, "--trial-rates": "0,3e-3", "--trial-lrs": "5e-4",
                                                      "--trial-share": "0.25", "--tune-dtype": "bfloat16"})}
+# LoRA's best rate on dev with the logit target (bench/recycling.py's cells; pydoc: its frontier's)
+LORA_LR = {"pydoc": "3e-3", "smollm2": "2e-3", "gemma3": "5e-4"}
 VARIANTS = {"dense": {"--warm-epochs": "0"}, "warm1": {"--warm-epochs": "1"}, "warm2": {"--warm-epochs": "2"}}
 # curve-warm1-retrial.json, curve-warm2-retrial.json: the same variants at commit 5ecc64a, when each
 # warm depth ran the coefficients' trial again (since then it goes on at the first depth's choice)
@@ -54,6 +62,55 @@ def _curve(model: str, variant: str) -> dict:
     result.parent.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps(cell, indent=2) + "\n")
     return cell
+
+
+def _lora(model: str, k: int) -> dict | None:
+    """LoRA healing of the separate run's blocks at depth k: the default's target, teacher and dtype,
+    no trial, LoRA and norms at the model's best rate."""
+    blocks = ",".join(map(str, cached(f"curve-{model}", f"separate-{k}")["removed"]))
+    settings = {**DEFAULTS[model], "--method": "kl-lora", "--blocks": blocks, "--lr": LORA_LR[model],
+                "--trial-rates": "", "--trial-lrs": "", "--trial-share": "1"}
+    return run_cell(f"curve-{model}", f"lora-{k}", model, settings)
+
+
+def plot(model: str) -> str:
+    """docs/curve-<model>.png: test perplexity against blocks removed, a panel per test source: the
+    separate runs, each cached curve, and LoRA healing of the separate runs' blocks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder, depths = RESULTS / f"curve-{model}", DEPTHS[model]
+    lines = {"fusegpt, a run per depth": [cached(f"curve-{model}", f"separate-{k}") for k in depths],
+             f"LoRA healing of its blocks (lr {LORA_LR[model]})": [cached(f"curve-{model}", f"lora-{k}") for k in depths]}
+    for variant in VARIANTS:
+        path = folder / f"curve-{variant}.json"
+        if path.exists():
+            curve = json.loads(path.read_text())["depths"]
+            lines[f"fusegpt, one run ({variant})"] = [{"test": dict(zip(protocol_names(model), curve[str(k)]["test"]))}
+                                                      if str(k) in curve else None for k in depths]
+    sources = protocol_names(model)
+    figure, axes = plt.subplots(1, len(sources), figsize=(4.6 * len(sources), 3.6), squeeze=False)
+    for ax, source in zip(axes[0], sources):
+        for (label, cells), style in zip(lines.items(), ("o-", "s--", "^:", "v:", "d:")):
+            points = [(k, c["test"][source]) for k, c in zip(depths, cells) if c]
+            if points:
+                ax.plot(*zip(*points), style, label=label)
+        ax.set_title(f"{model}: {source}", fontsize=9)
+        ax.set_xlabel("blocks removed")
+        ax.set_ylabel("test perplexity")
+        ax.set_xticks(depths)
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    path = ROOT / "docs" / f"curve-{model}.png"
+    figure.savefig(path, dpi=110)
+    return str(path)
+
+
+def protocol_names(model: str) -> list[str]:
+    """The test sources' file names, as a separate run's cell keys them."""
+    return [Path(source).name for source in protocol(model).test]
 
 
 def _gap(mine: list[float], alone: dict) -> str:
@@ -90,12 +147,17 @@ def table(model: str) -> str:
 
 
 def main() -> None:
+    if sys.argv[2:] == ["--plot"] and sys.argv[1] in DEPTHS:
+        print(plot(sys.argv[1]))
+        return
     asked = cells_asked(__doc__, DEPTHS, lambda model: VARIANTS, table)
     if asked is None:
         return
     model, variants = asked
     for k in DEPTHS[model]:
         run_cell(f"curve-{model}", f"separate-{k}", model, {**DEFAULTS[model], "--num-remove": str(k)})
+    for k in DEPTHS[model]:
+        _lora(model, k)
     for variant in variants:
         _curve(model, variant)
     print(table(model))

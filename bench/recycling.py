@@ -19,6 +19,8 @@ the logit loss on every 2nd position (`--distill-stride 2`); `lr5e-4`, `lr2e-3`:
 and norms (the default's 1e-3) searched on dev with the default's logit target, for both repairs;
 `fuse-top1024-lr5e-4`: fusion at coefficients 3e-3 without the trial, LoRA and norms at 5e-4 (what the trial drops
 on Gemma 3 after its first rounds, run to the end);
+`choose-mi-bf16`, `choose-nll-bf16`: the default choosing its own blocks by another criterion
+(Macro Influence, the calibration loss), its tune in bf16;
 `seed1`, `seed2`: other seeds (their calibration windows, their order, the start). Cells are cached in
 bench/results/recycling-<model>/ (bench/common.py)."""
 from __future__ import annotations
@@ -45,6 +47,12 @@ def variants(model: str) -> dict[str, dict]:
     # the default of 2026-12-07: a trial of coefficient rates {3e-3, 0} x LoRA/norm rates {1e-3, 5e-4},
     # successive halving over quarters of the first epoch (tuning/trial.py)
     cells["fuse-halving-top1024"] = {**cells["fuse-trial-top1024"], "--trial-lrs": "5e-4", "--trial-share": "0.25"}
+    # the criterion re-decided on dev: the default (bf16 tune) choosing its own blocks by Macro Influence
+    # (`fusegpt`) or the calibration loss (`sleb-fuse`); by KL it is headline-<model>/default-halving-bf16
+    size = {"smollm2": {"--sparsity": "0.25"}, "gemma3": {"--num-remove": "4"}}[model]
+    chosen = {k: v for k, v in cells["fuse-halving-top1024"].items() if k != "--blocks"}
+    for criterion, method in (("mi", "fusegpt"), ("nll", "sleb-fuse")):
+        cells[f"choose-{criterion}-bf16"] = {**chosen, **size, "--method": method, "--tune-dtype": "bfloat16"}
     # the loss on every 2nd position only (the head's products halved), after the default's trial
     cells["fuse-trial-top1024-stride2"] = {**cells["fuse-trial-top1024"], "--distill-stride": "2"}
     for lr in ("5e-4", "2e-3"):  # LoRA's rate searched with the logit target, and fusion's LoRA and norms at it
