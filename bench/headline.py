@@ -53,6 +53,8 @@ for model, size in SIZE.items():
     CELLS[model]["default-halving-bf16"] = pinned(**size, **HALVING, tune_dtype="bfloat16")
     # choosing on 32 scoring windows instead of the protocol's 8 (Gemma 3's first step is a near tie)
     CELLS[model]["default-halving-bf16-mi32"] = {**CELLS[model]["default-halving-bf16"], "--mi-samples": "32"}
+    # the candidate criterion: the calibration loss (SLEB's), the same repair (bench/recycling.py choose-nll-bf16)
+    CELLS[model]["nll-halving-bf16"] = {**CELLS[model]["default-halving-bf16"], "--method": "sleb-fuse"}
 
 
 def timed(model: str, name: str) -> dict:
