@@ -10,6 +10,9 @@
                                             # in the order of the previous step's scores
     python bench/criterion.py blocks [NAMES] # the blocks chosen by each variant (default: exact and the
                                             # default's): pydoc seeds 0-4 at 0.25 and 0.5, SmolLM2 at 0.25 and 0.5
+    python bench/criterion.py choices [MODELS] # the blocks the kl and nll criteria choose with the
+                                            # default's other settings at each seed: pydoc 0.25 (seeds
+                                            # 0-4), SmolLM2 0.25 and Gemma 3 4 of 18 (seeds 1, 2)
 
 "Exact" is --kl-top-k 0 --kl-stride 1 --rescore 0 (the whole vocabulary at every position, every
 block every step); the cheap variants are in VARIANTS, CHEAP the default's. Selection only: --repair none, which removes
@@ -137,6 +140,28 @@ def blocks(names: list[str]) -> None:
             print(key, _load()[key], flush=True)
 
 
+# seed 0 of the real models: their headline cells (headline-<model>/default-halving-bf16, nll-halving-bf16)
+CHOICE_RUNS = {"pydoc": (["--sparsity", "0.25"], range(5)), "smollm2": (["--sparsity", "0.25"], (1, 2)),
+               "gemma3": (["--num-remove", "4"], (1, 2))}
+
+
+def choices(models: list[str]) -> None:
+    """Whether a criterion's choice moves with the calibration seed (its windows): kl and nll,
+    everything else the default's, selection only (--repair none)."""
+    for model in models:
+        proto = protocol(model)
+        size, seeds = CHOICE_RUNS[model]
+        for seed in seeds:
+            for criterion in ("kl", "nll"):
+                key = f"choice {model} {' '.join(size)} seed{seed} {criterion}"
+                if key in _load():
+                    continue
+                _record(key, _compress(str(proto.model), OUTPUTS / "criterion" / "choices",
+                                       [*proto.calib, *size, "--selection", criterion, "--repair", "none",
+                                        "--seed", str(seed)]))
+                print(key, _load()[key], flush=True)
+
+
 def winner_ranks(scores: list[dict[str, float]]) -> list[int]:
     """Where each step's winner stood (1 = first) when every remaining block is ordered by its latest
     score, the previous step's: how many a rescoring of only the best few would have had to rescore
@@ -255,5 +280,7 @@ if __name__ == "__main__":
         speed()
     elif sys.argv[1:2] == ["budget"]:
         budget()
+    elif sys.argv[1:2] == ["choices"]:
+        choices(sys.argv[2].split(",") if len(sys.argv) > 2 else list(CHOICE_RUNS))
     else:
         blocks(sys.argv[2].split(",") if len(sys.argv) > 2 else ["exact", CHEAP])

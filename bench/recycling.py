@@ -19,8 +19,9 @@ the logit loss on every 2nd position (`--distill-stride 2`); `lr5e-4`, `lr2e-3`:
 and norms (the default's 1e-3) searched on dev with the default's logit target, for both repairs;
 `fuse-top1024-lr5e-4`: fusion at coefficients 3e-3 without the trial, LoRA and norms at 5e-4 (what the trial drops
 on Gemma 3 after its first rounds, run to the end);
-`choose-mi-bf16`, `choose-nll-bf16`: the default choosing its own blocks by another criterion
-(Macro Influence, the calibration loss), its tune in bf16;
+`choose-mi-bf16`, `choose-nll-bf16`, `choose-kl-bf16`: the default choosing its own blocks by a
+criterion (Macro Influence, the calibration loss, KL), its tune in bf16, at seeds 1 and 2 too
+(`-seed1` .. `-seed4`; KL at seed 0 is headline-<model>/default-halving-bf16, timed alone);
 `seed1`, `seed2`: other seeds (their calibration windows, their order, the start). Cells are cached in
 bench/results/recycling-<model>/ (bench/common.py)."""
 from __future__ import annotations
@@ -30,7 +31,8 @@ from frontier import table
 
 # the default's blocks on each protocol, in its order (SmolLM2: headline-smollm2/default-margins;
 # Gemma 3: the held-out run of issue 29, 4 of 18 blocks)
-BLOCKS = {"smollm2": "14,17,13,26,15,16,18,12", "gemma3": "9,8,7,6"}
+# pydoc (the third check): the kl criterion's choice at 0.25 at each of seeds 0-4 (bench/criterion.py choices)
+BLOCKS = {"smollm2": "14,17,13,26,15,16,18,12", "gemma3": "9,8,7,6", "pydoc": "6,8,3"}
 # the default of 2026-12-05 on given blocks: donors normalised, logits distilled, rescoring limited
 DEFAULT = dict(normalize_donors=None, distill="logits", rescore_limit="8")
 
@@ -49,10 +51,13 @@ def variants(model: str) -> dict[str, dict]:
     cells["fuse-halving-top1024"] = {**cells["fuse-trial-top1024"], "--trial-lrs": "5e-4", "--trial-share": "0.25"}
     # the criterion re-decided on dev: the default (bf16 tune) choosing its own blocks by Macro Influence
     # (`fusegpt`) or the calibration loss (`sleb-fuse`); by KL it is headline-<model>/default-halving-bf16
-    size = {"smollm2": {"--sparsity": "0.25"}, "gemma3": {"--num-remove": "4"}}[model]
+    size = {"smollm2": {"--sparsity": "0.25"}, "gemma3": {"--num-remove": "4"}, "pydoc": {"--sparsity": "0.25"}}[model]
     chosen = {k: v for k, v in cells["fuse-halving-top1024"].items() if k != "--blocks"}
-    for criterion, method in (("mi", "fusegpt"), ("nll", "sleb-fuse")):
+    for criterion, method in (("mi", "fusegpt"), ("nll", "sleb-fuse"), ("kl", "kl-fuse")):
         cells[f"choose-{criterion}-bf16"] = {**chosen, **size, "--method": method, "--tune-dtype": "bfloat16"}
+    for criterion in ("nll", "kl"):  # whether a criterion's gain holds at other calibration windows
+        for seed in (1, 2, 3, 4):
+            cells[f"choose-{criterion}-bf16-seed{seed}"] = {**cells[f"choose-{criterion}-bf16"], "--seed": str(seed)}
     # the loss on every 2nd position only (the head's products halved), after the default's trial
     cells["fuse-trial-top1024-stride2"] = {**cells["fuse-trial-top1024"], "--distill-stride": "2"}
     for lr in ("5e-4", "2e-3"):  # LoRA's rate searched with the logit target, and fusion's LoRA and norms at it
@@ -60,7 +65,7 @@ def variants(model: str) -> dict[str, dict]:
         cells[f"fuse-trial-top1024-lr{lr}"] = {**cells["fuse-trial-top1024"], "--lr": lr}
         cells[f"fuse-top1024-lr{lr}"] = {**cells["fuse-top1024"], "--lr": lr}  # coefficients at 3e-3, no trial
     # the seed's spread, against which a gap is judged; the default and each model's best-tuned LoRA
-    best_lora = {"smollm2": "lora-top1024-lr2e-3", "gemma3": "lora-top1024-lr5e-4"}[model]
+    best_lora = {"smollm2": "lora-top1024-lr2e-3", "gemma3": "lora-top1024-lr5e-4", "pydoc": "lora-top1024"}[model]
     for name in ("lora-top1024", "fuse-trial-top1024", "fuse-top1024", "fuse-halving-top1024", best_lora):
         for seed in (1, 2):
             cells[f"{name}-seed{seed}"] = {**cells[name], "--seed": str(seed)}

@@ -104,6 +104,50 @@ def test_sleb_scores_are_the_calibration_loss_of_the_model_without_the_block(tok
         assert scores[i] == pytest.approx(expected, rel=1e-5)
 
 
+def test_the_nll_bound_from_a_few_logits_is_the_loss_over_those_tokens_and_below_the_loss():
+    """Vocabulary 5, the head the identity (hidden states are logits): the bound normalises over
+    the next token and the given likely tokens, each counted once."""
+    from fusegpt.importance.calibration_nll import nll_bound
+    from fusegpt.models.adapter import OutputHead
+
+    identity = torch.nn.Linear(5, 5, bias=False)
+    identity.weight.data = torch.eye(5)
+    head, cpu = OutputHead([], identity, None), torch.device("cpu")
+    logits = [2.0, 1.0, 0.0, 0.0, -1.0]
+    hidden = torch.tensor([[logits, [0.0] * 5]])  # one window of two positions: one token predicted
+    likely = torch.tensor([[[0, 1], [0, 1]]])
+
+    def lse(values):
+        return math.log(sum(math.exp(v) for v in values))
+
+    for following, by_hand in ((1, lse([2.0, 1.0]) - 1.0), (3, lse([0.0, 2.0, 1.0]) - 0.0)):
+        ids = torch.tensor([[4, following]])
+        assert nll_bound(head, hidden, ids, likely, cpu) == pytest.approx(by_hand, rel=1e-4)
+        assert nll_bound(head, hidden, ids, likely, cpu) < lse(logits) - logits[following]
+
+
+def test_the_nll_bound_skips_work_but_not_the_choice(tokenizer, text_file, monkeypatch):
+    """With the bound from 2 likely tokens, the lowest-loss block and its loss are the exact run's;
+    every other score is at least that (the loss itself or a bound above the best)."""
+    import importlib
+
+    nll = importlib.import_module("fusegpt.importance.calibration_nll")
+    model = tiny_llama(depth=4)
+    ids, head = _windows(tokenizer, text_file)[:4], adapter_for(model).head(model)
+    exact = calibration_nll(_stack(model, tokenizer, text_file), head, ids, samples=4)
+    bounded: list[int] = []
+    real = nll.nll_bound
+    monkeypatch.setattr(nll, "nll_bound", lambda *a, **k: bounded.append(1) or real(*a, **k))
+    monkeypatch.setattr(nll, "LIKELY_TOKENS", 2)
+    stack = _stack(model, tokenizer, text_file)
+    stack.prune_candidates = True
+    scores = calibration_nll(stack, head, ids, samples=4)
+    best = min(exact, key=exact.get)
+    assert bounded and min(scores, key=scores.get) == best
+    assert scores[best] == pytest.approx(exact[best], rel=1e-6)
+    assert all(scores[i] <= exact[i] * (1 + 1e-5) and scores[i] >= exact[best] for i in range(4))
+
+
 def test_output_divergence_is_the_kl_from_the_dense_predictions_without_the_block(tokenizer, text_file):
     model = tiny_llama(depth=4)
     ids = _windows(tokenizer, text_file)[:4]

@@ -64,20 +64,14 @@ def divergence_bound(head: nn.Module, hidden: torch.Tensor, targets: DenseTarget
     top tokens only (k dot products instead of the vocabulary's). Whatever the other logits, a
     position's (k + 1)-bin KL is smallest when the student gives those k tokens the dense model's
     mass P over them, where it is P x KL(dense top-k / P || softmax of the k logits)."""
-    weight, bias = head.lm_head.weight, head.lm_head.bias
-    size = max(1, max_elements // (targets.ids.shape[-1] * weight.shape[1]))
+    size = max(1, max_elements // (targets.ids.shape[-1] * head.lm_head.weight.shape[1]))
     total = 0.0
     for window, ids, log_p in zip(hidden, targets.ids[windows], targets.log_p[windows]):
         scored = window[targets.positions].to(device)
         for start in range(0, scored.shape[0], size):
             part = slice(start, start + size)
             p_ids, p_log = ids[part].to(device).long(), log_p[part].to(device)
-            features = head.features(scored[part])
-            logits = torch.bmm(weight[p_ids], features.unsqueeze(-1)).squeeze(-1)
-            if bias is not None:
-                logits = logits + bias[p_ids]
-            if head.softcap:
-                logits = torch.tanh(logits / head.softcap) * head.softcap
+            logits = head.token_logits(head.features(scored[part]), p_ids)
             conditional = p_log - p_log.logsumexp(-1, keepdim=True)
             total += (p_log.exp() * (conditional - F.log_softmax(logits.float(), -1))).sum().item()
     return total * (1 - 1e-5)  # below the exact sum despite rounding, where the bound is tight

@@ -38,7 +38,16 @@ class OutputHead(nn.Module):
         return hidden
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(self.features(hidden))
+        return self._capped(self.lm_head(self.features(hidden)))
+
+    def token_logits(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The logits of some tokens only, `tokens` (N x j) at each of N positions of `features`
+        (N x H, the output of `features`): j rows of the head each instead of the vocabulary's."""
+        weight, bias = self.lm_head.weight, self.lm_head.bias
+        logits = torch.bmm(weight[tokens], features.unsqueeze(-1)).squeeze(-1)
+        return self._capped(logits if bias is None else logits + bias[tokens])
+
+    def _capped(self, logits: torch.Tensor) -> torch.Tensor:
         if self.softcap:  # Gemma-style final logit soft-capping, as the causal LM's forward does it
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
