@@ -263,6 +263,12 @@ def table() -> str:
                         f"block passes; default {cheap['score_seconds']:.1f} s, {cheap['score_passes']:,} block passes "
                         f"({exact['score_seconds'] / cheap['score_seconds']:.1f}x faster, the same blocks: "
                         f"{exact['removed'] == cheap['removed']})")
+    choices = sorted({key.rsplit(" ", 1)[0] for key in results if key.startswith("choice ")})
+    if choices:
+        rows += ["", "| model, size, seed | kl: removed | nll: removed |", "| --- | --- | --- |"]
+        rows += [f"| {run.removeprefix('choice ')} | "
+                 + " | ".join(" ".join(map(str, results[f"{run} {c}"]["removed"])) if f"{run} {c}" in results else "-"
+                              for c in ("kl", "nll")) + " |" for run in choices]
     for key in sorted(k for k in results if k.startswith("timing")):
         entry = results[key]
         rows.append(f"\n{key}: {entry['score_seconds']:.0f} s scoring, peak RSS {entry['peak_rss_gib']:.2f} GiB")

@@ -243,7 +243,8 @@ class CompressConfig:
     # fusion on the blocks whose removal moves the predictions least from the dense model's (KL):
     # MI's cosine of final hidden states picked a block on SmolLM2 whose loss no repair recovered,
     # and SLEB's calibration loss, with one noisy label per token, changed its pick with the
-    # calibration seed on pydoc (docs/BENCHMARKS.md); --preset paper: fusegpt (MI + fusion)
+    # calibration seed on pydoc and on Gemma 3, where it won one seed of three (docs/BENCHMARKS.md,
+    # "The calibration loss over seeds"); --preset paper: fusegpt (MI + fusion)
     method: Method = option("kl-fuse", "a selection x repair shortcut: " + "; ".join(
         f"{m} = {s} + {r}" for m, (s, r) in RECIPES.items()) + " (earlier names: " + ", ".join(
         f"{a} = {n}" for a, n in ALIASES.items()) + ")", choices=(*METHODS, *ALIASES), metavar="METHOD",
