@@ -20,7 +20,7 @@ and norms (the default's 1e-3) searched on dev with the default's logit target, 
 `fuse-top1024-lr5e-4`: fusion at coefficients 3e-3 without the trial, LoRA and norms at 5e-4 (what the trial drops
 on Gemma 3 after its first rounds, run to the end);
 `choose-mi-bf16`, `choose-nll-bf16`, `choose-kl-bf16`: the default choosing its own blocks by a
-criterion (Macro Influence, the calibration loss, KL), its tune in bf16, at seeds 1 and 2 too
+criterion (Macro Influence, the calibration loss, KL), its tune in bf16, and at seeds 1-4
 (`-seed1` .. `-seed4`; KL at seed 0 is headline-<model>/default-halving-bf16, timed alone);
 `seed1`, `seed2`: other seeds (their calibration windows, their order, the start). Cells are cached in
 bench/results/recycling-<model>/ (bench/common.py)."""
