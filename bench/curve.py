@@ -156,10 +156,10 @@ def main() -> None:
     model, variants = asked
     for k in DEPTHS[model]:
         run_cell(f"curve-{model}", f"separate-{k}", model, {**DEFAULTS[model], "--num-remove": str(k)})
-    for k in DEPTHS[model]:
-        _lora(model, k)
     for variant in variants:
         _curve(model, variant)
+    for k in DEPTHS[model]:
+        _lora(model, k)
     print(table(model))
 
 
