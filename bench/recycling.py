@@ -22,6 +22,9 @@ on Gemma 3 after its first rounds, run to the end);
 `choose-mi-bf16`, `choose-nll-bf16`, `choose-kl-bf16`: the default choosing its own blocks by a
 criterion (Macro Influence, the calibration loss, KL), its tune in bf16, and at seeds 1-4
 (`-seed1` .. `-seed4`; KL at seed 0 is headline-<model>/default-halving-bf16, timed alone);
+`halving-bf16`: today's default on the given blocks, and its structure re-decided: `-local`
+(1 epoch of each removal's group on hidden states, then 2 global epochs in place of 4), `-local-mse`
+(the same by plain mse in place of relative_mse), `-g3`, `-g11` (donors for 3 or 11 neighbours, not 7);
 `seed1`, `seed2`: other seeds (their calibration windows, their order, the start). Cells are cached in
 bench/results/recycling-<model>/ (bench/common.py)."""
 from __future__ import annotations
@@ -69,6 +72,14 @@ def variants(model: str) -> dict[str, dict]:
     for name in ("lora-top1024", "fuse-trial-top1024", "fuse-top1024", "fuse-halving-top1024", best_lora):
         for seed in (1, 2):
             cells[f"{name}-seed{seed}"] = {**cells[name], "--seed": str(seed)}
+    # the structure re-decided on dev (issue 29, item 3): today's default on the same blocks (`halving-bf16`)
+    # against a local tune of each removal's group on hidden states before a shorter global tune (equal
+    # block passes on Gemma 3), by relative_mse or plain mse, and against fewer or more donors per removal
+    base = cells["halving-bf16"] = {**cells["fuse-halving-top1024"], "--tune-dtype": "bfloat16"}
+    cells["halving-bf16-local"] = {**base, "--epochs": "1", "--global-epochs": "2"}
+    cells["halving-bf16-local-mse"] = {**cells["halving-bf16-local"], "--loss": "mse"}
+    for group in ("3", "11"):
+        cells[f"halving-bf16-g{group}"] = {**base, "--group-size": group}
     if model == "smollm2":  # fuse-full is headline-smollm2/default-margins (the same settings, its own choice)
         del cells["fuse-full"]
     return cells
