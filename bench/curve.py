@@ -128,6 +128,7 @@ def table(model: str) -> str:
                     + " / ".join(f"{v:.2f}" for v in cell["dev"].values()) + " | "
                     + " / ".join(f"{v:.2f}" for v in cell["test"].values()) + f" | {cell['block_passes']:,} |")
     separate = sum(cell["compress_seconds"] for cell in alone.values())
+    separate_work = sum(cell["stages"]["total"] for cell in alone.values())
     totals = []
     for variant in [*VARIANTS, *EARLIER]:
         path = folder / f"curve-{variant}.json"
@@ -140,9 +141,12 @@ def table(model: str) -> str:
                             f"{_gap(mine['dev'], alone[int(k)]['dev'])} | {_gap(mine['test'], alone[int(k)]['test'])} | "
                             f"{mine['block_passes']:,} |")
         passes = sum(d["block_passes"] for d in curve["depths"].values())
+        work = curve["choose_seconds"] + sum(d["seconds"] for d in curve["depths"].values())
         totals.append(f"{variant}: {curve['seconds']:.0f} s ({curve['seconds'] / separate:.2f}x the separate runs' "
                       f"{separate:.0f} s; choosing {curve['choose_seconds']:.0f} s), {passes:,} tuning block passes "
-                      f"({passes / sum(c['block_passes'] for c in alone.values()):.2f}x)")
+                      f"({passes / sum(c['block_passes'] for c in alone.values()):.2f}x); by the reports' totals "
+                      f"(calibration to merge: no loading, saving, GGUF or speed measurement) {work:.0f} s against {separate_work:.0f} s "
+                      f"({work / separate_work:.2f}x)")
     return "\n".join(rows + [""] + totals)
 
 
