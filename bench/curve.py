@@ -46,8 +46,9 @@ def _curve(model: str, variant: str) -> dict:
     proto, out = protocol(model), OUTPUTS / f"curve-{model}" / f"curve-{variant}"
     started = time.perf_counter()
     fusegpt(["compress", str(proto.model), "--out", str(out), "--overwrite", *proto.calib,
-             *flags_of({**DEFAULTS[model], **VARIANTS[variant]}), "--num-remove", ",".join(map(str, DEPTHS[model])), "--quiet"])
-    cell = {"seconds": round(time.perf_counter() - started, 1),
+             *flags_of({**DEFAULTS[model], **VARIANTS[variant]}), "--num-remove", ",".join(map(str, DEPTHS[model])),
+             "--no-speed", "--quiet"])  # the same work as the separate runs: no tokens/s timing
+    cell = {"seconds": round(time.perf_counter() - started, 1), "speed_timed": False,
             "choose_seconds": round(json.loads((out / "order.json").read_text())["seconds"], 1), "depths": {}}
     for k in DEPTHS[model]:
         folder = out / f"remove-{k}"
@@ -142,7 +143,8 @@ def table(model: str) -> str:
                             f"{mine['block_passes']:,} |")
         passes = sum(d["block_passes"] for d in curve["depths"].values())
         work = curve["choose_seconds"] + sum(d["seconds"] for d in curve["depths"].values())
-        totals.append(f"{variant}: {curve['seconds']:.0f} s ({curve['seconds'] / separate:.2f}x the separate runs' "
+        timed = " with each depth's tokens/s timed" if curve.get("speed_timed", True) else ""
+        totals.append(f"{variant}: {curve['seconds']:.0f} s{timed} ({curve['seconds'] / separate:.2f}x the separate runs' "
                       f"{separate:.0f} s; choosing {curve['choose_seconds']:.0f} s), {passes:,} tuning block passes "
                       f"({passes / sum(c['block_passes'] for c in alone.values()):.2f}x); by the reports' totals "
                       f"(calibration to merge: no loading, saving, GGUF or speed measurement) {work:.0f} s against {separate_work:.0f} s "

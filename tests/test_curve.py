@@ -7,6 +7,8 @@ import csv
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from conftest import asset, tiny_llama
@@ -130,6 +132,12 @@ def test_a_curve_of_a_gguf_writes_each_depths_gguf_and_times_it_in_llama_cpp(tmp
     for row in rows[1:]:
         assert (out / row["folder"] / row["gguf"]).stat().st_size == row["gguf_bytes"] < rows[0]["gguf_bytes"]
         assert row["gguf_speed"]["decode"] > 0 and row["gguf_speed"]["dense_decode"] > 0
+    # the input was dequantised once for every depth: the deepest is a run of its own, weight for weight
+    assert not any(p.name == ".dequantised" for p in out.rglob("*"))
+    alone = tmp_path / "alone"
+    assert main(_compress(source, alone, text_file, "--num-remove", "2", *flags)) == 0
+    mine, theirs = load_file(out / "remove-2" / "model.safetensors"), load_file(alone / "model.safetensors")
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 def test_llama_cpp_perplexity_is_transformers_perplexity_of_an_f32_gguf(tmp_path):
@@ -154,8 +162,10 @@ def test_llama_cpp_perplexity_is_transformers_perplexity_of_an_f32_gguf(tmp_path
 def test_the_python_api_draws_the_same_curve(tmp_path, six_blocks, text_file):
     import fusegpt
 
-    rows = fusegpt.compress_curve(six_blocks, fusegpt_config(text_file), [2, 1], tmp_path / "api", progress=False)
+    rows = fusegpt.compress_curve(six_blocks, fusegpt_config(text_file), [2, 1], tmp_path / "api", progress=False,
+                                  speed=False)
     assert [r.removed for r in rows] == [0, 1, 2] and rows[2].blocks[:1] == rows[1].blocks
+    assert rows[2].parameters < rows[1].parameters and rows[1].speed == rows[2].speed == {}  # not timed
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "api" / "remove-2").config.num_hidden_layers == 4
 
 

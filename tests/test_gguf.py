@@ -41,6 +41,22 @@ def test_a_gguf_file_and_its_folder_load_the_same_model(gguf_path):
                                                    "quantization": "Q8_0"}
 
 
+def test_a_kept_dequantised_gguf_reads_back_the_same_model_without_dequantising(tmp_path, gguf_path):
+    """A curve loads its GGUF input once per depth: the second load reads the kept safetensors copy
+    (dequantising again would fail here) and gives the same weights, tokens and logits."""
+    from unittest.mock import patch
+
+    kept = tmp_path / "kept"
+    model, tokenizer = load_model(str(gguf_path), keep_dequantised=kept)
+    with patch("transformers.modeling_gguf_pytorch_utils.load_gguf_checkpoint", side_effect=AssertionError("dequantised again")):
+        again, tokenizer_again = load_model(str(gguf_path), keep_dequantised=kept)
+    assert [p.name for p in kept.iterdir()] == ["tiny.Q8_0-float32"]
+    assert again.config.name_or_path == str(gguf_path) and not hasattr(again.config, "quantization_config")
+    assert tokenizer_again(PROMPT).input_ids == tokenizer(PROMPT).input_ids
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert torch.equal(_logits(model, tokenizer), _logits(again, tokenizer_again))
+
+
 def test_a_compressed_gguf_is_a_plain_safetensors_model(tmp_path, gguf_path, text_file):
     model, tokenizer = load_model(str(gguf_path))
     config = CompressConfig(num_remove=2, sparsity=None, calib=str(text_file), nsamples=4, seqlen=32, mi_samples=2,

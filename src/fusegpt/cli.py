@@ -97,7 +97,6 @@ def _compare_parser(sub) -> None:
     p.add_argument("--methods", default=",".join(("dense",) + METHODS), help="comma-separated methods, or dense")
     p.add_argument("--sparsity", default="0.125,0.25", help="comma-separated sparsities")
     _add_evaluation_options(p, "wikitext2", "comma-separated perplexity sources")
-    p.add_argument("--no-speed", action="store_true", help="skip the inference-speed measurement of each cell")
     p.add_argument("--curve", action="store_true",
                    help="one run per method for all its sparsities: its order of removal chosen once, to the deepest "
                         "(as compress --num-remove 2,4,6 does; with --warm-epochs); its outputs kept in OUT/curves/")
@@ -108,6 +107,8 @@ def _add_evaluation_options(p: argparse.ArgumentParser, ppl: str, ppl_help: str)
     p.add_argument("--ppl", default=ppl, help=ppl_help)
     p.add_argument("--ppl-windows", type=int, help="perplexity on the first N protocol windows (default: all)")
     p.add_argument("--ppl-seqlen", type=int, help="perplexity window length (default: --seqlen, the calibration one)")
+    p.add_argument("--no-speed", action="store_true", help="skip timing tokens/s beside the dense model (compare's "
+                                                          "cells, a curve's depths)")
     _add_task_options(p)
 
 
@@ -151,7 +152,7 @@ def _run_compress(args) -> None:
               ppl_seqlen=args.ppl_seqlen, tasks=_sources(args.tasks), limit=args.limit, tasks_dir=args.tasks_dir,
               gguf=args.gguf, gguf_type=args.gguf_type, progress=not args.quiet)
     if len(sizes) > 1 and args.blocks is None:
-        run_curve(job, sizes)
+        run_curve(job, sizes, speed=not args.no_speed)
         print((Path(args.out).expanduser().resolve() / "curve.md").read_text())
     elif (result := run(job)) is None:
         return  # under torchrun, a rank other than 0

@@ -8,8 +8,9 @@ row: removed blocks, parameters, file sizes, perplexity on `--ppl`, transformers
 
 Everything is written in a hidden folder beside DIR (`.DIR.curve`) and renamed into place at the
 end, so that DIR only ever holds a finished curve; an interrupted curve keeps its finished depths
-there and `--resume` goes on from them (and from the interrupted depth's own checkpoint). A
-criterion whose choice depends on how many blocks go (`span`, `last`) chooses at each depth."""
+there and `--resume` goes on from them (and from the interrupted depth's own checkpoint). A GGUF
+input is dequantised once and kept there while the curve runs. A criterion whose choice depends
+on how many blocks go (`span`, `last`) chooses at each depth."""
 from __future__ import annotations
 
 import csv
@@ -22,7 +23,7 @@ from .errors import FuseGPTError
 from .files import write_atomic
 from .workflow import Job
 
-ORDER, DENSE = "order.json", "dense.json"
+ORDER, DENSE, DEQUANTISED = "order.json", "dense.json", ".dequantised"
 
 
 def amounts(text: str | None, kind: type, flag: str) -> list[dict]:
@@ -153,7 +154,8 @@ def _order(job: Job, deepest: int, staging: Path) -> list[int] | None:
         return json.loads(saved.read_text())["order"]
     config = replace(job.config, num_remove=deepest, sparsity=None)
     checkpoint = Checkpoint(staging / ".choose.checkpoint", config.to_dict(), job.model)
-    result, _ = load_and_compress(job.model, config, job.progress, checkpoint, heal=False)
+    result, _ = load_and_compress(job.model, config, job.progress, checkpoint, heal=False,
+                                  keep_dequantised=job.keep_dequantised)
     first = result.report.steps[0]  # the dense model's scores, for compare's plots
     write_atomic(saved, json.dumps({"order": result.report.removed, "method": config.label,
                                     "seconds": result.report.seconds["total"], "criterion": first.criterion,
@@ -174,7 +176,7 @@ def _dense_row(job: Job, staging: Path) -> Depth:
     from .paths import gguf_file
     from .runtime.placement import place_for_inference, resolve_device
 
-    model, tokenizer = load_model(job.model, job.config.dtype)
+    model, tokenizer = load_model(job.model, job.config.dtype, job.keep_dequantised)
     source = gguf_file(job.model)
     row = Depth(removed=0, parameters=parameter_count(model), folder=str(source or job.model))
     if source is not None:
@@ -216,7 +218,7 @@ def _measure_speed(job: Job, rows: list[Depth], staging: Path, speed: bool = Tru
     from .runtime.placement import place_for_inference, resolve_device
 
     device = resolve_device(job.config.device)
-    dense, _ = load_model(job.model, job.config.dtype)
+    dense, _ = load_model(job.model, job.config.dtype, job.keep_dequantised)
     place_for_inference(dense, device, job.config.offload)
     prompt = torch.randint(0, dense.config.get_text_config().vocab_size, (128,),
                            generator=torch.Generator().manual_seed(0)).tolist()  # for llama.cpp
@@ -244,6 +246,7 @@ def run_curve(job: Job, sizes: list[dict], speed: bool = True) -> list[Depth]:
     check_gguf_request(job)
     ks = counts(job.model, job.config, sizes)
     staging = _staging(out, job.resume)
+    job = replace(job, keep_dequantised=staging / DEQUANTISED)  # a GGUF input is dequantised once, not per depth
     try:
         order = _order(job, ks[-1], staging)
         rows = [_dense_row(job, staging)]
@@ -260,6 +263,7 @@ def run_curve(job: Job, sizes: list[dict], speed: bool = True) -> list[Depth]:
         raise KeyboardInterrupt(f"interrupted; the curve's finished work is kept in {staging}: rerun the same "
                                 "command with --resume to continue") from None
     _measure_speed(job, rows, staging, speed)
+    shutil.rmtree(staging / DEQUANTISED, ignore_errors=True)  # a copy of the input, not part of the curve
     write_curve(rows, staging, job.model)
     previous = out.with_name(f".{out.name}.previous")
     if out.exists():  # --overwrite: the old result is moved aside, and goes once the new one is in place
@@ -269,12 +273,14 @@ def run_curve(job: Job, sizes: list[dict], speed: bool = True) -> list[Depth]:
     return rows
 
 
-def compress_curve(model: str, config, removed: list[int], out: str | Path, **options) -> list[Depth]:
-    """The curve from Python: `removed`, the numbers of blocks (e.g. [2, 4, 6]); `options`, those of
-    `workflow.Job` (ppl, gguf, resume, ...). Returns the rows, the dense model first."""
+def compress_curve(model: str, config, removed: list[int], out: str | Path, speed: bool = True,
+                   **options) -> list[Depth]:
+    """The curve from Python: `removed`, the numbers of blocks (e.g. [2, 4, 6]); `speed` False skips
+    timing tokens/s; `options`, those of `workflow.Job` (ppl, gguf, resume, ...). Returns the rows,
+    the dense model first."""
     sizes = [{"sparsity": None, "num_remove": k} for k in removed]
     check_curve(config, sizes)
-    return run_curve(Job(str(model), config, out, **options), sizes)
+    return run_curve(Job(str(model), config, out, **options), sizes, speed)
 
 
 COLUMNS = ("removed", "blocks", "parameters", "model MiB", "GGUF MiB", "tuning block passes")

@@ -35,6 +35,7 @@ class Job:
     gguf_type: str | None = None
     progress: bool = True
     start_from: str | Path | None = None  # a shallower model this tool repaired from `model`, to go on from
+    keep_dequantised: Path | None = None  # a GGUF input's dequantised copy is kept here for the next load (curves)
 
     @property
     def asks_gguf(self) -> bool:
@@ -78,15 +79,17 @@ def check_gguf_request(job: Job) -> None:
 
 
 def load_and_compress(model_name: str, config: CompressConfig, progress: bool = True, checkpoint=None,
-                      check=None, heal: bool = True, start_from: str | Path | None = None):
+                      check=None, heal: bool = True, start_from: str | Path | None = None,
+                      keep_dequantised: Path | None = None):
     """(compress result, tokenizer) of a freshly loaded model, its source recorded in the report;
     `check(model, tokenizer)` runs between loading and compressing (what must hold before the work);
-    `start_from`: a model this tool saved, repaired from the same one, to go on from."""
+    `start_from`: a model this tool saved, repaired from the same one, to go on from;
+    `keep_dequantised`: as `io.load_model`'s."""
     from .io import load_model, model_source
     from .pipeline import compress
 
     source = model_source(model_name)
-    model, tokenizer = load_model(model_name, config.dtype)
+    model, tokenizer = load_model(model_name, config.dtype, keep_dequantised)
     if check is not None:
         check(model, tokenizer)
     start = warm_start(start_from, config.dtype) if start_from is not None else None
@@ -174,7 +177,7 @@ def run(job: Job):
     check, writes_gguf = gguf_probe(job)
     try:
         result, tokenizer = load_and_compress(job.model, job.config, job.progress, checkpoint, check,
-                                              start_from=job.start_from)
+                                              start_from=job.start_from, keep_dequantised=job.keep_dequantised)
     except KeyboardInterrupt:
         if checkpoint.exists():
             raise KeyboardInterrupt(f"interrupted; every finished step is kept in {folder}: rerun the same command "
