@@ -57,6 +57,18 @@ def test_a_kept_dequantised_gguf_reads_back_the_same_model_without_dequantising(
     assert torch.equal(_logits(model, tokenizer), _logits(again, tokenizer_again))
 
 
+def test_a_dequantised_copy_that_cannot_be_written_costs_time_not_the_load(tmp_path, gguf_path, capsys):
+    """Disk full while keeping the copy: the model still loads, one warning, no half-written copy."""
+    import errno
+    from unittest.mock import patch
+
+    kept = tmp_path / "kept"
+    with patch("transformers.PreTrainedModel.save_pretrained", side_effect=OSError(errno.ENOSPC, "No space left")):
+        model, _ = load_model(str(gguf_path), keep_dequantised=kept)
+    assert model.config.num_hidden_layers == 6 and list(kept.iterdir()) == []
+    assert "could not keep the dequantised model" in capsys.readouterr().err
+
+
 def test_a_compressed_gguf_is_a_plain_safetensors_model(tmp_path, gguf_path, text_file):
     model, tokenizer = load_model(str(gguf_path))
     config = CompressConfig(num_remove=2, sparsity=None, calib=str(text_file), nsamples=4, seqlen=32, mi_samples=2,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from functools import partial
@@ -145,7 +146,9 @@ def load_model(name: str | Path, dtype: str = "float32",
 
 
 def _save_whole(model: PreTrainedModel, tokenizer, folder: Path) -> None:
-    """`model` and `tokenizer` in `folder`, written beside it and renamed into place: never half there."""
+    """`model` and `tokenizer` in `folder`, written beside it and renamed into place: never half
+    there. A copy to save time only: when it cannot be written (disk full), a warning, and the next
+    load dequantises again."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial_folder = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
     try:
@@ -153,6 +156,9 @@ def _save_whole(model: PreTrainedModel, tokenizer, folder: Path) -> None:
             model.save_pretrained(partial_folder)
             tokenizer.save_pretrained(partial_folder)
         os.replace(partial_folder, folder)
+    except OSError as error:
+        print(f"fusegpt: warning: could not keep the dequantised model in {folder} ({error.strerror or error}); "
+              "each later load dequantises the GGUF again", file=sys.stderr)
     finally:
         shutil.rmtree(partial_folder, ignore_errors=True)
 
