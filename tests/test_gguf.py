@@ -130,3 +130,17 @@ def test_smollm2_gguf_perplexity_equals_transformers_on_the_same_windows(capsys,
     with torch.no_grad():
         loss = model(input_ids=windows, labels=windows).loss.item()
     assert saved["ppl"][str(text)] == pytest.approx(math.exp(loss), rel=5e-3)
+
+
+@pytest.mark.slow
+def test_smollm2s_kept_dequantised_copy_is_the_same_model_and_tokenizer(tmp_path):
+    """The real 4-bit asset, as a curve loads it for each depth: the kept copy tokenizes WikiText-2
+    as the GGUF's own tokenizer does and holds the same weights."""
+    gguf = asset("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+    text = asset("text/wikitext-2-raw/wiki.test.raw").read_text()[:20000]
+    model, tokenizer = load_model(str(gguf), keep_dequantised=tmp_path / "kept")
+    again, tokenizer_again = load_model(str(gguf), keep_dequantised=tmp_path / "kept")
+    assert tokenizer_again(text).input_ids == tokenizer(text).input_ids
+    assert tokenizer_again.eos_token_id == tokenizer.eos_token_id and tokenizer_again.bos_token_id == tokenizer.bos_token_id
+    mine, theirs = model.state_dict(), again.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
