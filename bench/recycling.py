@@ -75,6 +75,7 @@ def variants(model: str) -> dict[str, dict]:
     # the structure re-decided on dev (issue 29, item 3): today's default on the same blocks (`halving-bf16`)
     # against a local tune of each removal's group on hidden states before a shorter global tune (equal
     # block passes on Gemma 3), by relative_mse or plain mse, and against fewer or more donors per removal
+    # (SmolLM2's reference is headline-smollm2/default-halving-bf16: the same settings, the same blocks chosen)
     base = cells["halving-bf16"] = {**cells["fuse-halving-top1024"], "--tune-dtype": "bfloat16"}
     cells["halving-bf16-local"] = {**base, "--epochs": "1", "--global-epochs": "2"}
     cells["halving-bf16-local-mse"] = {**cells["halving-bf16-local"], "--loss": "mse"}
