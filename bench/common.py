@@ -74,7 +74,7 @@ RECIPE: dict[str, str | None] = {
     "--group-size": "7", "--coef": "lowrank", "--rank": "128", "--lora-rank": "128", "--no-seam-map": None,
     "--no-normalize-donors": None, "--fuse-eval": "0", "--seed": "0", "--dtype": "float32",
     "--distill": "hidden", "--distill-top-k": "0", "--distill-stride": "1", "--warmup": "0", "--rescore-limit": "0",
-    "--trial-rates": "", "--trial-lrs": "", "--trial-share": "1", "--tune-dtype": "float32",
+    "--trial-rates": "", "--trial-lrs": "", "--trial-share": "1", "--tune-dtype": "float32", "--score-dtype": "float32",
 }
 SWITCHES = ("seam_map", "normalize_donors")  # on/off flag pairs: --x and --no-x
 

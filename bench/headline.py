@@ -55,6 +55,16 @@ for model, size in SIZE.items():
     CELLS[model]["default-halving-bf16-mi32"] = {**CELLS[model]["default-halving-bf16"], "--mi-samples": "32"}
     # the candidate criterion: the calibration loss (SLEB's), the same repair (bench/recycling.py choose-nll-bf16)
     CELLS[model]["nll-halving-bf16"] = {**CELLS[model]["default-halving-bf16"], "--method": "sleb-fuse"}
+    # choosing's products in bfloat16 too (`--score-dtype`), and the cell without it timed again beside
+    # it, the same session's machine (2026-12-08)
+    CELLS[model]["default-halving-bf16-score"] = {**CELLS[model]["default-halving-bf16"], "--score-dtype": "bfloat16"}
+    CELLS[model]["default-halving-bf16-retimed"] = CELLS[model]["default-halving-bf16"]
+    # the same as -score once the head was cast to bf16 once per scoring call (autocast cast its frozen
+    # weight at every call: on Gemma 3's 262k vocabulary -score's choosing was slower than fp32's)
+    CELLS[model]["default-halving-bf16-score-head"] = CELLS[model]["default-halving-bf16-score"]
+    # the pair again, one after the other (SmolLM2's tune took 329-398 s in three runs of the same code)
+    CELLS[model]["default-halving-bf16-score-head2"] = CELLS[model]["default-halving-bf16-score"]
+    CELLS[model]["default-halving-bf16-retimed2"] = CELLS[model]["default-halving-bf16"]
 
 
 def timed(model: str, name: str) -> dict:

@@ -188,21 +188,39 @@ def test_bounded_memory_changes_no_result(tokenizer, text_file, method):
         assert torch.allclose(weights["scoring"][name], value, atol=1e-6), name
 
 
-def test_the_auto_tune_dtype_is_bfloat16_only_where_the_device_runs_it_natively(tokenizer, text_file, monkeypatch):
-    """`--tune-dtype auto` is decided before the run: bfloat16 where the device multiplies bf16
-    natively, float32 where bf16 would be emulated (slower); the report records the dtype that
-    ran, and the run is the one given that dtype outright."""
+def test_the_auto_dtypes_are_bfloat16_only_where_the_device_runs_it_natively(tokenizer, text_file, monkeypatch):
+    """`--tune-dtype auto` and `--score-dtype auto` are decided before the run: bfloat16 where the
+    device multiplies bf16 natively, float32 where bf16 would be emulated (slower); the report
+    records the dtypes that ran, and the run is the one given them outright."""
     from dataclasses import replace
 
     config = _config(text_file, num_remove=1)
-    config = replace(config, tune=replace(config.tune, compute="auto"))
+    config = replace(config, score_dtype="auto", tune=replace(config.tune, compute="auto"))
     runs = {}
     for native in (True, False):
         monkeypatch.setattr("fusegpt.pipeline.native_bf16", lambda device, native=native: native)
         runs[native] = compress(tiny_llama(), tokenizer, config, progress=False)
-    given = compress(tiny_llama(), tokenizer, replace(config, tune=replace(config.tune, compute="bfloat16")),
-                     progress=False)
+    given = compress(tiny_llama(), tokenizer, replace(config, score_dtype="bfloat16",
+                                                      tune=replace(config.tune, compute="bfloat16")), progress=False)
     assert [runs[n].report.config["tune"]["compute"] for n in (True, False)] == ["bfloat16", "float32"]
+    assert [runs[n].report.config["score_dtype"] for n in (True, False)] == ["bfloat16", "float32"]
+    assert runs[True].report.steps[0].scores == given.report.steps[0].scores
+    assert runs[True].report.steps[0].scores != runs[False].report.steps[0].scores
     native, emulated, given = (r.model.state_dict() for r in (runs[True], runs[False], given))
     assert all(torch.equal(native[k], given[k]) for k in native)
     assert any(not torch.equal(native[k], emulated[k]) for k in native)
+
+
+def test_the_head_for_autocast_gives_autocasts_logits_from_a_weight_cast_once():
+    """Scoring in bf16 reads the LM head through a copy of its weight in bf16, made once: the same
+    logits (and the same logits of a few tokens) as autocast casting the fp32 weight at every call;
+    outside autocast the head is itself."""
+    model = tiny_llama()
+    head, cpu = adapter_for(model).head(model), torch.device("cpu")
+    hidden, tokens = torch.randn(6, model.config.hidden_size), torch.randint(0, model.config.vocab_size, (6, 3))
+    assert head.for_autocast(cpu) is head
+    with torch.autocast("cpu", torch.bfloat16):
+        low = head.for_autocast(cpu)
+        assert torch.equal(low(hidden), head(hidden))
+        assert torch.equal(low.token_logits(low.features(hidden), tokens), head.token_logits(head.features(hidden), tokens))
+    assert low.lm_head.weight.dtype == torch.bfloat16 and head.lm_head.weight.dtype == torch.float32

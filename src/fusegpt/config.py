@@ -289,6 +289,10 @@ class CompressConfig:
     # stopping one once its partial score rules it out: the same blocks either way, slower
     full_scores: bool = option(False, "iterative criteria: score every candidate to the end (every reported score "
                                       "exact) instead of stopping one once it cannot be chosen; the same blocks, slower")
+    # auto as for the tune: both real models chose their float32 blocks, choosing ~0.75x ("Choosing in bf16")
+    score_dtype: str = option("auto", "the dtype of choosing's block and LM-head products: float32, bfloat16, or "
+                              "auto (bfloat16 where the device runs it natively, else float32)",
+                              choices=("auto", *DTYPES), earlier="float32")
     # fusion-aware choice (fusing methods only; the authors' --fuse-eval): trial-fuse each of the k
     # lowest-scored blocks with a short tune and remove the one that keeps the output closest; 0 is off
     fuse_eval_candidates: int = option(0, "fusing methods: trial-fuse the K lowest-scored blocks and remove the "

@@ -145,22 +145,35 @@ def load_model(name: str | Path, dtype: str = "float32",
     return model.eval().requires_grad_(False), tokenizer
 
 
-def _save_whole(model: PreTrainedModel, tokenizer, folder: Path) -> None:
-    """`model` and `tokenizer` in `folder`, written beside it and renamed into place: never half
-    there. A copy to save time only: when it cannot be written (disk full), a warning, and the next
-    load dequantises again."""
+@contextmanager
+def _staging(folder: Path) -> Iterator[Path]:
+    """A hidden folder beside `folder` to write into, then rename into place: `folder` is never half
+    written. Whatever is left of it (not renamed: an error, Ctrl-C) is removed on the way out."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    partial_folder = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
     try:
-        with _hf_quiet():
-            model.save_pretrained(partial_folder)
-            tokenizer.save_pretrained(partial_folder)
-        os.replace(partial_folder, folder)
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_pretrained(model: PreTrainedModel, tokenizer, folder: Path) -> None:
+    with _hf_quiet():
+        model.save_pretrained(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+
+
+def _save_whole(model: PreTrainedModel, tokenizer, folder: Path) -> None:
+    """`model` and `tokenizer` in `folder`, never half there. A copy to save time only: when it
+    cannot be written (disk full), a warning, and the next load dequantises again."""
+    try:
+        with _staging(folder) as staging:
+            _write_pretrained(model, tokenizer, staging)
+            os.replace(staging, folder)
     except OSError as error:
         print(f"fusegpt: warning: could not keep the dequantised model in {folder} ({error.strerror or error}); "
               "each later load dequantises the GGUF again", file=sys.stderr)
-    finally:
-        shutil.rmtree(partial_folder, ignore_errors=True)
 
 
 def save_compressed(model: PreTrainedModel, tokenizer, report: Report, out: str | Path,
@@ -169,21 +182,17 @@ def save_compressed(model: PreTrainedModel, tokenizer, report: Report, out: str 
     into place: a crash, Ctrl-C or full disk leaves no half-written `out` (and, with
     `overwrite`, the previous result intact until the new one is complete)."""
     out = check_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    previous = staging.with_name(staging.name + "-previous")
-    moved_aside = False
+    previous, moved_aside = None, False
     try:
-        with _hf_quiet():
-            model.save_pretrained(staging)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(staging)
-        report.write(staging / REPORT_NAME)
-        if out.exists():
-            os.replace(out, previous)
-            moved_aside = True
-        os.replace(staging, out)
-        moved_aside = False  # the new result is in place: the old one may go
+        with _staging(out) as staging:
+            previous = staging.with_name(staging.name + "-previous")
+            _write_pretrained(model, tokenizer, staging)
+            report.write(staging / REPORT_NAME)
+            if out.exists():
+                os.replace(out, previous)
+                moved_aside = True
+            os.replace(staging, out)
+            moved_aside = False  # the new result is in place: the old one may go
     except OSError as error:
         reason = "disk full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
         kept = " (the previous result is untouched)" if overwrite and (moved_aside or out.exists()) else ""
@@ -191,6 +200,6 @@ def save_compressed(model: PreTrainedModel, tokenizer, report: Report, out: str 
     finally:
         if moved_aside:  # the new result could not be put in place: put the old one back
             os.replace(previous, out)
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(previous, ignore_errors=True)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
     return out

@@ -77,8 +77,11 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
     config = config or CompressConfig()
     config.validate()
     device = resolve_device(config.device)
-    if config.tune.compute == "auto":  # the report and a resume see the dtype that ran
-        config = replace(config, tune=replace(config.tune, compute="bfloat16" if native_bf16(device) else "float32"))
+    native = "bfloat16" if native_bf16(device) else "float32"  # what "auto" runs: the report and a resume see it
+    if config.tune.compute == "auto":
+        config = replace(config, tune=replace(config.tune, compute=native))
+    if config.score_dtype == "auto":
+        config = replace(config, score_dtype=native)
     distributed.init(device)  # under torchrun: join the others (a no-op in a single process)
     ranks = distributed.world_size()
     progress = progress and distributed.is_main()
@@ -146,8 +149,9 @@ def compress(model: PreTrainedModel, tokenizer, config: CompressConfig | None = 
         scored, passes = time.perf_counter(), stack.forward_passes
         stack.score_bounds.clear()
         if step == 0 or not criterion.one_shot:
-            scores = score_step(ctx, criterion.scorer, latest, config.rescore if step else 0,
-                                config.rescore_limit if step else 0)
+            with torch.autocast(device.type, torch.bfloat16, enabled=config.score_dtype == "bfloat16"):
+                scores = score_step(ctx, criterion.scorer, latest, config.rescore if step else 0,
+                                    config.rescore_limit if step else 0)
             latest = {**latest, **scores}
             if criterion.runs_blocks:  # the criteria that run blocks, split over the ranks
                 for r in range(ranks):

@@ -8,6 +8,7 @@ from .config import CompressConfig, FusionConfig, TuneConfig
 PRESETS: dict[str, dict] = {
     "default": {},
     "paper": {"method": "fusegpt", "nsamples": 128, "seqlen": 2048, "mi_samples": 32, "rescore": 0,
+              "score_dtype": "float32",
               "fusion": {"group_size": 7, "coefficient": "lowrank", "rank": 128, "lora_rank": 128, "train_norms": True,
                          "seam_map": False, "normalize_donors": False},
               "tune": {"loss": "kl_batch", "epochs": 20, "batch_size": 8, "coef_lr": 1e-3, "lr": 9.65e-6,

@@ -63,6 +63,7 @@ def calibration_nll(stack: BlockStack, head: nn.Module, input_ids: torch.Tensor,
     (DecoderAdapter.head)."""
     ids = input_ids[:samples]
     with onloaded([head], stack.device):
+        head = head.for_autocast(stack.device)  # scoring in bf16: the head cast once, not per call
         bound = None
         if LIKELY_TOKENS * BOUND_FRACTION <= head.lm_head.weight.shape[0]:
             likely = dense_targets(head, stack.dense_scoring_final[:samples], LIKELY_TOKENS, 1, stack.device).ids

@@ -93,6 +93,7 @@ def output_divergence(stack: BlockStack, head: nn.Module, samples: int, top_k: i
     block) by original index, on the first `samples` calibration windows (stride 0: automatic)."""
     stride = stride or automatic_stride(stack, head)
     with onloaded([head], stack.device):
+        head = head.for_autocast(stack.device)  # scoring in bf16: the head cast once, not per call
         targets = dense_targets(head, stack.dense_scoring_final[:samples], top_k, stride, stack.device)
         # the bound gathers k rows of the head per position: worth it only when k is a small part of
         # the vocabulary (with the whole vocabulary it cost pydoc's exact criterion 15x its time)

@@ -9,6 +9,7 @@ from functools import reduce
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from transformers import PretrainedConfig, PreTrainedModel
 
 
@@ -47,10 +48,32 @@ class OutputHead(nn.Module):
         logits = torch.bmm(weight[tokens], features.unsqueeze(-1)).squeeze(-1)
         return self._capped(logits if bias is None else logits + bias[tokens])
 
+    def for_autocast(self, device: torch.device) -> OutputHead:
+        """Under autocast on `device`: this head with its LM head's weight (and bias) copied to the
+        autocast dtype once, since autocast casts a frozen weight again at every call (on a 262k
+        vocabulary about as costly as the product); outside autocast, itself."""
+        if not torch.is_autocast_enabled(device.type):
+            return self
+        dtype = torch.get_autocast_dtype(device.type)
+        bias = self.lm_head.bias
+        low = _LowLinear(self.lm_head.weight.detach().to(dtype), None if bias is None else bias.detach().to(dtype))
+        return OutputHead(list(self.final_layers), low, self.softcap)
+
     def _capped(self, logits: torch.Tensor) -> torch.Tensor:
         if self.softcap:  # Gemma-style final logit soft-capping, as the causal LM's forward does it
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
+
+
+class _LowLinear(nn.Module):
+    """A frozen linear layer on weights already in a low dtype (OutputHead.for_autocast)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
 
 @dataclass(frozen=True)
