@@ -67,7 +67,7 @@ def test_scoring_in_bfloat16_chooses_the_float32_blocks_on_pydoc():
     model, tokenizer = load_model(str(asset("models/pydoc-llama-12L")))
     config = CompressConfig(selection="kl", repair="none", num_remove=4, sparsity=None,
                             calib=str(asset("text/pydoc/calib.txt")), nsamples=8, seqlen=256, mi_samples=8,
-                            full_scores=True)
+                            full_scores=True, score_dtype="float32")
     full = compress(copy.deepcopy(model), tokenizer, config, progress=False).report
     low = compress(model, tokenizer, replace(config, score_dtype="bfloat16"), progress=False).report
     assert low.removed == full.removed == [6, 8, 3, 7]
